@@ -1,0 +1,155 @@
+"""Finding and importing the user's app.
+
+Plain settings travel, loaded things stay: the app is named by a string
+(`module:attr`, `path/to/file.py:attr`, or a directory holding `app.py`) and only the worker
+imports it. Every failure is an AppLoadError whose message says exactly what went wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+AppKind = Literal["asgi", "wsgi", "aiohttp"]
+DEFAULT_ATTR = "app"
+
+
+class AppLoadError(Exception):
+    """The app could not be loaded; str(exc) is the message for the operator."""
+
+
+class BadImportString(AppLoadError):
+    pass
+
+
+class ModuleNotImportable(AppLoadError):
+    pass
+
+
+class AttributeMissing(AppLoadError):
+    pass
+
+
+class ErrorInApp(AppLoadError):
+    """The user's own module raised while being imported; the message carries its traceback."""
+
+
+class NotAnApp(AppLoadError):
+    pass
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """Where an app lives: `module` importable once `directory` is on sys.path."""
+
+    module: str
+    attr: str
+    directory: Path
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.attr} (in {self.directory})"
+
+
+def parse_spec(text: str, cwd: Path | None = None) -> AppSpec:
+    """Turn the operator's app string into an AppSpec; raise BadImportString if it is none."""
+    cwd = cwd or Path.cwd()
+    if not text:
+        raise BadImportString("no app given: use module:attr, path/to/file.py[:attr] or a directory")
+    location, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
+    if sep and not attr:
+        raise BadImportString(f"{text!r}: nothing after ':' (expected an attribute name)")
+    attr = attr or DEFAULT_ATTR
+    if not all(part.isidentifier() for part in attr.split(".")):
+        raise BadImportString(f"{text!r}: {attr!r} is not an attribute name")
+    path = (cwd / location).resolve()
+    if path.is_dir():
+        if not (path / "app.py").is_file():
+            raise BadImportString(f"{text!r}: directory {path} has no app.py")
+        return AppSpec("app", attr, path)
+    if location.endswith(".py") or "/" in location:
+        if not path.is_file():
+            raise BadImportString(f"{text!r}: {path} does not exist")
+        if path.suffix != ".py":
+            raise BadImportString(f"{text!r}: {path} is not a .py file")
+        return AppSpec(path.stem, attr, path.parent)
+    if not sep:
+        raise BadImportString(
+            f"{text!r} is neither a directory nor a file; a module must be given as module:attr"
+        )
+    if not all(part.isidentifier() for part in location.split(".")):
+        raise BadImportString(f"{text!r}: {location!r} is not a module name")
+    return AppSpec(location, attr, cwd.resolve())
+
+
+def import_app(spec: AppSpec) -> Any:
+    """Import `spec` and return the app object."""
+    directory = str(spec.directory)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    try:
+        module = importlib.import_module(spec.module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and _is_prefix(exc.name, spec.module):
+            raise ModuleNotImportable(
+                f"could not import module {spec.module!r}: no module named {exc.name!r} "
+                f"(searched {directory} and the Python path)"
+            ) from None
+        raise ErrorInApp(_inside_app("importing", spec, exc)) from exc
+    except BaseException as exc:  # the user's module can raise anything, SystemExit included
+        raise ErrorInApp(_inside_app("importing", spec, exc)) from exc
+    obj: Any = module
+    for name in spec.attr.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise AttributeMissing(
+                f"module {spec.module!r} ({getattr(module, '__file__', '?')}) "
+                f"has no attribute {spec.attr!r}"
+            ) from None
+    return obj
+
+
+def _is_prefix(name: str, module: str) -> bool:
+    return module == name or module.startswith(name + ".")
+
+
+def _inside_app(what: str, spec: AppSpec, exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(exc)).rstrip()
+    return f"error raised while {what} {spec.module!r} from {spec.directory}:\n{tb}"
+
+
+def detect_kind(app: Any, spec: AppSpec) -> AppKind:
+    """Tell an aiohttp Application, an ASGI 3 callable and a WSGI callable apart."""
+    from aiohttp import web
+
+    if isinstance(app, web.Application):
+        return "aiohttp"
+    if not callable(app):
+        raise NotAnApp(f"{spec.module}:{spec.attr} is a {type(app).__name__}, not an app")
+    call = app if inspect.isroutine(app) or inspect.isclass(app) else app.__call__
+    if inspect.iscoroutinefunction(call):
+        return "asgi"
+    if inspect.isclass(app):
+        raise NotAnApp(
+            f"{spec.module}:{spec.attr} is a class; ASGI 2 apps are not supported, "
+            "give an ASGI 3 callable, a WSGI callable or an aiohttp Application"
+        )
+    try:
+        params = [
+            p for p in inspect.signature(call).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):  # builtins without a signature: trust the WSGI shape
+        return "wsgi"
+    if len(params) == 2:
+        return "wsgi"
+    raise NotAnApp(
+        f"{spec.module}:{spec.attr} takes {len(params)} positional arguments: not an ASGI 3 app "
+        "(async (scope, receive, send)), a WSGI app ((environ, start_response)) "
+        "or an aiohttp Application"
+    )

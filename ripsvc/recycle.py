@@ -1,0 +1,46 @@
+"""The recycling policy `r:REQUESTS,SECONDSs,RELOADSr` (default `r:10000,3600s,10r`).
+
+A worker recycles (finishes its request, exits with ExitCode.RECYCLE) after serving REQUESTS
+requests, after living SECONDS seconds, or after RELOADS module reloads, whichever comes first.
+A limit of 0 disables it. Jitter lowers the request and age limits by a random share per
+worker so that workers started together do not all leave together.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(r"^r:(?P<requests>\d+),(?P<seconds>\d+)s,(?P<reloads>\d+)r$")
+
+
+@dataclass(frozen=True)
+class RecyclePolicy:
+    requests: int = 10_000
+    seconds: int = 3_600
+    reloads: int = 10
+
+    @classmethod
+    def parse(cls, text: str) -> RecyclePolicy:
+        match = _TOKEN.match(text.strip())
+        if not match:
+            raise ValueError(
+                f"{text!r} is not a recycling policy (r:REQUESTS,SECONDSs,RELOADSr, "
+                "e.g. r:10000,3600s,10r; 0 disables a limit)"
+            )
+        return cls(int(match["requests"]), int(match["seconds"]), int(match["reloads"]))
+
+    def __str__(self) -> str:
+        return f"r:{self.requests},{self.seconds}s,{self.reloads}r"
+
+    def with_jitter(self, share: float, rng: random.Random | None = None) -> RecyclePolicy:
+        """This policy with REQUESTS and SECONDS each lowered by up to `share` (0 ≤ share < 1)."""
+        if not 0 <= share < 1:
+            raise ValueError(f"jitter {share!r} must be at least 0 and below 1")
+        rng = rng or random.Random()
+
+        def lower(limit: int) -> int:
+            return max(1, limit - rng.randint(0, int(limit * share))) if limit else 0
+
+        return RecyclePolicy(lower(self.requests), lower(self.seconds), self.reloads)

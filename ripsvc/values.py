@@ -1,0 +1,33 @@
+"""Parsers for the value types that settings and command lines share."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE = re.compile(r"^(\d+)\s*([KMG]?)(?:i?B)?$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `1048576`, `512K`, `100M`, `1G` (binary units)."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with K, M or G)")
+    return int(match[1]) * _SIZE_UNITS[match[2].upper()]
+
+
+def parse_seconds(text: str) -> float:
+    """Seconds from `30`, `2.5`, `30s` or `500ms`."""
+    value = text.strip().lower()
+    scale = 1.0
+    if value.endswith("ms"):
+        value, scale = value[:-2], 0.001
+    elif value.endswith("s"):
+        value = value[:-1]
+    try:
+        seconds = float(value) * scale
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (seconds, or e.g. 30s, 500ms)") from None
+    if seconds < 0:
+        raise ValueError(f"{text!r} is negative")
+    return seconds

@@ -1,0 +1,67 @@
+"""Serving an aiohttp.web.Application with aiohttp's own server.
+
+aiohttp apps get genuine aiohttp requests, so they are not translated through our HTTP
+protocol: aiohttp's low-level `web.Server` serves the worker's socket and hands each request to
+the current app generation (module reload swaps it). Each generation is set up with the public
+AppRunner, which runs the app's startup and cleanup signals; we only borrow its request handler
+and request factory, never its sites.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from ripsvc.worker.core import Worker
+
+
+class AiohttpHost:
+    kind = "aiohttp"
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
+
+    async def startup(self) -> None:
+        await self.runner.setup()
+        server = self.runner.server
+        assert server is not None
+        self.handle = server.request_handler
+        self.make_request = server.request_factory
+
+    async def shutdown(self) -> None:
+        await self.runner.cleanup()
+
+
+BUSY = {"Rip-Worker-Busy": "1"}
+
+
+def make_server(worker: Worker) -> web.Server:
+    """The protocol factory serving the worker's sockets for an aiohttp app."""
+    max_body = worker.options.max_body
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        if not worker.accepting:
+            return web.Response(status=503, headers={**BUSY, "Connection": "close"})
+        if not worker.gate.acquire():
+            return web.Response(status=503, headers=BUSY)
+        try:
+            if request.content_length is not None and request.content_length > max_body:
+                return web.Response(status=413, text="413 Payload Too Large\n",
+                                    headers={"Connection": "close"})
+            await worker.before_request()
+            host = worker.host
+            assert isinstance(host, AiohttpHost)
+            response: web.StreamResponse = await host.handle(request)  # type: ignore[arg-type]
+            return response
+        finally:
+            worker.request_finished()
+
+    def make_request(*args: Any, **kwargs: Any) -> web.BaseRequest:
+        host = worker.host
+        assert isinstance(host, AiohttpHost)
+        return host.make_request(*args, **kwargs)
+
+    return web.Server(dispatch, request_factory=make_request, access_log=None)

@@ -1,0 +1,222 @@
+"""The worker's state: the app it hosts, the one-request gate, counters, recycling, module reload."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ripsvc import logs, sd
+from ripsvc.apploader import AppLoadError, AppSpec, detect_kind, import_app
+from ripsvc.exitcodes import ExitCode
+from ripsvc.recycle import RecyclePolicy
+from ripsvc.worker.reloader import ModuleWatcher, SourceOnlyFinder
+
+if TYPE_CHECKING:
+    from ripsvc.worker.http import HttpConnection
+    from ripsvc.worker.request import Request
+
+log = logs.get("worker")
+
+RELOAD_MODES = ("none", "process", "module")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    app: AppSpec
+    name: str = "app"
+    worker_id: str = "0"
+    reload: str = "process"
+    recycle: RecyclePolicy = RecyclePolicy()
+    recycle_jitter: float = 0.1
+    graceful_timeout: float = 30.0
+    max_body: int = 100 << 20
+    reload_interval: float = 0.1
+
+
+class AppHost(Protocol):
+    kind: str
+
+    async def startup(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+class Gate:
+    """At most one request in flight across all of the worker's connections."""
+
+    __slots__ = ("busy",)
+
+    def __init__(self) -> None:
+        self.busy = False
+
+    def acquire(self) -> bool:
+        if self.busy:
+            return False
+        self.busy = True
+        return True
+
+    def release(self) -> None:
+        self.busy = False
+
+
+class StartupFailed(AppLoadError):
+    pass
+
+
+def make_host(kind: str, app: Any) -> AppHost:
+    if kind == "asgi":
+        from ripsvc.worker.asgi import AsgiHost
+
+        return AsgiHost(app)
+    if kind == "wsgi":
+        from ripsvc.worker.wsgi import WsgiHost
+
+        return WsgiHost(app)
+    from ripsvc.worker.aiohttp_front import AiohttpHost
+
+    return AiohttpHost(app)
+
+
+class Worker:
+    host: Any  # AsgiHost | WsgiHost | AiohttpHost: adapters differ in their handle() signature
+
+    def __init__(self, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
+        self.options = options
+        self.loop = loop
+        self.policy = options.recycle.with_jitter(options.recycle_jitter)
+        self.gate = Gate()
+        self.connections: set[HttpConnection] = set()
+        self.accepting = True
+        self.exit_code = ExitCode.OK
+        self.stopping = asyncio.Event()  # no new requests from now on
+        self.drained = asyncio.Event()  # stopping, and no request in flight
+        self.served = 0
+        self.reloads = 0
+        self.started = time.monotonic()
+        self.watcher: ModuleWatcher | None = None
+        if options.reload == "module":
+            SourceOnlyFinder(options.app.directory).install()
+            self.watcher = ModuleWatcher(options.app.directory, options.reload_interval)
+        self._date_second = 0
+        self._date_header = b""
+
+    @property
+    def kind(self) -> str:
+        return str(self.host.kind)
+
+    # -- loading -----------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Import the app and run its startup; raise AppLoadError on any failure."""
+        self.host = await self._start_host()
+        if self.watcher is not None:
+            self.watcher.snapshot()
+        if self.policy.seconds:
+            self.loop.call_later(self.policy.seconds, self._age_limit)
+
+    async def _start_host(self) -> AppHost:
+        spec = self.options.app
+        app = import_app(spec)
+        host = make_host(detect_kind(app, spec), app)
+        try:
+            await host.startup()
+        except AppLoadError:
+            raise
+        except Exception as exc:
+            tb = "".join(traceback.format_exception(exc)).rstrip()
+            raise StartupFailed(f"the app's startup failed:\n{tb}") from exc
+        return host
+
+    # -- requests ----------------------------------------------------------------------------
+    @property
+    def date_header(self) -> bytes:
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date_header = b"date: %s\r\n" % formatdate(now, usegmt=True).encode()
+        return self._date_header
+
+    async def before_request(self) -> None:
+        if self.watcher is not None and self.watcher.due():
+            await self.reload_modules()
+
+    async def serve(self, request: Request, conn: HttpConnection) -> None:
+        if self.watcher is not None:
+            await self.before_request()
+        await self.host.handle(request, conn)
+
+    def request_finished(self) -> None:
+        self.served += 1
+        self.gate.release()
+        policy = self.policy
+        if policy.requests and self.served >= policy.requests:
+            self.begin_stop(ExitCode.RECYCLE, f"recycling after {self.served} requests")
+        elif policy.reloads and self.reloads >= policy.reloads:
+            self.begin_stop(ExitCode.RECYCLE, f"recycling after {self.reloads} module reloads")
+        elif not self.accepting:
+            self.drained.set()
+
+    # -- module reload -------------------------------------------------------------------------
+    async def reload_modules(self) -> None:
+        """Re-import the app if its source changed; a failed import keeps the old app serving."""
+        watcher = self.watcher
+        assert watcher is not None
+        changed = watcher.changed()
+        if not changed:
+            return
+        log.info("source changed (%s): reloading the app", ", ".join(sorted(changed)))
+        old_modules = watcher.unload()
+        try:
+            host = await self._start_host()
+        except AppLoadError as exc:
+            watcher.restore(old_modules, watcher.app_modules())
+            watcher.snapshot(extra=_files_in_error(exc))
+            log.error("module reload failed; the previous code keeps serving:\n%s", exc)
+            return
+        old, self.host = self.host, host
+        watcher.snapshot()
+        self.reloads += 1
+        sd.notify(f"STATUS={self.status_line()}")
+        log.info("module reload %d done", self.reloads)
+        await old.shutdown()
+
+    # -- stopping ------------------------------------------------------------------------------
+    def _age_limit(self) -> None:
+        self.begin_stop(ExitCode.RECYCLE, f"recycling after {self.policy.seconds} s")
+
+    def begin_stop(self, code: ExitCode, reason: str) -> None:
+        """Stop taking requests; the one in flight (if any) finishes first."""
+        if not self.accepting:
+            return
+        self.accepting = False
+        self.exit_code = code
+        log.info("%s; stopping", reason)
+        sd.notify("STOPPING=1", f"STATUS={reason}; stopping")
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        self.stopping.set()
+        if not self.gate.busy:
+            self.drained.set()
+
+    def status_line(self) -> str:
+        state = "busy" if self.gate.busy else "idle"
+        return (f"{self.options.name} ({self.kind}): {self.served} requests, "
+                f"{self.reloads} reloads, {state}")
+
+
+def _files_in_error(exc: BaseException) -> list[str]:
+    """Source files named by an import error's traceback, so fixing any of them is noticed."""
+    files: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, SyntaxError) and current.filename:
+            files.append(current.filename)
+        files.extend(frame.filename for frame in traceback.extract_tb(current.__traceback__))
+        current = current.__cause__ or current.__context__
+    return [f for f in files if Path(f).is_file()]

@@ -1,0 +1,367 @@
+"""HTTP/1.1 on the worker's socket for ASGI and WSGI apps: one asyncio protocol per connection.
+
+This is the worker's hot path, so it sits directly on asyncio's Protocol and httptools' C parser
+(bench/worker measured it ahead of uvicorn, which aiohttp's own server was not). aiohttp apps
+are served by aiohttp's server instead (aiohttp_front.py) so that they get real aiohttp requests.
+
+One request in flight per worker (not per connection) is the worker's contract: the shared
+Gate says whether a completed request may run; if not, it gets `503` with `Rip-Worker-Busy: 1`
+at once. Pipelined requests on one connection wait their turn in order, with reading paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import socket
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+
+from ripsvc import logs
+from ripsvc.worker.request import Body, Request
+
+if TYPE_CHECKING:
+    from ripsvc.worker.core import Worker
+
+log = logs.get("worker.http")
+
+#: Request line plus header fields; beyond it the request is refused with 431.
+MAX_HEADER_BYTES = 64 * 1024
+
+_STATUS_LINES = {
+    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
+    for status in http.HTTPStatus
+}
+BUSY_HEADER = b"rip-worker-busy: 1\r\n"
+
+
+def status_line(code: int) -> bytes:
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        line = b"HTTP/1.1 %d \r\n" % code
+    return line
+
+
+def simple_response(code: int, *, close: bool, extra: bytes = b"", body: bytes = b"") -> bytes:
+    if not body and code >= 400:
+        body = b"%d %s\n" % (code, http.HTTPStatus(code).phrase.encode())
+    return b"".join((
+        status_line(code),
+        extra,
+        b"content-type: text/plain; charset=utf-8\r\n" if body else b"",
+        b"content-length: %d\r\n" % len(body),
+        b"connection: close\r\n" if close else b"",
+        b"\r\n",
+        body,
+    ))
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection (usually the balancer's keep-alive connection)."""
+
+    # -- per connection --------------------------------------------------------------------
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
+    server: tuple[str, int | None] | None
+
+    def __init__(self, worker: Worker) -> None:
+        # global
+        self.worker = worker
+        self.loop = worker.loop
+        self.max_body = worker.options.max_body
+        # per connection
+        self.parser = httptools.HttpRequestParser(self)
+        self.pending: deque[Request | int] = deque()
+        self.active: Request | None = None
+        self.closing = False
+        self.writable = threading.Event()  # cleared while the transport's buffer is full
+        self.writable.set()
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._done_waiter: asyncio.Future[None] | None = None
+        # per request being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body = Body()
+        self._skip_body = False
+        # per response being written
+        self.response_started = False
+        self.response_done = False
+        self._chunked = False
+        self._head_only = False
+
+    # -- asyncio.Protocol interface ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        self.client = self.server = None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            self.client = transport.get_extra_info("peername")[:2]
+            self.server = transport.get_extra_info("sockname")[:2]
+        self.worker.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.worker.connections.discard(self)
+        self.writable.set()  # a WSGI thread waiting to write must not hang
+        for waiter in (self._drain_waiter, self._done_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        for item in self.pending:
+            if isinstance(item, Request):
+                item.body.close()
+        self.pending.clear()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrades (WebSocket, h2c) are not served; answer the request as plain HTTP/1.1
+            # and close, since what follows on this connection is no longer HTTP/1.1.
+            self._queue_error(0)
+        except httptools.HttpParserError as exc:
+            log.debug("malformed request: %s", exc)
+            self._queue_error(400)
+
+    # -- parser callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = Body()
+        self._skip_body = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("header section too large")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._queue_error(431)
+            return
+        for name, value in self._headers:
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.max_body
+                except ValueError:
+                    too_big = False  # the parser rejects it
+                if too_big:
+                    self._queue_error(413)
+                    return
+
+    def on_body(self, chunk: bytes) -> None:
+        if self._skip_body:
+            return
+        self._body.append(chunk)
+        if self._body.size > self.max_body:
+            self._queue_error(413)
+
+    def on_message_complete(self) -> None:
+        if self._skip_body:
+            return
+        parser = self.parser
+        request = Request(
+            parser.get_method().decode("ascii"),
+            self._url,
+            parser.get_http_version(),
+            self._headers,
+            parser.should_keep_alive(),
+            self._body,
+        )
+        if self.active is not None or self.pending:
+            self.pending.append(request)  # pipelined: answered in order
+            self.transport.pause_reading()
+        else:
+            self.dispatch(request)
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _queue_error(self, status: int) -> None:
+        """Refuse the request being parsed with `status` (0: none) and close the connection."""
+        self._skip_body = True
+        self._body.close()
+        self.transport.pause_reading()
+        if self.active is not None or self.pending:
+            self.pending.append(status)
+        else:
+            self._fail(status)
+
+    def _fail(self, status: int) -> None:
+        self.closing = True
+        if status:
+            self.transport.write(simple_response(status, close=True))
+        self.transport.close()
+
+    def dispatch(self, request: Request) -> None:
+        worker = self.worker
+        if not worker.accepting:
+            request.body.close()
+            self._fail_busy()
+            return
+        if not worker.gate.acquire():
+            request.body.close()
+            self.transport.write(
+                simple_response(503, close=not request.keep_alive, extra=BUSY_HEADER)
+            )
+            if not request.keep_alive:
+                self._fail(0)
+            return
+        self.active = request
+        self.response_started = self.response_done = self._chunked = False
+        self._head_only = request.method == "HEAD"
+        self.loop.create_task(self._run(request))
+
+    def _fail_busy(self) -> None:
+        self.closing = True
+        self.transport.write(simple_response(503, close=True, extra=BUSY_HEADER))
+        self.transport.close()
+
+    async def _run(self, request: Request) -> None:
+        try:
+            await self.worker.serve(request, self)
+            if not self.response_started:
+                log.error("%s %s: the app returned without a response", request.method,
+                          request.target.decode("latin-1"))
+                self._write_500()
+            elif not self.response_done:
+                log.error("%s %s: the app did not finish its response", request.method,
+                          request.target.decode("latin-1"))
+                self.closing = True
+        except Exception:
+            log.exception("%s %s: the app raised", request.method, request.target.decode("latin-1"))
+            if self.response_started:
+                self.closing = True  # headers are out: only closing tells the client
+            else:
+                self._write_500()
+        finally:
+            request.body.close()
+            self.active = None
+            self._done_waiter = None
+            self.worker.request_finished()
+            self._after_response(request)
+
+    def _write_500(self) -> None:
+        if not self.closing:
+            self.transport.write(simple_response(500, close=True))
+        self.closing = True
+
+    def _after_response(self, request: Request) -> None:
+        if self.closing or not request.keep_alive or not self.worker.accepting:
+            self.closing = True
+            self.transport.close()
+            return
+        while self.pending and self.active is None and not self.closing:
+            item = self.pending.popleft()
+            if isinstance(item, int):
+                self._fail(item)
+                return
+            self.dispatch(item)
+        if not self.pending and not self.closing:
+            self.transport.resume_reading()
+
+    def close_if_idle(self) -> None:
+        """Used on graceful stop: idle keep-alive connections close now, busy ones after."""
+        if self.active is None:
+            self.closing = True
+            self.transport.close()
+
+    # -- response interface for the app adapters ------------------------------------------------
+    def start_response(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                       more: bool) -> None:
+        """Send the status line and headers, with the first piece of the body.
+
+        Without a Content-Length from the app, a complete response gets one and a streamed
+        response uses chunked transfer coding.
+        """
+        if self.response_started:
+            raise RuntimeError("response already started")
+        self.response_started = True
+        parts = [status_line(status), self.worker.date_header]
+        has_length = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                has_length = True
+            elif lname == b"transfer-encoding" or lname == b"connection":
+                continue  # framing is ours to decide
+            parts += (name, b": ", value, b"\r\n")
+        no_body = self._head_only or status in (204, 304) or 100 <= status < 200
+        if not has_length and not no_body:
+            if more:
+                self._chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                parts.append(b"content-length: %d\r\n" % len(body))
+        if self.closing or not self.active or not self.active.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        if no_body:
+            self._head_only = True
+        elif body:
+            parts.append(self._frame(body))
+        if not more and self._chunked:
+            parts.append(b"0\r\n\r\n")
+        if not self.closing:
+            self.transport.write(b"".join(parts))
+        if not more:
+            self._mark_done()
+
+    def write(self, body: bytes, more: bool) -> None:
+        if not self.response_started:
+            raise RuntimeError("response body before response start")
+        if self.response_done:
+            raise RuntimeError("response already complete")
+        data = b""
+        if body and not self._head_only:
+            data = self._frame(body)
+        if not more and self._chunked:
+            data += b"0\r\n\r\n"
+        if data and not self.closing:
+            self.transport.write(data)
+        if not more:
+            self._mark_done()
+
+    def _mark_done(self) -> None:
+        self.response_done = True
+        if self._done_waiter is not None and not self._done_waiter.done():
+            self._done_waiter.set_result(None)
+
+    def _frame(self, body: bytes) -> bytes:
+        if self._chunked:
+            return b"%x\r\n%s\r\n" % (len(body), body)
+        return body
+
+    async def drain(self) -> None:
+        """Wait until the transport accepts more data (or the client went away)."""
+        if self.writable.is_set() or self.closing:
+            return
+        self._drain_waiter = self.loop.create_future()
+        await self._drain_waiter
+
+    async def wait_done(self) -> None:
+        """Wait until the response is complete or the client disconnected."""
+        if self.closing or self.response_done:
+            return
+        self._done_waiter = self.loop.create_future()
+        await self._done_waiter
+
+    def call_from_thread(self, callback: Any, *args: Any) -> None:
+        self.loop.call_soon_threadsafe(callback, *args)

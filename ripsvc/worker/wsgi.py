@@ -1,0 +1,178 @@
+"""Running a WSGI (PEP 3333) app.
+
+The app runs in a thread of its own so that a long request never stalls the event loop, which
+keeps pinging the watchdog and handling signals meanwhile. Response pieces are handed to the
+loop as they come (PEP 3333 forbids holding a block back until the next one is produced).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+from ripsvc import logs
+
+if TYPE_CHECKING:
+    from ripsvc.worker.http import HttpConnection
+    from ripsvc.worker.request import Request
+
+log = logs.get("worker.wsgi")
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+_SPECIAL_HEADERS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+
+
+def split_host(host: str) -> tuple[str, str]:
+    """Split a Host header into name and port ("" when absent), IPv6 literals included."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end > 0:
+            rest = host[end + 1 :]
+            return host[: end + 1], rest[1:] if rest.startswith(":") else ""
+    name, _, port = host.partition(":")
+    return name, port
+
+
+class FileWrapper:
+    """`wsgi.file_wrapper`: iterates a file-like object in blocks and closes it afterwards."""
+
+    def __init__(self, filelike: IO[bytes], blksize: int = 64 * 1024) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        close = getattr(filelike, "close", None)
+        if close is not None:
+            self.close = close
+
+    def __iter__(self) -> Iterator[bytes]:
+        while block := self.filelike.read(self.blksize):
+            yield block
+
+
+class WsgiHost:
+    kind = "wsgi"
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        # One thread: the worker runs one request at a time, and a WSGI app may rely on
+        # thread-local state staying put between requests.
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="wsgi")
+
+    async def startup(self) -> None:
+        pass
+
+    async def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    async def handle(self, request: Request, conn: HttpConnection) -> None:
+        environ = self.environ(request, conn)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._call_app, environ, conn)
+
+    def environ(self, request: Request, conn: HttpConnection) -> dict[str, Any]:
+        raw_path, query = request.path_and_query
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": request.method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote_to_bytes(raw_path).decode("latin-1"),
+            "QUERY_STRING": query.decode("latin-1"),
+            "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.input": request.body.stream(),
+            "wsgi.input_terminated": True,
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.file_wrapper": FileWrapper,
+        }
+        for name, value in request.headers:
+            key = _SPECIAL_HEADERS.get(name)
+            if key is None:
+                key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+            text = value.decode("latin-1")
+            environ[key] = f"{environ[key]},{text}" if key in environ else text
+        if conn.server is not None:
+            server_name, server_port = conn.server[0], str(conn.server[1])
+        else:
+            server_name, server_port = "localhost", "80"
+        if host := environ.get("HTTP_HOST"):
+            server_name, port = split_host(host)
+            server_port = port or server_port
+        environ["SERVER_NAME"] = server_name
+        environ["SERVER_PORT"] = server_port
+        if conn.client is not None:
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = conn.client[0], str(conn.client[1])
+        return environ
+
+    # -- in the app's thread -----------------------------------------------------------------
+    def _call_app(self, environ: dict[str, Any], conn: HttpConnection) -> None:
+        response = _Response(conn)
+        result = self.app(environ, response.start_response)
+        try:
+            if isinstance(result, (list, tuple)):
+                # A finite body known up front: one hand-off, with a Content-Length.
+                response.send(b"".join(result), more=False)
+            else:
+                for chunk in result:
+                    if chunk and not response.send(chunk, more=True):
+                        return  # the client went away: stop producing
+                response.send(b"", more=False)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+
+class _Response:
+    """start_response and the hand-off of response pieces from the app's thread to the loop."""
+
+    def __init__(self, conn: HttpConnection) -> None:
+        self.conn = conn
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_sent = False
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        code, _, _reason = status.partition(" ")
+        if len(code) != 3 or not code.isdigit():
+            raise ValueError(f"WSGI status {status!r} does not start with a 3-digit code")
+        self.status = int(code)
+        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy write() callable of PEP 3333."""
+        if data:
+            self.send(data, more=True)
+
+    def send(self, data: bytes, *, more: bool) -> bool:
+        """Hand a piece to the loop; False once the connection is gone."""
+        conn = self.conn
+        if self.status is None:
+            raise AssertionError("the WSGI app produced a body before calling start_response")
+        if more:
+            conn.writable.wait()  # back-pressure: the client is slower than the app
+        if conn.closing:
+            return False
+        if not self.headers_sent:
+            self.headers_sent = True
+            conn.call_from_thread(conn.start_response, self.status, self.headers, data, more)
+        elif data or not more:
+            conn.call_from_thread(conn.write, data, more)
+        return True

@@ -1,0 +1,129 @@
+"""Real worker processes for the tests, started exactly as systemd starts them.
+
+The test owns the listening Unix socket (passed as fd 3 with LISTEN_*) and the NOTIFY_SOCKET
+datagram socket, so it sees every READY/STATUS/WATCHDOG/STOPPING the worker sends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ripsvc.activation import spawn
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+TEST_APPS = REPO / "tests" / "apps"
+
+
+class NotifySocket:
+    """A NOTIFY_SOCKET the test owns: collects every datagram the child sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+            self.sock.settimeout(0)
+
+    def fields(self, name: str) -> list[str]:
+        self.poll()
+        return [m[name] for _, m in self.messages if name in m]
+
+    def times(self, name: str) -> list[float]:
+        self.poll()
+        return [t for t, m in self.messages if name in m]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class WorkerProcess:
+    """One `rip-worker` under test."""
+
+    def __init__(self, workdir: Path, app: str, args: Sequence[str] = (),
+                 env: dict[str, str] | None = None, name: str = "w") -> None:
+        self.workdir = workdir
+        self.socket_path = str(workdir / f"{name}.sock")
+        self.notify = NotifySocket(workdir / f"{name}.notify")
+        self.log_path = workdir / f"{name}.log"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.socket_path)
+        listener.listen(128)
+        self.listener = listener
+        child_env = {k: v for k, v in os.environ.items()
+                     if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")}
+        child_env["NOTIFY_SOCKET"] = str(self.notify.path)
+        child_env["PYTHONPATH"] = str(REPO)
+        child_env.update(env or {})
+        argv = [sys.executable, "-m", "ripsvc.worker", app, "--recycle-jitter", "0", *args]
+        self.log_file = open(self.log_path, "wb")  # noqa: SIM115 (kept for the process' life)
+        self.proc = spawn(argv, [("worker", listener.fileno())], child_env,
+                          stdout=self.log_file, stderr=subprocess.STDOUT, cwd=str(workdir))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def _explain(self, what: str) -> str:
+        return (f"{what}\n--- worker exit code: {self.proc.poll()}\n--- notify: "
+                f"{[m for _, m in self.notify.messages]}\n--- worker output:\n{self.output()}")
+
+    def wait_ready(self, timeout: float = 15.0) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.notify.poll(0.05)
+            if self.notify.fields("READY"):
+                return self
+            if self.proc.poll() is not None:
+                self.notify.poll(0.05)
+                raise AssertionError(self._explain("worker exited before READY=1"))
+        raise AssertionError(self._explain(f"no READY=1 within {timeout} s"))
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(self._explain(f"worker still running after {timeout} s")) from None
+        self.notify.poll(0.05)
+        return code
+
+    def wait_output(self, text: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.output()
+            if text in out:
+                return out
+            time.sleep(0.05)
+        raise AssertionError(self._explain(f"{text!r} not in the worker's output"))
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.listener.close()
+        self.notify.close()
+        self.log_file.close()
