@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 AppKind = Literal["asgi", "wsgi", "aiohttp"]
 DEFAULT_ATTR = "app"
+_PACKAGE_DIR = str(Path(__file__).resolve().parent) + "/"
 
 
 class AppLoadError(Exception):
@@ -59,7 +60,9 @@ def parse_spec(text: str, cwd: Path | None = None) -> AppSpec:
     """Turn the operator's app string into an AppSpec; raise BadImportString if it is none."""
     cwd = cwd or Path.cwd()
     if not text:
-        raise BadImportString("no app given: use module:attr, path/to/file.py[:attr] or a directory")
+        raise BadImportString(
+            "no app given: use module:attr, path/to/file.py[:attr] or a directory"
+        )
     location, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
     if sep and not attr:
         raise BadImportString(f"{text!r}: nothing after ':' (expected an attribute name)")
@@ -119,8 +122,16 @@ def _is_prefix(name: str, module: str) -> bool:
 
 
 def _inside_app(what: str, spec: AppSpec, exc: BaseException) -> str:
-    tb = "".join(traceback.format_exception(exc)).rstrip()
-    return f"error raised while {what} {spec.module!r} from {spec.directory}:\n{tb}"
+    # Start the traceback at the user's code: the import machinery's frames say nothing.
+    tb = exc.__traceback__
+    while tb is not None and _is_machinery(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()
+    return f"error raised while {what} {spec.module!r} from {spec.directory}:\n{text}"
+
+
+def _is_machinery(filename: str) -> bool:
+    return filename.startswith((_PACKAGE_DIR, "<frozen")) or "/importlib/" in filename
 
 
 def detect_kind(app: Any, spec: AppSpec) -> AppKind:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -32,3 +33,15 @@ def start_worker(short_tmp: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in started:
         worker.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With RIP_FORBID_SKIPS=1 (CI), a skipped or xfailed test fails the run."""
+    if not os.environ.get("RIP_FORBID_SKIPS"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    stats = reporter.stats if reporter is not None else {}
+    skipped = len(stats.get("skipped", [])) + len(stats.get("xfailed", []))
+    if skipped:
+        print(f"\nRIP_FORBID_SKIPS: {skipped} test(s) skipped or xfailed: failing the run")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

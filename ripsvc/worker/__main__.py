@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import uvloop
 
@@ -18,6 +20,8 @@ from ripsvc.values import parse_seconds, parse_size
 from ripsvc.worker.core import RELOAD_MODES, WorkerOptions
 from ripsvc.worker.server import Bind, SocketError, run
 
+T = TypeVar("T")
+
 
 def _jitter(text: str) -> float:
     value = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
@@ -26,10 +30,12 @@ def _jitter(text: str) -> float:
     return value
 
 
-def _typed(parse: object, what: str) -> object:
-    def convert(text: str) -> object:
+def _typed(parse: Callable[[str], T], what: str) -> Callable[[str], T]:
+    """An argparse type from a parser raising ValueError, keeping its message."""
+
+    def convert(text: str) -> T:
         try:
-            return parse(text)  # type: ignore[operator]
+            return parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

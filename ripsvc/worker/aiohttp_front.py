@@ -54,7 +54,7 @@ def make_server(worker: Worker) -> web.Server:
             await worker.before_request()
             host = worker.host
             assert isinstance(host, AiohttpHost)
-            response: web.StreamResponse = await host.handle(request)  # type: ignore[arg-type]
+            response: web.StreamResponse = await host.handle(request)
             return response
         finally:
             worker.request_finished()

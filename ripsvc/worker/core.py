@@ -1,4 +1,4 @@
-"""The worker's state: the app it hosts, the one-request gate, counters, recycling, module reload."""
+"""The worker's state: its app, the one-request gate, counters, recycling and module reload."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class WorkerOptions:
     name: str = "app"
     worker_id: str = "0"
     reload: str = "process"
-    recycle: RecyclePolicy = RecyclePolicy()
+    recycle: RecyclePolicy = RecyclePolicy()  # noqa: RUF009 (frozen, so sharing is safe)
     recycle_jitter: float = 0.1
     graceful_timeout: float = 30.0
     max_body: int = 100 << 20

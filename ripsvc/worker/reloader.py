@@ -86,7 +86,7 @@ class ModuleWatcher:
         return time.monotonic() - self.last_check >= self.interval
 
     def changed(self) -> list[str]:
-        """Files whose signature differs from the baseline (checks are rate-limited by the caller)."""
+        """Files whose signature differs from the baseline (the caller rate-limits checks)."""
         self.last_check = time.monotonic()
         return [path for path, sig in self.files.items() if _signature(path) != sig]
 

@@ -28,7 +28,7 @@ class Body:
         if self._file is not None:
             self._file.write(chunk)
         elif self.size > MEMORY_BODY_LIMIT:
-            self._file = tempfile.TemporaryFile(prefix="rip-body-")
+            self._file = tempfile.TemporaryFile(prefix="rip-body-")  # noqa: SIM115 (closed by close())
             self._file.write(self._memory)
             self._file.write(chunk)
             self._memory = bytearray()

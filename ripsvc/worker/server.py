@@ -116,8 +116,10 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
             servers.append(await loop.create_server(factory, sock=sock))
 
     log.info("serving %s (%s) on %s", options.app, worker.kind,
-             ", ".join(str(s.getsockname()) or "unix" for s in sockets))
+             ", ".join(_describe(s) for s in sockets))
     sd.notify("READY=1", f"STATUS={worker.status_line()}", f"MAINPID={os.getpid()}")
+    if bind is not None:
+        log.info("ready: try  %s", _curl_hint(sockets[-1]))
     timers = _start_timers(worker)
 
     await worker.stopping.wait()
@@ -140,6 +142,20 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
             os.unlink(created_path)
     log.info("stopped after %d requests (exit %s)", worker.served, worker.exit_code.name)
     return worker.exit_code
+
+
+def _describe(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _curl_hint(sock: socket.socket) -> str:
+    if sock.family == socket.AF_UNIX:
+        return f"curl --unix-socket {sock.getsockname()} http://localhost/"
+    return f"curl http://{_describe(sock)}/"
 
 
 def _start_timers(worker: Worker) -> list[asyncio.TimerHandle]:

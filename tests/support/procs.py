@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,34 +24,42 @@ TEST_APPS = REPO / "tests" / "apps"
 
 
 class NotifySocket:
-    """A NOTIFY_SOCKET the test owns: collects every datagram the child sends."""
+    """A NOTIFY_SOCKET the test owns; a thread records every datagram with its arrival time."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
         self.messages: list[tuple[float, dict[str, str]]] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
 
-    def poll(self, timeout: float = 0.0) -> None:
-        self.sock.settimeout(timeout)
-        while True:
+    def _receive(self) -> None:
+        while not self._closed.is_set():
             try:
                 data = self.sock.recv(4096)
-            except (TimeoutError, BlockingIOError):
+            except TimeoutError:
+                continue
+            except OSError:
                 return
             fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
             self.messages.append((time.monotonic(), fields))
-            self.sock.settimeout(0)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Give datagrams in flight `timeout` seconds to arrive."""
+        time.sleep(timeout)
 
     def fields(self, name: str) -> list[str]:
-        self.poll()
-        return [m[name] for _, m in self.messages if name in m]
+        return [m[name] for _, m in list(self.messages) if name in m]
 
     def times(self, name: str) -> list[float]:
-        self.poll()
-        return [t for t, m in self.messages if name in m]
+        return [t for t, m in list(self.messages) if name in m]
 
     def close(self) -> None:
+        self._closed.set()
+        self._thread.join(1)
         self.sock.close()
 
 
@@ -67,8 +76,8 @@ class WorkerProcess:
         listener.bind(self.socket_path)
         listener.listen(128)
         self.listener = listener
-        child_env = {k: v for k, v in os.environ.items()
-                     if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")}
+        inherited = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
+        child_env = {k: v for k, v in os.environ.items() if k not in inherited}
         child_env["NOTIFY_SOCKET"] = str(self.notify.path)
         child_env["PYTHONPATH"] = str(REPO)
         child_env.update(env or {})

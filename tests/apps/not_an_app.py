@@ -1,0 +1,1 @@
+app = {"not": "an app"}

@@ -1,0 +1,50 @@
+"""Parsing app strings (pure functions; the import paths are tested through real workers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ripsvc.apploader import BadImportString, parse_spec
+from tests.support.procs import EXAMPLES, TEST_APPS
+
+
+def test_directory_means_its_app_py():
+    spec = parse_spec(str(EXAMPLES / "hello"))
+    assert (spec.module, spec.attr, spec.directory) == ("app", "app", EXAMPLES / "hello")
+
+
+def test_relative_directory_resolves_against_cwd():
+    spec = parse_spec("hello", cwd=EXAMPLES)
+    assert spec.directory == EXAMPLES / "hello"
+
+
+def test_file_with_and_without_attribute():
+    path = TEST_APPS / "errors_app.py"
+    assert parse_spec(str(path)).attr == "app"
+    spec = parse_spec(f"{path}:other.attr")
+    assert (spec.module, spec.attr, spec.directory) == ("errors_app", "other.attr", TEST_APPS)
+
+
+def test_module_string_uses_cwd():
+    spec = parse_spec("pkg.web:application", cwd=Path("/srv"))
+    assert (spec.module, spec.attr, spec.directory) == ("pkg.web", "application", Path("/srv"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no app given"),
+        ("pkg:", "nothing after ':'"),
+        ("pkg:1x", "is not an attribute name"),
+        ("just_a_module", "must be given as module:attr"),
+        ("bad-name:app", "is not a module name"),
+        ("/no/such/file.py", "does not exist"),
+        (str(EXAMPLES), "has no app.py"),
+        (str(EXAMPLES / "hello" / "VERSION") + ":app", "is not a .py file"),
+    ],
+)
+def test_bad_strings_say_what_is_wrong(text, message):
+    with pytest.raises(BadImportString, match=message):
+        parse_spec(text)

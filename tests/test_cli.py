@@ -1,0 +1,65 @@
+"""rip-server and ripctl as a user runs them."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from tests.support.procs import EXAMPLES, REPO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from ripsvc.cli import ripctl_main; "
+                           "ripctl_main()", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def test_rip_server_serves_the_example_until_interrupted(tmp_path):
+    port = free_port()
+    log = open(tmp_path / "out", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from ripsvc.cli import serve_main; serve_main()",
+         str(EXAMPLES / "hello"), f"http:{port}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 15
+        body = b""
+        while time.monotonic() < deadline and not body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    body = r.read()
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "out").read_text()
+                time.sleep(0.05)
+        assert body.startswith(b"pong "), (tmp_path / "out").read_text()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        out = (tmp_path / "out").read_text()
+        assert f"ready: try  curl http://127.0.0.1:{port}/" in out
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_rip_server_reports_every_bad_token_with_exit_2():
+    result = run_cli("serve", "w:4", "http:99999", "nowhere")
+    assert result.returncode == 2
+    assert "'w:4'" in result.stderr
+    assert "'http:99999': expected http:PORT" in result.stderr
+    assert "'nowhere': not an app path" in result.stderr
+    assert "no app given" in result.stderr
+
+
+def test_ripctl_unknown_command_is_a_usage_error():
+    result = run_cli("frobnicate")
+    assert result.returncode == 2
+    assert "invalid choice: 'frobnicate'" in result.stderr

@@ -1,0 +1,192 @@
+"""Single-inflight, sd_notify, recycling, graceful stop and load failures of a real worker."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+
+import pytest
+
+from ripsvc.exitcodes import ExitCode
+from tests.support.client import UnixHTTPConnection, get, request
+from tests.support.procs import EXAMPLES, TEST_APPS
+
+HELLO = str(EXAMPLES / "hello")
+WSGI = str(EXAMPLES / "hello_wsgi")
+AIOHTTP = str(EXAMPLES / "hello_aiohttp")
+
+
+def in_background(fn, *args):
+    result: dict[str, object] = {}
+
+    def run():
+        try:
+            result["value"] = fn(*args)
+        except BaseException as exc:  # reported by the caller's assertion
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def wait_busy(worker, timeout=5.0):
+    """Until the worker's STATUS says it is busy (it reports state once a second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        worker.notify.poll(0.05)
+        if any(s.endswith("busy") for s in worker.notify.fields("STATUS")):
+            return
+    raise AssertionError(f"the worker never reported busy: {worker.notify.fields('STATUS')}")
+
+
+@pytest.mark.parametrize("app", [HELLO, WSGI, AIOHTTP], ids=["asgi", "wsgi", "aiohttp"])
+def test_second_request_while_one_is_in_flight_gets_busy_503_at_once(start_worker, app):
+    worker = start_worker(app)
+    thread, slow = in_background(get, worker.socket_path, "/slow?ms=1500")
+    wait_busy(worker)
+    reply = get(worker.socket_path, "/ping")
+    assert reply.status == 503
+    assert reply.headers["rip-worker-busy"] == "1"
+    assert reply.seconds < 0.5
+    thread.join(10)
+    assert slow["value"].status == 200, slow
+    assert get(worker.socket_path, "/ping").status == 200
+
+
+def test_notify_ready_status_watchdog_and_stopping(start_worker):
+    worker = start_worker(HELLO, env={"WATCHDOG_USEC": "400000"})
+    ready_at = worker.notify.times("READY")[0]
+    for _ in range(3):
+        get(worker.socket_path, "/ping")
+    time.sleep(1.5)
+    worker.notify.poll(0.05)
+    pings = [t for t in worker.notify.times("WATCHDOG") if t >= ready_at]
+    assert len(pings) >= 5, pings  # every 0.2 s (half of WATCHDOG_USEC)
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
+    assert max(gaps) < 0.4, gaps
+    statuses = worker.notify.fields("STATUS")
+    assert any("3 requests" in s for s in statuses), statuses
+    assert worker.notify.fields("MAINPID") == [str(worker.pid)]
+    worker.signal()
+    assert worker.wait_exit() == 0
+    assert worker.notify.fields("STOPPING") == ["1"]
+
+
+def test_wsgi_request_does_not_stall_the_watchdog(start_worker):
+    worker = start_worker(WSGI, env={"WATCHDOG_USEC": "200000"})
+    start = time.monotonic()
+    assert get(worker.socket_path, "/slow?ms=1200").status == 200
+    worker.notify.poll(0.05)
+    during = [t for t in worker.notify.times("WATCHDOG") if start < t < start + 1.2]
+    assert len(during) >= 8, during  # a ping every 0.1 s while the app's thread sleeps
+
+
+@pytest.mark.parametrize("app", [HELLO, WSGI, AIOHTTP], ids=["asgi", "wsgi", "aiohttp"])
+def test_sigterm_during_slow_request_finishes_it_and_exits_0(start_worker, app):
+    worker = start_worker(app)
+    thread, slow = in_background(get, worker.socket_path, "/slow?ms=1000")
+    wait_busy(worker)
+    worker.signal(signal.SIGTERM)
+    thread.join(10)
+    assert slow["value"].status == 200, slow
+    assert slow["value"].text == "slept 1000 ms\n"
+    assert worker.wait_exit() == 0
+    assert worker.notify.fields("STOPPING") == ["1"]
+
+
+def test_graceful_timeout_bounds_the_stop(start_worker):
+    worker = start_worker(HELLO, "--graceful-timeout", "0.5")
+    in_background(get, worker.socket_path, "/slow?ms=5000")
+    wait_busy(worker)
+    start = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit() == 0
+    assert time.monotonic() - start < 3
+    assert "did not finish within 0.5 s" in worker.output()
+
+
+def test_idle_keep_alive_connections_close_on_stop(start_worker):
+    worker = start_worker(HELLO)
+    conn = UnixHTTPConnection(worker.socket_path)
+    assert request(conn, "GET", "/ping").status == 200
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit() == 0
+    assert conn.sock.recv(1) == b""  # closed by the worker, not left hanging
+
+
+@pytest.mark.parametrize("app", [HELLO, AIOHTTP], ids=["asgi", "aiohttp"])
+def test_recycles_after_n_requests_with_its_exit_code(start_worker, app):
+    worker = start_worker(app, "--recycle", "r:5,0s,0r")
+    conn = UnixHTTPConnection(worker.socket_path)
+    statuses = [request(conn, "GET", "/ping").status for _ in range(5)]
+    assert statuses == [200] * 5
+    assert worker.wait_exit() == ExitCode.RECYCLE
+    assert "recycling after 5 requests" in worker.output()
+
+
+def test_recycles_after_its_age_limit(start_worker):
+    worker = start_worker(HELLO, "--recycle", "r:0,1s,0r")
+    assert worker.wait_exit(5) == ExitCode.RECYCLE
+    assert "recycling after 1 s" in worker.output()
+
+
+def test_recycle_jitter_lowers_limits_within_the_share():
+    from ripsvc.recycle import RecyclePolicy
+
+    policy = RecyclePolicy(1000, 3600, 10)
+    for _ in range(200):
+        jittered = policy.with_jitter(0.1)
+        assert 900 <= jittered.requests <= 1000
+        assert 3240 <= jittered.seconds <= 3600
+        assert jittered.reloads == 10
+    assert len({policy.with_jitter(0.1).requests for _ in range(50)}) > 1
+
+
+@pytest.mark.parametrize(
+    ("app", "message"),
+    [
+        ("no_such_module:app", "could not import module 'no_such_module'"),
+        (f"{TEST_APPS}/errors_app.py:missing", "has no attribute 'missing'"),
+        (f"{TEST_APPS}/raising_import.py", "ImportError: cannot import name 'nothing'"),
+        (f"{TEST_APPS}/raising_import.py", "raising_import.py\", line"),
+        (f"{TEST_APPS}/syntax_error.py", "SyntaxError"),
+        (f"{TEST_APPS}/not_an_app.py", "is a dict, not an app"),
+        (f"{TEST_APPS}/failing_startup.py", "lifespan startup failed: database unreachable"),
+    ],
+)
+def test_load_failures_exit_with_app_load_error_and_say_why(start_worker, app, message):
+    worker = start_worker(app, ready=False)
+    assert worker.wait_exit() == ExitCode.APP_LOAD_ERROR
+    assert message in worker.output()
+    assert worker.notify.fields("READY") == []
+
+
+@pytest.mark.parametrize("app", ["pkg.mod:", "a b:app", "/nonexistent/dir/app.py", "x:1abc"])
+def test_bad_import_strings_are_refused(start_worker, app):
+    worker = start_worker(app, ready=False)
+    assert worker.wait_exit() == ExitCode.APP_LOAD_ERROR
+    assert "rip-worker: " in worker.output()
+
+
+def test_body_limit_413_on_content_length_and_on_chunked(start_worker):
+    worker = start_worker(HELLO, "--max-body", "64K")
+    conn = UnixHTTPConnection(worker.socket_path)
+    at_limit = b"x" * (64 << 10)
+    reply = request(conn, "POST", "/echo", body=at_limit)
+    assert (reply.status, len(reply.body)) == (200, 64 << 10)
+    over = request(UnixHTTPConnection(worker.socket_path), "POST", "/echo", body=at_limit + b"x")
+    assert over.status == 413
+    chunked = UnixHTTPConnection(worker.socket_path)
+    chunked.request("POST", "/echo", body=iter([at_limit, b"y"]), encode_chunked=True)
+    assert chunked.getresponse().status == 413
+
+
+def test_large_body_is_spooled_and_echoed_intact(start_worker):
+    worker = start_worker(WSGI)
+    body = bytes(range(256)) * (12 << 10)  # 3 MiB, beyond the in-memory threshold
+    reply = request(UnixHTTPConnection(worker.socket_path), "POST", "/echo", body=body)
+    assert reply.status == 200
+    assert reply.body == body
