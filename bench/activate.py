@@ -1,6 +1,6 @@
 """Run a command with a listening TCP socket passed as fd 3, as systemd's socket activation does.
 
-    python bench/activate.py HOST:PORT [--fd-only] -- COMMAND ARGS...
+    python bench/activate.py HOST:PORT -- COMMAND ARGS...
 
 LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES are set for the command (LISTEN_PID is the pid after
 exec, which is ours). uvicorn takes the same socket with `--fd 3`.

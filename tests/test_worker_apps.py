@@ -101,3 +101,19 @@ def test_app_errors_become_500_and_the_worker_goes_on(start_worker):
     assert reply.status == 500
     assert "ZeroDivisionError" in worker.wait_output("ZeroDivisionError")
     assert get(worker.socket_path, "/ok").status == 200
+
+
+def test_malformed_request_gets_400_and_close(start_worker):
+    worker = start_worker(KINDS["asgi"])
+    data = raw(worker.socket_path, b"GET /ping HTTP/1.1\r\nHost x\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"connection: close" in data
+    assert get(worker.socket_path, "/ping").status == 200
+
+
+def test_oversized_header_section_gets_431(start_worker):
+    worker = start_worker(KINDS["asgi"])
+    data = raw(worker.socket_path,
+               b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert get(worker.socket_path, "/ping").status == 200

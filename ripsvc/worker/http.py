@@ -30,6 +30,8 @@ log = logs.get("worker.http")
 
 #: Request line plus header fields; beyond it the request is refused with 431.
 MAX_HEADER_BYTES = 64 * 1024
+#: How long a refused request's remaining input is drained before the connection closes.
+LINGER_SECONDS = 2.0
 
 _STATUS_LINES = {
     status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
@@ -81,6 +83,7 @@ class HttpConnection(asyncio.Protocol):
         self.writable.set()
         self._drain_waiter: asyncio.Future[None] | None = None
         self._done_waiter: asyncio.Future[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
         # per request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -105,6 +108,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self._linger is not None:
+            self._linger.cancel()
         self.worker.connections.discard(self)
         self.writable.set()  # a WSGI thread waiting to write must not hang
         for waiter in (self._drain_waiter, self._done_waiter):
@@ -125,7 +130,7 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
-            return
+            return  # lingering: discard
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -134,7 +139,7 @@ class HttpConnection(asyncio.Protocol):
             self._queue_error(0)
         except httptools.HttpParserError as exc:
             log.debug("malformed request: %s", exc)
-            self._queue_error(400)
+            self._queue_error(431 if self._header_bytes > MAX_HEADER_BYTES else 400)
 
     # -- parser callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -147,6 +152,8 @@ class HttpConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
@@ -155,9 +162,6 @@ class HttpConnection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._queue_error(431)
-            return
         for name, value in self._headers:
             if name == b"content-length":
                 try:
@@ -205,10 +209,19 @@ class HttpConnection(asyncio.Protocol):
             self._fail(status)
 
     def _fail(self, status: int) -> None:
+        """Answer `status` (0: nothing) and close, lingering so the client can read it.
+
+        A client still sending a body we refused would get a reset, and lose our response,
+        if we closed at once; so (like nginx's lingering close) we stop writing, discard what
+        it still sends for a moment, and close when it does or when LINGER_SECONDS passed.
+        """
         self.closing = True
         if status:
             self.transport.write(simple_response(status, close=True))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()
+        self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def dispatch(self, request: Request) -> None:
         worker = self.worker
