@@ -12,7 +12,6 @@ at once. Pipelined requests on one connection wait their turn in order, with rea
 from __future__ import annotations
 
 import asyncio
-import http
 import socket
 import threading
 from collections import deque
@@ -21,7 +20,9 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from ripsvc import logs
-from ripsvc.worker.request import Body, Request
+from ripsvc.body import Body
+from ripsvc.http11 import BUSY_HEADER, simple_response, status_line
+from ripsvc.worker.request import Request
 
 if TYPE_CHECKING:
     from ripsvc.worker.core import Worker
@@ -32,34 +33,6 @@ log = logs.get("worker.http")
 MAX_HEADER_BYTES = 64 * 1024
 #: How long a refused request's remaining input is drained before the connection closes.
 LINGER_SECONDS = 2.0
-
-_STATUS_LINES = {
-    status.value: b"HTTP/1.1 %d %s\r\n" % (status.value, status.phrase.encode())
-    for status in http.HTTPStatus
-}
-BUSY_HEADER = b"rip-worker-busy: 1\r\n"
-
-
-def status_line(code: int) -> bytes:
-    line = _STATUS_LINES.get(code)
-    if line is None:
-        line = b"HTTP/1.1 %d \r\n" % code
-    return line
-
-
-def simple_response(code: int, *, close: bool, extra: bytes = b"", body: bytes = b"") -> bytes:
-    if not body and code >= 400:
-        body = b"%d %s\n" % (code, http.HTTPStatus(code).phrase.encode())
-    return b"".join((
-        status_line(code),
-        extra,
-        b"content-type: text/plain; charset=utf-8\r\n" if body else b"",
-        b"content-length: %d\r\n" % len(body),
-        b"connection: close\r\n" if close else b"",
-        b"\r\n",
-        body,
-    ))
-
 
 class HttpConnection(asyncio.Protocol):
     """One client connection (usually the balancer's keep-alive connection)."""
