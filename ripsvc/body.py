@@ -34,6 +34,16 @@ class Body:
         else:
             self._memory += chunk
 
+    @property
+    def in_memory(self) -> bool:
+        return self._file is None
+
+    def read_all(self) -> bytes:
+        """The whole body; only for bodies still in memory."""
+        if self._file is not None:
+            raise ValueError("the body is spooled to a file: read it with stream() or chunks()")
+        return bytes(self._memory)
+
     def stream(self) -> IO[bytes]:
         """A readable binary file positioned at the start of the body."""
         if self._file is None:

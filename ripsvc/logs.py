@@ -15,7 +15,8 @@ from systemd import journal
 ROOT = "rip"
 
 
-def _stderr_is_journal() -> bool:
+def stderr_is_journal() -> bool:
+    """True when systemd connected our stderr to the journal (JOURNAL_STREAM matches it)."""
     stream = os.environ.get("JOURNAL_STREAM")
     if not stream:
         return False
@@ -38,7 +39,7 @@ def setup(role: str, *, level: int = logging.INFO, **fields: str) -> logging.Log
     logger.setLevel(level)
     logger.propagate = False
     handler: logging.Handler
-    if _stderr_is_journal():
+    if stderr_is_journal():
         handler = journal.JournalHandler(SYSLOG_IDENTIFIER=f"rip-{role}", **fields)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:

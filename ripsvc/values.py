@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _SIZE = re.compile(r"^(\d+)\s*([KMG]?)(?:i?B)?$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -31,3 +36,16 @@ def parse_seconds(text: str) -> float:
     if seconds < 0:
         raise ValueError(f"{text!r} is negative")
     return seconds
+
+
+def typed(parse: Callable[[str], T], what: str) -> Callable[[str], T]:
+    """An argparse `type` from a parser that raises ValueError, keeping its message."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = what
+    return convert

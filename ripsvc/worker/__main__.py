@@ -6,8 +6,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
-from typing import TypeVar
 
 import uvloop
 
@@ -16,11 +14,10 @@ from ripsvc.apploader import AppLoadError, parse_spec
 from ripsvc.exitcodes import ExitCode
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.sd import ActivationError
-from ripsvc.values import parse_seconds, parse_size
+from ripsvc.sockets import Bind, SocketError
+from ripsvc.values import parse_seconds, parse_size, typed
 from ripsvc.worker.core import RELOAD_MODES, WorkerOptions
-from ripsvc.worker.server import Bind, SocketError, run
-
-T = TypeVar("T")
+from ripsvc.worker.server import run
 
 
 def _jitter(text: str) -> float:
@@ -30,19 +27,6 @@ def _jitter(text: str) -> float:
     return value
 
 
-def _typed(parse: Callable[[str], T], what: str) -> Callable[[str], T]:
-    """An argparse type from a parser raising ValueError, keeping its message."""
-
-    def convert(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = what
-    return convert
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rip-worker",
@@ -50,20 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
         "on a socket passed by systemd (LISTEN_FDS) or bound with --bind.",
     )
     p.add_argument("app", help="module:attr, path/to/file.py[:attr] or a directory with app.py")
-    p.add_argument("--bind", type=_typed(Bind.parse, "address"),
+    p.add_argument("--bind", type=typed(Bind.parse, "address"),
                    help="create the listening socket: a Unix socket path, or tcp:HOST:PORT")
     p.add_argument("--name", default=None, help="the app's name in logs (default: from APP)")
     p.add_argument("--id", dest="worker_id", default="0", help="this worker's id in logs")
     p.add_argument("--reload", choices=RELOAD_MODES, default="process",
                    help="module: re-import changed app modules before requests (default: process)")
-    p.add_argument("--recycle", type=_typed(RecyclePolicy.parse, "policy"),
+    p.add_argument("--recycle", type=typed(RecyclePolicy.parse, "policy"),
                    default=RecyclePolicy(), metavar="r:REQUESTS,SECONDSs,RELOADSr",
                    help="recycling limits, 0 disables one (default: r:10000,3600s,10r)")
-    p.add_argument("--recycle-jitter", type=_typed(_jitter, "share"), default=0.1,
+    p.add_argument("--recycle-jitter", type=typed(_jitter, "share"), default=0.1,
                    help="lower request and age limits by up to this share (default: 10%%)")
-    p.add_argument("--graceful-timeout", type=_typed(parse_seconds, "duration"), default=30.0,
+    p.add_argument("--graceful-timeout", type=typed(parse_seconds, "duration"), default=30.0,
                    help="on SIGTERM, how long the request in flight may take (default: 30s)")
-    p.add_argument("--max-body", type=_typed(parse_size, "size"), default=100 << 20,
+    p.add_argument("--max-body", type=typed(parse_size, "size"), default=100 << 20,
                    help="largest request body, else 413 (default: 100M)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])

@@ -7,67 +7,17 @@ import contextlib
 import os
 import signal
 import socket
-import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from ripsvc import logs, sd
 from ripsvc.apploader import AppLoadError
 from ripsvc.exitcodes import ExitCode
+from ripsvc.sockets import Bind, SocketError, describe
 from ripsvc.worker.core import Worker, WorkerOptions
 
 log = logs.get("worker")
 
 STATUS_INTERVAL = 1.0
-
-
-class SocketError(RuntimeError):
-    """No usable listening socket."""
-
-
-@dataclass(frozen=True)
-class Bind:
-    """A listening address the worker creates itself (development; systemd passes sockets)."""
-
-    path: str | None = None
-    host: str | None = None
-    port: int = 0
-
-    @classmethod
-    def parse(cls, text: str) -> Bind:
-        if text.startswith("tcp:"):
-            host, sep, port = text[4:].rpartition(":")
-            if not sep or not port.isdigit():
-                raise ValueError(f"{text!r}: expected tcp:HOST:PORT")
-            return cls(host=host.strip("[]") or "127.0.0.1", port=int(port))
-        if not text:
-            raise ValueError("empty socket path")
-        return cls(path=text)
-
-    def open(self) -> socket.socket:
-        if self.path is not None:
-            return _bind_unix(self.path)
-        assert self.host is not None
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(1024)
-        return sock
-
-
-def _bind_unix(path: str) -> socket.socket:
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)  # a stale socket from an earlier run
-        else:
-            raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
-    except FileNotFoundError:
-        pass
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    sock.listen(1024)
-    return sock
 
 
 async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
@@ -116,7 +66,7 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
             servers.append(await loop.create_server(factory, sock=sock))
 
     log.info("serving %s (%s) on %s", options.app, worker.kind,
-             ", ".join(_describe(s) for s in sockets))
+             ", ".join(describe(s) for s in sockets))
     sd.notify("READY=1", f"STATUS={worker.status_line()}", f"MAINPID={os.getpid()}")
     if bind is not None:
         log.info("ready: try  %s", _curl_hint(sockets[-1]))
@@ -144,18 +94,10 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     return worker.exit_code
 
 
-def _describe(sock: socket.socket) -> str:
-    name = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
-        return f"unix:{name}"
-    host, port = name[0], name[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _curl_hint(sock: socket.socket) -> str:
     if sock.family == socket.AF_UNIX:
         return f"curl --unix-socket {sock.getsockname()} http://localhost/"
-    return f"curl http://{_describe(sock)}/"
+    return f"curl http://{describe(sock)}/"
 
 
 def _start_timers(worker: Worker) -> list[asyncio.TimerHandle]:

@@ -1,0 +1,83 @@
+"""`python -m ripsvc.balancer --app NAME --listen … --control SOCK [--worker ID=SOCK]…`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import uvloop
+
+from ripsvc import __version__, logs
+from ripsvc.balancer.options import BalancerOptions
+from ripsvc.balancer.server import Plan, StaticWorker, run
+from ripsvc.exitcodes import ExitCode
+from ripsvc.sd import ActivationError
+from ripsvc.sockets import Bind, SocketError
+from ripsvc.values import parse_seconds, parse_size, typed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BalancerOptions()
+    p = argparse.ArgumentParser(
+        prog="rip-balancer",
+        description="Balance HTTP requests over single-request workers (one per Unix socket).")
+    p.add_argument("--app", default=d.app, help="the app's name (logs, /status)")
+    p.add_argument("--listen", action="append", default=[], type=typed(Bind.parse, "address"),
+                   help="http:PORT, tcp:HOST:PORT or a Unix socket path (repeatable); "
+                   "sockets passed by systemd are used as well")
+    p.add_argument("--control", help="path of the control socket (JSON over HTTP)")
+    p.add_argument("--worker", action="append", default=[],
+                   type=typed(StaticWorker.parse, "worker"),
+                   help="a worker to start with: ID=SOCKET_PATH[@VERSION] (repeatable)")
+    p.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="requests that may wait for a worker (default: %(default)s)")
+    p.add_argument("--queue-timeout-ms", type=int, default=int(d.queue_timeout * 1000),
+                   help="longest wait for a worker before 504 (default: %(default)s)")
+    seconds = typed(parse_seconds, "duration")
+    p.add_argument("--connect-timeout", type=seconds, default=d.connect_timeout)
+    p.add_argument("--response-timeout", type=seconds, default=d.response_timeout,
+                   help="a worker silent this long is hung: 504 (default: %(default)ss)")
+    p.add_argument("--header-timeout", type=seconds, default=d.header_timeout,
+                   help="time for a client to send request headers, else 408")
+    p.add_argument("--body-timeout", type=seconds, default=d.body_timeout,
+                   help="time for a client to send its body, else 408")
+    p.add_argument("--keepalive-timeout", type=seconds, default=d.keepalive_timeout)
+    p.add_argument("--graceful-timeout", type=seconds, default=30.0)
+    p.add_argument("--max-body", type=typed(parse_size, "size"), default=d.max_body)
+    p.add_argument("--status-path", default=d.status_path)
+    p.add_argument("--server-path", default=d.server_path)
+    p.add_argument("--json-logging", action="store_true")
+    p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"rip-balancer {__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.max_queue < 0 or args.queue_timeout_ms < 0:
+        print("rip-balancer: --max-queue and --queue-timeout-ms must not be negative",
+              file=sys.stderr)
+        sys.exit(ExitCode.USAGE)
+    logs.setup("balancer", level=getattr(logging, args.log_level.upper()), APP=args.app)
+    options = BalancerOptions(
+        app=args.app, max_queue=args.max_queue, queue_timeout=args.queue_timeout_ms / 1000,
+        connect_timeout=args.connect_timeout, response_timeout=args.response_timeout,
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+        keepalive_timeout=args.keepalive_timeout, max_body=args.max_body,
+        status_path=args.status_path, server_path=args.server_path,
+        access_log=not args.no_access_log, json_logging=args.json_logging)
+    plan = Plan(options, args.listen, args.control, args.worker, args.graceful_timeout)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            code = runner.run(run(plan))
+    except (SocketError, ActivationError, OSError) as exc:
+        logs.get("balancer").error("%s", exc)
+        sys.exit(ExitCode.FAILURE)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Dispatch: which worker gets a request, retries, failures and timeouts.
+
+The hot path is callbacks only: a parsed request goes straight to an idle worker's connection,
+and the parsed response straight back to the client connection; no task is created unless a
+worker connection has to be (re)opened or a request must wait in the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from ripsvc import logs
+from ripsvc.balancer.accesslog import AccessLog
+from ripsvc.balancer.options import BalancerOptions
+from ripsvc.balancer.pool import Pool, QueueFull, Slot
+from ripsvc.balancer.upstream import Upstream
+
+if TYPE_CHECKING:
+    from ripsvc.balancer.exchange import Exchange, Response
+    from ripsvc.balancer.front import ClientConnection
+
+log = logs.get("balancer")
+
+SWEEP_INTERVAL = 0.05
+
+
+class Balancer:
+    def __init__(self, options: BalancerOptions, loop: asyncio.AbstractEventLoop) -> None:
+        self.options = options
+        self.loop = loop
+        self.pool = Pool(options.max_queue)
+        self.pool.dispatch = self.send
+        self.clients: set[ClientConnection] = set()
+        self.ports: list[str] = []
+        self.started = time.time()
+        self.stats: Counter[str] = Counter()
+        self.hung: list[str] = []  # worker ids that timed out, for the supervisor
+        self.accepting = True
+        self.access_log = AccessLog(options.app, loop, enabled=options.access_log,
+                                    json_format=options.json_logging)
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    # -- workers -----------------------------------------------------------------------------
+    def join(self, worker_id: str, path: str, version: str) -> Slot:
+        slot = Slot(worker_id, path, version)
+        self.pool.join(slot)
+        return slot
+
+    # -- requests ----------------------------------------------------------------------------
+    def submit(self, exchange: Exchange) -> None:
+        """A complete request from a client: to an idle worker, else into the queue."""
+        slot = self.pool.acquire()
+        if slot is not None:
+            self.send(exchange, slot)
+            return
+        try:
+            self.pool.enqueue(exchange)
+        except QueueFull:
+            self.stats["queue_full"] += 1
+            exchange.client.respond_error(exchange, 503, "queue full")
+            return
+        exchange.waiting = True
+        exchange.queue_deadline = self.loop.time() + self.options.queue_timeout
+        self.stats["queued"] += 1
+
+    def send(self, exchange: Exchange, slot: Slot) -> None:
+        exchange.waiting = False
+        exchange.slot = slot
+        exchange.worker_id = slot.id
+        exchange.attempts += 1
+        upstream = slot.upstream
+        if upstream is not None and not upstream.closed:
+            upstream.send(exchange)
+        else:
+            self.loop.create_task(self._connect_and_send(exchange, slot))
+
+    async def _connect_and_send(self, exchange: Exchange, slot: Slot) -> None:
+        try:
+            _, upstream = await asyncio.wait_for(
+                self.loop.create_unix_connection(lambda: Upstream(self, slot), slot.path),
+                self.options.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            self.stats["connect_failures"] += 1
+            self.upstream_failed(exchange, slot, False, f"cannot connect to {slot.path}: {exc}")
+            return
+        slot.upstream = upstream
+        if exchange.client.closed and exchange.slot is slot:
+            self.release(slot)
+            return
+        upstream.send(exchange)
+
+    def release(self, slot: Slot) -> None:
+        self.pool.release(slot)
+
+    def upstream_done(self, exchange: Exchange, slot: Slot, response: Response) -> None:
+        if response.busy:
+            # The worker is busy with a request from elsewhere: it did not take this one.
+            self.stats["worker_busy"] += 1
+            self.release(slot)
+            self._retry_or_fail(exchange, 503, "worker busy", replay_ok=True)
+            return
+        slot.served += 1
+        self.release(slot)
+        if response.streaming:
+            exchange.client.stream_end(exchange)
+        else:
+            exchange.client.respond(exchange, response)
+
+    def upstream_failed(self, exchange: Exchange, slot: Slot, started: bool, why: str) -> None:
+        """The connection broke, or never came up; the worker leaves the pool."""
+        self.pool.fail(slot, why)
+        if exchange.client.streaming is exchange:
+            exchange.client.abort()  # response bytes already reached the client
+            return
+        self._retry_or_fail(exchange, 502, why, replay_ok=not started or exchange.idempotent)
+
+    def _retry_or_fail(self, exchange: Exchange, status: int, why: str, replay_ok: bool) -> None:
+        if exchange.client.closed:
+            return
+        if replay_ok and exchange.attempts < 2:
+            self.stats["retries"] += 1
+            self.submit(exchange)
+        else:
+            exchange.client.respond_error(exchange, status, why)
+
+    # -- timeouts ------------------------------------------------------------------------------
+    def start_sweeper(self) -> None:
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        """Deadlines are checked here rather than with a timer per request: cheaper."""
+        now = self.loop.time()
+        self.pool.expire_queue(now)
+        for slot in list(self.pool.slots.values()):
+            upstream = slot.upstream
+            if upstream is not None and upstream.exchange is not None and upstream.deadline < now:
+                self._hung(slot, upstream)
+        for client in list(self.clients):
+            if client.deadline and client.deadline < now:
+                client.timed_out()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _hung(self, slot: Slot, upstream: Upstream) -> None:
+        exchange = upstream.exchange
+        assert exchange is not None
+        upstream.exchange = None
+        log.error("worker %s did not answer %s %s within %.1f s: reported hung", slot.id,
+                  exchange.method, exchange.target.decode("latin-1"),
+                  self.options.response_timeout)
+        self.hung.append(slot.id)
+        self.stats["hung"] += 1
+        slot.failed = "hung"
+        self.pool.remove(slot, "hung")
+        if exchange.client.streaming is exchange:
+            exchange.client.abort()
+        else:
+            exchange.client.respond_error(exchange, 504, "worker response timeout")
+
+    def stop(self) -> None:
+        self.accepting = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    # -- views -------------------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        from ripsvc import __version__
+
+        return {
+            "status": "healthy" if self.pool.serving else "degraded",
+            "app": self.options.app,
+            "workers": self.pool.counts(),
+            "queue": {"depth": len(self.pool.queue), "max": self.pool.max_queue},
+            "ports": self.ports,
+            "uptime": round(time.time() - self.started, 3),
+            "version": __version__,
+        }

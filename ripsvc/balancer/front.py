@@ -1,0 +1,407 @@
+"""Client connections: parse, check and complete each request, then answer it.
+
+A request is read whole (body included, spooled to a file when large) before a worker is
+chosen, so a slow client never holds a worker. Framing that two parsers could read differently
+(Content-Length with Transfer-Encoding, two Content-Lengths, obs-fold, …) is refused with 400
+and the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from ripsvc import logs
+from ripsvc.balancer.exchange import Exchange, Response
+from ripsvc.body import Body
+from ripsvc.http11 import simple_response, status_line
+
+if TYPE_CHECKING:
+    from ripsvc.balancer.core import Balancer
+
+log = logs.get("balancer.front")
+
+#: Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded in either direction.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade"})
+#: Request headers the balancer sets itself, whatever the client sent.
+OWN_REQUEST_HEADERS = frozenset({b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto",
+                                 b"x-forwarded-host", b"content-length", b"expect"})
+RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-accel-buffering"}
+LINGER_SECONDS = 2.0
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_request_ids = itertools.count(1)
+_ID_PREFIX = os.urandom(4).hex()
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_request_ids):x}"
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+class ClientConnection(asyncio.Protocol):
+    transport: asyncio.Transport
+
+    def __init__(self, balancer: Balancer, scheme: bytes = b"http") -> None:
+        # global
+        self.balancer = balancer
+        self.options = balancer.options
+        self.loop = balancer.loop
+        self.scheme = scheme
+        # per connection
+        self.parser = httptools.HttpRequestParser(self)
+        self.closed = False
+        self.peer = b"unix"
+        self.current: Exchange | None = None  # sent on, not yet answered
+        self.pending: deque[Exchange | BadRequest] = deque()  # pipelined behind it
+        self.streaming: Exchange | None = None
+        self.deadline = 0.0  # when the sweeper times this connection out (0: never)
+        self._linger: asyncio.TimerHandle | None = None
+        self._stream_chunked = False
+        # per request being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body = Body()
+        self._refused = False
+        self._reading = False  # between the first byte of a request and its end
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer = str(peer[0]).encode()
+        self.balancer.clients.add(self)
+        self.deadline = self.loop.time() + self.options.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.balancer.clients.discard(self)
+        if self._linger is not None:
+            self._linger.cancel()
+        for exchange in (self.current, *self.pending):
+            if isinstance(exchange, Exchange):
+                exchange.waiting = False
+                if exchange.slot is None:
+                    exchange.body.close()
+        self.pending.clear()
+        if self.streaming is not None and self.streaming.slot is not None:
+            upstream = self.streaming.slot.upstream
+            if upstream is not None:
+                upstream.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self._refused:
+            return  # lingering after a refusal: discard
+        try:
+            self.parser.feed_data(data)
+        except BadRequest as exc:
+            self._refuse(exc)
+        except httptools.HttpParserUpgrade:
+            self._refuse(BadRequest(501, "protocol upgrades are not supported"))
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, BadRequest):
+                self._refuse(cause)
+            else:
+                self._refuse(BadRequest(400, f"malformed request: {exc}"))
+
+    def pause_writing(self) -> None:
+        if self.streaming is not None and self.streaming.slot is not None:
+            upstream = self.streaming.slot.upstream
+            if upstream is not None:
+                upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.streaming is not None and self.streaming.slot is not None:
+            upstream = self.streaming.slot.upstream
+            if upstream is not None:
+                upstream.transport.resume_reading()
+
+    # -- parser callbacks --------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = Body()
+        self._reading = True
+        self.deadline = self.loop.time() + self.options.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self.options.max_header_bytes:
+            raise BadRequest(431, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.options.max_header_bytes:
+            raise BadRequest(431, "header section too large")
+        if b"\r" in value or b"\n" in value:
+            raise BadRequest(400, "obs-fold or bare line break in a header value")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        lengths = 0
+        chunked = expect = False
+        for name, value in self._headers:
+            if name == b"content-length":
+                lengths += 1
+                if not value.isdigit():
+                    raise BadRequest(400, "invalid Content-Length")
+                if int(value) > self.options.max_body:
+                    raise BadRequest(413, "request body too large")
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"expect":
+                if value.lower() != b"100-continue":
+                    raise BadRequest(417, "unsupported expectation")
+                expect = True
+        if lengths > 1:
+            raise BadRequest(400, "more than one Content-Length")
+        if lengths and chunked:
+            raise BadRequest(400, "both Content-Length and Transfer-Encoding")
+        self.deadline = self.loop.time() + self.options.body_timeout
+        if expect and self.current is None and not self.pending:
+            self.transport.write(CONTINUE)
+
+    def on_body(self, chunk: bytes) -> None:
+        self._body.append(chunk)
+        if self._body.size > self.options.max_body:
+            raise BadRequest(413, "request body too large")
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        self._reading = False
+        self.deadline = 0.0
+        method = parser.get_method().decode("ascii")
+        exchange = Exchange(self, method, self._url, self._upstream_head(method),
+                            self._body, parser.should_keep_alive(), new_request_id(),
+                            self.loop.time())
+        if self.current is not None or self.pending:
+            self.pending.append(exchange)  # pipelined: answered in order
+            self.transport.pause_reading()
+        else:
+            self._start(exchange)
+
+    # -- requests ----------------------------------------------------------------------------
+    def _upstream_head(self, method: str) -> bytes:
+        """The request as the worker gets it: our own headers, none of the client's Rip-*."""
+        url = self._url
+        parts = [method.encode(), b" ", url, b" HTTP/1.1\r\n"]
+        host = b""
+        drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
+        for name, value in self._headers:
+            if name == b"connection":  # headers it names are hop-by-hop too
+                drop = HOP_BY_HOP | {t.strip().lower() for t in value.split(b",")}
+        for name, value in self._headers:
+            if name in drop or name in OWN_REQUEST_HEADERS or name.startswith(b"rip-"):
+                continue
+            if name == b"host":
+                host = value
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"x-forwarded-for: ", self.peer, b"\r\nx-forwarded-proto: ", self.scheme,
+                  b"\r\n")
+        if host:
+            parts += (b"x-forwarded-host: ", host, b"\r\n")
+        parts += (b"content-length: %d\r\n" % self._body.size,)
+        return b"".join(parts)
+
+    def _start(self, exchange: Exchange) -> None:
+        self.current = exchange
+        balancer = self.balancer
+        if exchange.method == "GET" or exchange.method == "HEAD":
+            path = exchange.target.partition(b"?")[0]
+            if path == self.options.status_path.encode():
+                self._answer_status(exchange)
+                return
+            if path == self.options.server_path.encode():
+                self._answer(exchange, 200, b"ok\n")
+                return
+        # The request id goes in last: it is only known now that the request is complete.
+        exchange.head += b"x-request-id: %s\r\n\r\n" % exchange.request_id.encode()
+        balancer.submit(exchange)
+
+    def _answer_status(self, exchange: Exchange) -> None:
+        status = self.balancer.status()
+        code = 200 if status["status"] == "healthy" else 503
+        self._answer(exchange, code, json.dumps(status).encode() + b"\n", b"application/json")
+
+    def _answer(self, exchange: Exchange, code: int, body: bytes,
+                content_type: bytes = b"text/plain; charset=utf-8") -> None:
+        head_only = exchange.method == "HEAD"
+        data = b"".join((
+            status_line(code),
+            b"content-type: ", content_type, b"\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"x-request-id: ", exchange.request_id.encode(), b"\r\n",
+            b"" if exchange.keep_alive else b"connection: close\r\n",
+            b"\r\n",
+            b"" if head_only else body,
+        ))
+        self.transport.write(data)
+        self._finish(exchange, code, 0 if head_only else len(body))
+
+    # -- responses (called by the balancer) --------------------------------------------------
+    def respond(self, exchange: Exchange, response: Response) -> None:
+        if self.closed or exchange is not self.current:
+            response.body.close()
+            exchange.body.close()
+            return
+        status = response.status
+        head_only = exchange.method == "HEAD" or status in (204, 304) or status < 200
+        parts = [status_line(status)]
+        for name, value in response.headers:
+            if name.startswith(b"rip-") or (name in RESPONSE_DROP and not (
+                    head_only and name == b"content-length")):
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        body = response.body
+        if not head_only:
+            parts.append(b"content-length: %d\r\n" % body.size)
+        parts += (b"x-request-id: ", exchange.request_id.encode(), b"\r\n")
+        if not exchange.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        sent = 0 if head_only else body.size
+        if head_only or body.in_memory:
+            if not head_only:
+                parts.append(body.read_all())
+            self.transport.write(b"".join(parts))
+            body.close()
+            self._finish(exchange, status, sent)
+        else:
+            self.transport.write(b"".join(parts))
+            self.loop.create_task(self._send_spooled(exchange, body, status))
+
+    async def _send_spooled(self, exchange: Exchange, body: Body, status: int) -> None:
+        """A large response leaves its temporary file only as fast as the client reads."""
+        try:
+            for chunk in body.chunks():
+                if self.closed:
+                    return
+                self.transport.write(chunk)
+                while self.transport.get_write_buffer_size() > 1 << 20 and not self.closed:
+                    await asyncio.sleep(0.005)
+        finally:
+            body.close()
+        self._finish(exchange, status, body.size)
+
+    def respond_error(self, exchange: Exchange, status: int, why: str) -> None:
+        if self.closed or exchange is not self.current:
+            exchange.body.close()
+            return
+        log.info("%s %s: %d (%s)", exchange.method, exchange.target.decode("latin-1"),
+                 status, why)
+        body = b"%d %s\n" % (status, why.encode())
+        self._answer(exchange, status, body)
+
+    def stream_start(self, exchange: Exchange, response: Response) -> None:
+        """X-Accel-Buffering: no — headers now, then each piece as the worker sends it."""
+        if self.closed or exchange is not self.current:
+            return
+        self.streaming = exchange
+        parts = [status_line(response.status)]
+        has_length = False
+        for name, value in response.headers:
+            if name == b"content-length":
+                has_length = True
+            elif name.startswith(b"rip-") or name in RESPONSE_DROP:
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        self._stream_chunked = not has_length and exchange.method != "HEAD"
+        if has_length:
+            parts += [(b"content-length: " + v + b"\r\n")
+                      for n, v in response.headers if n == b"content-length"][:1]
+        if self._stream_chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts += (b"x-request-id: ", exchange.request_id.encode(), b"\r\n")
+        if not exchange.keep_alive:
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        self.transport.write(b"".join(parts))
+
+    def stream_body(self, exchange: Exchange, chunk: bytes) -> None:
+        if self.closed or self.streaming is not exchange or not chunk:
+            return
+        if self._stream_chunked:
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        self.transport.write(chunk)
+
+    def stream_end(self, exchange: Exchange) -> None:
+        if self.closed or self.streaming is not exchange:
+            return
+        if self._stream_chunked:
+            self.transport.write(b"0\r\n\r\n")
+        self.streaming = None
+        self._finish(exchange, 200, -1)
+
+    def abort(self) -> None:
+        """The response broke after bytes reached the client: only closing can tell it."""
+        self.streaming = None
+        self.closed = True
+        self.transport.close()
+
+    # -- after a response ----------------------------------------------------------------------
+    def _finish(self, exchange: Exchange, status: int, sent: int) -> None:
+        exchange.body.close()
+        self.balancer.access_log.record(exchange, status, sent)
+        self.current = None
+        if not exchange.keep_alive or not self.balancer.accepting:
+            self.closed = True
+            self.transport.close()
+            return
+        while self.pending and self.current is None:
+            item = self.pending.popleft()
+            if isinstance(item, BadRequest):
+                self._refuse(item)
+                return
+            self._start(item)
+        if self.current is None:
+            self.transport.resume_reading()
+            if not self._reading:
+                self.deadline = self.loop.time() + self.options.keepalive_timeout
+
+    def timed_out(self) -> None:
+        """Called by the sweeper: a slow client (408) or an idle keep-alive connection."""
+        self.deadline = 0.0
+        if self._reading and self.current is None:
+            self._refuse(BadRequest(408, "request not received in time"))
+        elif self.current is None:
+            self.closed = True
+            self.transport.close()
+
+    def _refuse(self, exc: BadRequest) -> None:
+        """Answer a bad request and close, lingering so the client can read the answer."""
+        if self.current is not None:
+            self.pending.append(exc)
+            self.transport.pause_reading()
+            self._refused = True
+            return
+        self._refused = True
+        self.deadline = 0.0
+        log.info("refused a request with %d: %s", exc.status, exc)
+        self.transport.write(simple_response(exc.status, close=True))
+        self.balancer.stats[f"refused_{exc.status}"] += 1
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()
+        self._linger = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def close_if_idle(self) -> None:
+        if self.current is None and not self._reading:
+            self.closed = True
+            self.transport.close()

@@ -1,0 +1,182 @@
+"""The balancer's keep-alive connection to one worker's Unix socket.
+
+A worker serves one request at a time, so one connection per worker is all the balancer needs.
+The response is read as fast as the worker writes it (into memory, spooled to a file when
+large), so the worker is free the moment its app is done, however slow the client; only a
+response marked `X-Accel-Buffering: no` is streamed through, holding its worker until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from ripsvc import logs
+from ripsvc.balancer.exchange import Exchange, Response
+
+if TYPE_CHECKING:
+    from ripsvc.balancer.core import Balancer
+    from ripsvc.balancer.pool import Slot
+
+log = logs.get("balancer.upstream")
+
+
+class Upstream(asyncio.Protocol):
+    transport: asyncio.Transport
+
+    def __init__(self, balancer: Balancer, slot: Slot) -> None:
+        # global
+        self.balancer = balancer
+        self.slot = slot
+        # per connection
+        self.closed = False
+        self.parser = httptools.HttpResponseParser(self)
+        # per exchange
+        self.exchange: Exchange | None = None
+        self.response: Response | None = None
+        self.received = 0  # response bytes seen for this exchange
+        self.deadline = 0.0
+        self.head_only = False
+        self._head_buffer = b""
+        self._writable = asyncio.Event()  # flow control for large request bodies
+        self._writable.set()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.slot.upstream is self:
+            self.slot.upstream = None
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            self.balancer.upstream_failed(exchange, self.slot, self.received > 0,
+                                          "the worker closed the connection mid-response")
+
+    def data_received(self, data: bytes) -> None:
+        if self.exchange is None:
+            log.warning("worker %s sent %d bytes with no request pending; closing",
+                        self.slot.id, len(data))
+            self.close()
+            return
+        self.received += len(data)
+        if self.head_only:
+            self._head_received(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._broken(f"malformed response: {exc}")
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- sending -------------------------------------------------------------------------------
+    def send(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self.response = Response()
+        self.received = 0
+        self.head_only = exchange.method == "HEAD"
+        self.deadline = self.balancer.loop.time() + self.balancer.options.response_timeout
+        body = exchange.body
+        if body.in_memory:
+            self.transport.write(exchange.head + body.read_all())
+        else:
+            self.transport.write(exchange.head)
+            self.balancer.loop.create_task(self._send_spooled(exchange))
+
+    async def _send_spooled(self, exchange: Exchange) -> None:
+        """A body spooled to disk goes out chunk by chunk, as fast as the worker reads it."""
+        for chunk in exchange.body.chunks():
+            if self.closed or self.exchange is not exchange:
+                return
+            self.transport.write(chunk)
+            await self._writable.wait()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    # -- response parser callbacks ---------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        assert response is not None and self.exchange is not None
+        response.status = self.parser.get_status_code()
+        for name, value in response.headers:
+            if name.startswith(b"rip-") and name == b"rip-worker-busy":
+                response.busy = True
+            elif name == b"x-accel-buffering" and value.strip().lower() == b"no":
+                response.streaming = True
+        if response.streaming and not response.busy:
+            self.exchange.client.stream_start(self.exchange, response)
+
+    def on_body(self, chunk: bytes) -> None:
+        response = self.response
+        assert response is not None and self.exchange is not None
+        if response.streaming and not response.busy:
+            self.exchange.client.stream_body(self.exchange, chunk)
+        else:
+            response.body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        exchange, response = self.exchange, self.response
+        assert exchange is not None and response is not None
+        self.exchange = self.response = None
+        if not self.parser.should_keep_alive():
+            self.close()
+        self.balancer.upstream_done(exchange, self.slot, response)
+
+    # -- HEAD responses ------------------------------------------------------------------------
+    def _head_received(self, data: bytes) -> None:
+        """A HEAD response has headers only, whatever Content-Length says, so it is parsed here.
+
+        httptools has no way to be told that a response answers HEAD; it would wait for a body.
+        """
+        self._head_buffer += data
+        end = self._head_buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head_buffer) > 65536:
+                self._broken("response head too large")
+            return
+        head, self._head_buffer = self._head_buffer[:end], b""
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            self._broken("malformed response status line")
+            return
+        response = self.response
+        assert response is not None
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if not sep:
+                self._broken("malformed response header")
+                return
+            response.headers.append((name.strip().lower(), value.strip()))
+        self.parser = httptools.HttpResponseParser(self)  # the old one awaits a body
+        self.on_headers_complete()
+        close = any(n == b"connection" and v.lower() == b"close" for n, v in response.headers)
+        exchange = self.exchange
+        assert exchange is not None
+        self.exchange = self.response = None
+        if close:
+            self.close()
+        self.balancer.upstream_done(exchange, self.slot, response)
+
+    def _broken(self, why: str) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self.close()
+        if exchange is not None:
+            self.balancer.upstream_failed(exchange, self.slot, True, why)
