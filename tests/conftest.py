@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import WorkerProcess
+from tests.support.procs import TEST_APPS, BalancerProcess, WorkerProcess
 
 
 @pytest.fixture
@@ -33,6 +33,51 @@ def start_worker(short_tmp: Path) -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for worker in started:
         worker.close()
+
+
+class Stack:
+    """A balancer in front of real workers, all started as systemd would start them."""
+
+    def __init__(self, balancer: BalancerProcess, workers: list[WorkerProcess]) -> None:
+        self.balancer = balancer
+        self.workers = workers
+
+    @property
+    def port(self) -> int:
+        return self.balancer.port
+
+    @property
+    def control(self) -> str:
+        return self.balancer.control_path
+
+    def pids(self) -> list[str]:
+        return [str(w.pid) for w in self.workers]
+
+
+@pytest.fixture
+def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
+    """start_stack(workers=2, app=probe, worker_args=(), args=()) → a running Stack."""
+    procs: list[BalancerProcess | WorkerProcess] = []
+
+    def start(workers: int = 2, app: str = str(TEST_APPS / "probe.py"),
+              worker_args: tuple[str, ...] = ("--recycle", "r:0,0s,0r"),
+              args: tuple[str, ...] = ()) -> Stack:
+        started = []
+        for n in range(workers):
+            worker = WorkerProcess(short_tmp, app, worker_args, name=f"w{n + 1}")
+            procs.append(worker)
+            started.append(worker)
+        for worker in started:
+            worker.wait_ready()
+        joins = [f"--worker={n + 1}={w.socket_path}" for n, w in enumerate(started)]
+        balancer = BalancerProcess(short_tmp, [*joins, *args])
+        procs.append(balancer)
+        balancer.wait_ready()
+        return Stack(balancer, started)
+
+    yield start
+    for proc in reversed(procs):
+        proc.close()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -111,7 +111,12 @@ class Balancer:
             exchange.client.respond(exchange, response)
 
     def upstream_failed(self, exchange: Exchange, slot: Slot, started: bool, why: str) -> None:
-        """The connection broke, or never came up; the worker leaves the pool."""
+        """The connection broke, or never came up; the worker leaves the pool.
+
+        `started`: the request reached the worker, which may have acted on it, so only an
+        idempotent request may go to another worker (responses are buffered: no byte of
+        this one reached the client unless it was streaming).
+        """
         self.pool.fail(slot, why)
         if exchange.client.streaming is exchange:
             exchange.client.abort()  # response bytes already reached the client

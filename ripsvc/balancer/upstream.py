@@ -36,7 +36,6 @@ class Upstream(asyncio.Protocol):
         # per exchange
         self.exchange: Exchange | None = None
         self.response: Response | None = None
-        self.received = 0  # response bytes seen for this exchange
         self.deadline = 0.0
         self.head_only = False
         self._head_buffer = b""
@@ -54,8 +53,9 @@ class Upstream(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None
-            self.balancer.upstream_failed(exchange, self.slot, self.received > 0,
-                                          "the worker closed the connection mid-response")
+            # The request was written: the worker may have started on it.
+            self.balancer.upstream_failed(exchange, self.slot, True,
+                                          "the worker closed the connection mid-request")
 
     def data_received(self, data: bytes) -> None:
         if self.exchange is None:
@@ -63,7 +63,6 @@ class Upstream(asyncio.Protocol):
                         self.slot.id, len(data))
             self.close()
             return
-        self.received += len(data)
         if self.head_only:
             self._head_received(data)
             return
@@ -82,7 +81,6 @@ class Upstream(asyncio.Protocol):
     def send(self, exchange: Exchange) -> None:
         self.exchange = exchange
         self.response = Response()
-        self.received = 0
         self.head_only = exchange.method == "HEAD"
         self.deadline = self.balancer.loop.time() + self.balancer.options.response_timeout
         body = exchange.body

@@ -66,3 +66,52 @@ def raw(path: str, data: bytes, timeout: float = 5.0) -> bytes:
         except TimeoutError:
             pass
         return b"".join(chunks)
+
+
+def tcp(port: int, timeout: float = 10.0) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+
+def fetch(port: int, target: str, method: str = "GET", **kwargs: object) -> Reply:
+    """One request to the balancer on a fresh connection."""
+    conn = tcp(port)
+    try:
+        return request(conn, method, target, **kwargs)  # type: ignore[arg-type]
+    finally:
+        conn.close()
+
+
+def raw_tcp(port: int, data: bytes, timeout: float = 5.0, pause: float = 0.0,
+            rest: bytes = b"") -> bytes:
+    """Send raw bytes (then, after `pause` seconds, `rest`); return all until close/quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if pause:
+            time.sleep(pause)
+        if rest:
+            sock.sendall(rest)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return b"".join(chunks)
+
+
+def control(path: str, command: str, body: dict[str, object] | None = None,
+            timeout: float = 30.0) -> tuple[int, dict[str, object]]:
+    """A command on a control socket: (HTTP status, decoded JSON reply)."""
+    import json
+
+    conn = UnixHTTPConnection(path, timeout=timeout)
+    try:
+        if body is None:
+            conn.request("GET", f"/{command}")
+        else:
+            conn.request("POST", f"/{command}", body=json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()

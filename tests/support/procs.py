@@ -63,27 +63,22 @@ class NotifySocket:
         self.sock.close()
 
 
-class WorkerProcess:
-    """One `rip-worker` under test."""
+class Process:
+    """A rip process under test, started the way systemd starts it, with its own notify socket."""
 
-    def __init__(self, workdir: Path, app: str, args: Sequence[str] = (),
-                 env: dict[str, str] | None = None, name: str = "w") -> None:
+    def __init__(self, workdir: Path, argv: list[str], sockets: list[tuple[str, socket.socket]],
+                 env: dict[str, str] | None, name: str) -> None:
         self.workdir = workdir
-        self.socket_path = str(workdir / f"{name}.sock")
+        self.name = name
         self.notify = NotifySocket(workdir / f"{name}.notify")
         self.log_path = workdir / f"{name}.log"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(self.socket_path)
-        listener.listen(128)
-        self.listener = listener
         inherited = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM")
         child_env = {k: v for k, v in os.environ.items() if k not in inherited}
         child_env["NOTIFY_SOCKET"] = str(self.notify.path)
         child_env["PYTHONPATH"] = str(REPO)
         child_env.update(env or {})
-        argv = [sys.executable, "-m", "ripsvc.worker", app, "--recycle-jitter", "0", *args]
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115 (kept for the process' life)
-        self.proc = spawn(argv, [("worker", listener.fileno())], child_env,
+        self.proc = spawn(argv, [(n, s.fileno()) for n, s in sockets], child_env,
                           stdout=self.log_file, stderr=subprocess.STDOUT, cwd=str(workdir))
 
     @property
@@ -95,25 +90,25 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def _explain(self, what: str) -> str:
-        return (f"{what}\n--- worker exit code: {self.proc.poll()}\n--- notify: "
-                f"{[m for _, m in self.notify.messages]}\n--- worker output:\n{self.output()}")
+        return (f"{what}\n--- {self.name} exit code: {self.proc.poll()}\n--- notify: "
+                f"{[m for _, m in self.notify.messages]}\n--- output:\n{self.output()}")
 
-    def wait_ready(self, timeout: float = 15.0) -> WorkerProcess:
+    def wait_ready(self, timeout: float = 15.0) -> Process:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            self.notify.poll(0.05)
             if self.notify.fields("READY"):
                 return self
             if self.proc.poll() is not None:
                 self.notify.poll(0.05)
-                raise AssertionError(self._explain("worker exited before READY=1"))
+                raise AssertionError(self._explain("exited before READY=1"))
+            time.sleep(0.01)
         raise AssertionError(self._explain(f"no READY=1 within {timeout} s"))
 
     def wait_exit(self, timeout: float = 15.0) -> int:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(self._explain(f"worker still running after {timeout} s")) from None
+            raise AssertionError(self._explain(f"still running after {timeout} s")) from None
         self.notify.poll(0.05)
         return code
 
@@ -124,7 +119,7 @@ class WorkerProcess:
             if text in out:
                 return out
             time.sleep(0.05)
-        raise AssertionError(self._explain(f"{text!r} not in the worker's output"))
+        raise AssertionError(self._explain(f"{text!r} not in the output"))
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         self.proc.send_signal(signum)
@@ -133,6 +128,44 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
-        self.listener.close()
         self.notify.close()
         self.log_file.close()
+
+
+class WorkerProcess(Process):
+    """One `rip-worker`, its listening Unix socket owned by the test (as systemd owns it)."""
+
+    def __init__(self, workdir: Path, app: str, args: Sequence[str] = (),
+                 env: dict[str, str] | None = None, name: str = "w") -> None:
+        self.socket_path = str(workdir / f"{name}.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.socket_path)
+        listener.listen(128)
+        self.listener = listener
+        argv = [sys.executable, "-m", "ripsvc.worker", app, "--recycle-jitter", "0", *args]
+        super().__init__(workdir, argv, [("worker", listener)], env, name)
+
+    def close(self) -> None:
+        super().close()
+        self.listener.close()
+
+
+class BalancerProcess(Process):
+    """`python -m ripsvc.balancer` with a loopback TCP port passed by socket activation."""
+
+    def __init__(self, workdir: Path, args: Sequence[str] = (),
+                 env: dict[str, str] | None = None, name: str = "balancer") -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        self.listener = listener
+        self.port = listener.getsockname()[1]
+        self.control_path = str(workdir / f"{name}.ctl")
+        argv = [sys.executable, "-m", "ripsvc.balancer", "--app", "probe",
+                "--control", self.control_path, *args]
+        super().__init__(workdir, argv, [("http", listener)], env, name)
+
+    def close(self) -> None:
+        super().close()
+        self.listener.close()

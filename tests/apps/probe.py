@@ -1,0 +1,61 @@
+"""An ASGI app for balancer tests: tells who served a request and what it saw.
+
+/pid                → this worker's pid
+/slow?ms=N          → answers after N ms, with the pid
+/echo               → the body back
+/headers            → the request headers as JSON
+/big?size=N         → N bytes
+/stream?n=N&ms=M    → N pieces, M ms apart, with X-Accel-Buffering: no
+/secret             → a response carrying an internal Rip-* header
+"""
+
+import asyncio
+import json
+import os
+from urllib.parse import parse_qs
+
+PID = str(os.getpid()).encode()
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+    path = scope["path"]
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    headers = [(b"x-pid", PID)]
+    if path == "/slow":
+        await asyncio.sleep(int(query.get("ms", "100")) / 1000)
+        return await reply(send, PID + b" " + query.get("tag", "").encode(), headers)
+    if path == "/echo":
+        return await reply(send, body, headers)
+    if path == "/headers":
+        seen = {k.decode(): v.decode() for k, v in scope["headers"]}
+        return await reply(send, json.dumps(seen).encode(), headers)
+    if path == "/big":
+        return await reply(send, b"b" * int(query["size"]), headers)
+    if path == "/secret":
+        return await reply(send, b"ok", [*headers, (b"rip-secret", b"1"), (b"rip-worker-x", b"2")])
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*headers, (b"x-accel-buffering", b"no")]})
+        for i in range(int(query.get("n", "3"))):
+            await send({"type": "http.response.body", "body": b"piece %d\n" % i,
+                        "more_body": True})
+            await asyncio.sleep(int(query.get("ms", "200")) / 1000)
+        return await send({"type": "http.response.body", "body": b""})
+    return await reply(send, PID + b"\n", headers)
+
+
+async def reply(send, body, headers):
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
