@@ -190,3 +190,19 @@ def test_large_body_is_spooled_and_echoed_intact(start_worker):
     reply = request(UnixHTTPConnection(worker.socket_path), "POST", "/echo", body=body)
     assert reply.status == 200
     assert reply.body == body
+
+
+@pytest.mark.parametrize("app", [HELLO, AIOHTTP], ids=["asgi", "aiohttp"])
+def test_last_response_before_recycling_says_connection_close(start_worker, app):
+    worker = start_worker(app, "--recycle", "r:3,0s,0r")
+    conn = UnixHTTPConnection(worker.socket_path)
+    conn.request("GET", "/ping")
+    first = conn.getresponse()
+    first.read()
+    assert (first.getheader("connection") or "").lower() != "close"
+    request(conn, "GET", "/ping")
+    conn.request("GET", "/ping")
+    last = conn.getresponse()
+    last.read()
+    assert last.getheader("connection").lower() == "close"
+    assert worker.wait_exit() == ExitCode.RECYCLE

@@ -109,9 +109,13 @@ class Upstream(asyncio.Protocol):
         self.response.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        assert self.response is not None
+        self.response.status = self.parser.get_status_code()
+        self._headers_done()
+
+    def _headers_done(self) -> None:
         response = self.response
         assert response is not None and self.exchange is not None
-        response.status = self.parser.get_status_code()
         for name, value in response.headers:
             if name.startswith(b"rip-") and name == b"rip-worker-busy":
                 response.busy = True
@@ -163,7 +167,8 @@ class Upstream(asyncio.Protocol):
                 return
             response.headers.append((name.strip().lower(), value.strip()))
         self.parser = httptools.HttpResponseParser(self)  # the old one awaits a body
-        self.on_headers_complete()
+        response.status = int(parts[1])
+        self._headers_done()
         close = any(n == b"connection" and v.lower() == b"close" for n, v in response.headers)
         exchange = self.exchange
         assert exchange is not None

@@ -55,6 +55,8 @@ def make_server(worker: Worker) -> web.Server:
             host = worker.host
             assert isinstance(host, AiohttpHost)
             response: web.StreamResponse = await host.handle(request)
+            if worker.last_request() and not response.prepared:
+                response.force_close()  # Connection: close, as the worker is about to go
             return response
         finally:
             worker.request_finished()

@@ -149,6 +149,14 @@ class Worker:
             await self.before_request()
         await self.host.handle(request, conn)
 
+    def last_request(self) -> bool:
+        """Will the worker stop once the request in flight is done? Its response then says
+        `Connection: close`, so that the balancer does not reuse a connection about to go."""
+        policy = self.policy
+        return (not self.accepting
+                or bool(policy.requests and self.served + 1 >= policy.requests)
+                or bool(policy.reloads and self.reloads >= policy.reloads))
+
     def request_finished(self) -> None:
         self.served += 1
         self.gate.release()

@@ -66,6 +66,7 @@ class HttpConnection(asyncio.Protocol):
         # per response being written
         self.response_started = False
         self.response_done = False
+        self.close_after = False  # the response said Connection: close
         self._chunked = False
         self._head_only = False
 
@@ -211,7 +212,7 @@ class HttpConnection(asyncio.Protocol):
                 self._fail(0)
             return
         self.active = request
-        self.response_started = self.response_done = self._chunked = False
+        self.response_started = self.response_done = self._chunked = self.close_after = False
         self._head_only = request.method == "HEAD"
         self.loop.create_task(self._run(request))
 
@@ -250,7 +251,7 @@ class HttpConnection(asyncio.Protocol):
         self.closing = True
 
     def _after_response(self, request: Request) -> None:
-        if self.closing or not request.keep_alive or not self.worker.accepting:
+        if self.closing or self.close_after or not request.keep_alive or not self.worker.accepting:
             self.closing = True
             self.transport.close()
             return
@@ -289,14 +290,17 @@ class HttpConnection(asyncio.Protocol):
             elif lname == b"transfer-encoding" or lname == b"connection":
                 continue  # framing is ours to decide
             parts += (name, b": ", value, b"\r\n")
-        no_body = self._head_only or status in (204, 304) or 100 <= status < 200
-        if not has_length and not no_body:
-            if more:
+        bodiless_status = status in (204, 304) or 100 <= status < 200
+        if not has_length and not bodiless_status:
+            if not more:  # a HEAD response, too, tells the length a GET would have
+                parts.append(b"content-length: %d\r\n" % len(body))
+            elif not self._head_only:
                 self._chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                parts.append(b"content-length: %d\r\n" % len(body))
-        if self.closing or not self.active or not self.active.keep_alive:
+        no_body = self._head_only or bodiless_status
+        if (self.closing or not self.active or not self.active.keep_alive
+                or self.worker.last_request()):
+            self.close_after = True
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
         if no_body:
