@@ -232,3 +232,35 @@ def test_500_requests_over_keep_alive_match_their_responses(start_stack):
     _, stats = control(stack.control, "stats")
     assert sum(w["served"] for w in control(stack.control, "pool")[1]["data"]) >= 500
     assert stats["data"]["status"] == "healthy"
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_stays_bounded_under_many_slow_readers(start_stack):
+    stack = start_stack(workers=2)
+    before = rss_mb(stack.balancer.pid)
+    size, clients = 4 << 20, 30
+    socks = []
+    for _ in range(clients):  # 120 MiB of responses that nobody reads yet
+        sock = socket.create_connection(("127.0.0.1", stack.port))
+        sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+        socks.append(sock)
+    wait_for(lambda: sum(w["served"] for w in control(stack.control, "pool")[1]["data"])
+             >= clients, timeout=30, what="every response read from the workers")
+    grown = rss_mb(stack.balancer.pid) - before
+    assert grown < 40, f"balancer RSS grew by {grown:.1f} MiB for {clients} slow readers"
+    assert fetch(stack.port, "/pid").status == 200  # the workers are free meanwhile
+    for sock in socks:
+        sock.settimeout(10)
+        received = 0
+        while received < size:
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            received += len(chunk)
+        sock.close()

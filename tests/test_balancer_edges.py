@@ -138,7 +138,7 @@ def test_access_log_human(start_stack):
     stack = start_stack(workers=1)
     reply = fetch(stack.port, "/pid?x=1")
     line = stack.balancer.wait_output(reply.headers["x-request-id"])
-    entry = [ln for ln in line.splitlines() if reply.headers["x-request-id"] in ln][0]
+    entry = next(ln for ln in line.splitlines() if reply.headers["x-request-id"] in ln)
     fields = entry.split()
     assert fields[1:3] == ["200", "GET"]
     assert fields[3].endswith("ms") and fields[4] == "w1"
@@ -150,7 +150,7 @@ def test_access_log_json(start_stack):
     reply = fetch(stack.port, "/pid")
     rid = reply.headers["x-request-id"]
     text = stack.balancer.wait_output(rid)
-    entry = json.loads([ln for ln in text.splitlines() if rid in ln][0])
+    entry = json.loads(next(ln for ln in text.splitlines() if rid in ln))
     assert entry["status"] == 200 and entry["path"] == "/pid" and entry["worker"] == "1"
     assert entry["request_id"] == rid and entry["duration_ms"] >= 0 and entry["app"] == "probe"
 

@@ -70,6 +70,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0  # when the sweeper times this connection out (0: never)
         self._linger: asyncio.TimerHandle | None = None
         self._stream_chunked = False
+        self._writable = asyncio.Event()  # cleared while the client is slower than we write
+        self._writable.set()
         # per request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -89,6 +91,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._writable.set()
         self.balancer.clients.discard(self)
         if self._linger is not None:
             self._linger.cancel()
@@ -120,12 +123,14 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(BadRequest(400, f"malformed request: {exc}"))
 
     def pause_writing(self) -> None:
+        self._writable.clear()
         if self.streaming is not None and self.streaming.slot is not None:
             upstream = self.streaming.slot.upstream
             if upstream is not None:
                 upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writable.set()
         if self.streaming is not None and self.streaming.slot is not None:
             upstream = self.streaming.slot.upstream
             if upstream is not None:
@@ -294,8 +299,7 @@ class ClientConnection(asyncio.Protocol):
                 if self.closed:
                     return
                 self.transport.write(chunk)
-                while self.transport.get_write_buffer_size() > 1 << 20 and not self.closed:
-                    await asyncio.sleep(0.005)
+                await self._writable.wait()
         finally:
             body.close()
         self._finish(exchange, status, body.size)
