@@ -226,3 +226,30 @@ def test_control_rejects_non_json_and_keeps_serving(start_stack):
     assert fetch(stack.port, "/pid").status == 200
     mode = __import__("os").stat(stack.control).st_mode & 0o777
     assert mode in (0o600, 0o660)
+
+
+def test_slow_body_gets_408(start_stack):
+    stack = start_stack(workers=1, args=("--body-timeout", "0.5"))
+    start = time.monotonic()
+    reply = raw_tcp(stack.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - start < 2
+
+
+def test_sigterm_finishes_requests_in_flight_then_exits(start_stack):
+    import signal
+    import threading
+
+    stack = start_stack(workers=1)
+    idle = tcp(stack.port)
+    assert request(idle, "GET", "/pid").status == 200
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=fetch(stack.port, "/slow?ms=800")))
+    thread.start()
+    time.sleep(0.3)
+    stack.balancer.signal(signal.SIGTERM)
+    thread.join(10)
+    assert result["r"].status == 200
+    assert stack.balancer.wait_exit() == 0
+    assert stack.balancer.notify.fields("STOPPING") == ["1"]
+    assert idle.sock.recv(1) == b""  # the idle keep-alive connection was closed

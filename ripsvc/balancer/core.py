@@ -39,6 +39,8 @@ class Balancer:
         self.stats: Counter[str] = Counter()
         self.hung: list[str] = []  # worker ids that timed out, for the supervisor
         self.accepting = True
+        self.in_flight = 0  # requests being answered, over all client connections
+        self.all_answered = asyncio.Event()  # set once stopping and nothing is in flight
         self.access_log = AccessLog(options.app, loop, enabled=options.access_log,
                                     json_format=options.json_logging)
         self._sweeper: asyncio.TimerHandle | None = None
@@ -165,8 +167,20 @@ class Balancer:
         else:
             exchange.client.respond_error(exchange, 504, "worker response timeout")
 
-    def stop(self) -> None:
+    def exchange_done(self) -> None:
+        self.in_flight -= 1
+        if not self.accepting and self.in_flight == 0:
+            self.all_answered.set()
+
+    def begin_stop(self) -> None:
+        """No new requests: idle connections close, busy ones after their response."""
         self.accepting = False
+        for client in list(self.clients):
+            client.close_if_idle()
+        if self.in_flight == 0:
+            self.all_answered.set()
+
+    def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
 

@@ -93,9 +93,12 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self._writable.set()
         self.balancer.clients.discard(self)
+        if self.current is not None:
+            self.current = None
+            self.balancer.exchange_done()
         if self._linger is not None:
             self._linger.cancel()
-        for exchange in (self.current, *self.pending):
+        for exchange in self.pending:
             if isinstance(exchange, Exchange):
                 exchange.waiting = False
                 if exchange.slot is None:
@@ -184,6 +187,7 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(CONTINUE)
 
     def on_body(self, chunk: bytes) -> None:
+        self.deadline = self.loop.time() + self.options.body_timeout  # between two reads
         self._body.append(chunk)
         if self._body.size > self.options.max_body:
             raise BadRequest(413, "request body too large")
@@ -228,6 +232,7 @@ class ClientConnection(asyncio.Protocol):
     def _start(self, exchange: Exchange) -> None:
         self.current = exchange
         balancer = self.balancer
+        balancer.in_flight += 1
         if exchange.method == "GET" or exchange.method == "HEAD":
             path = exchange.target.partition(b"?")[0]
             if path == self.options.status_path.encode():
@@ -364,6 +369,7 @@ class ClientConnection(asyncio.Protocol):
         exchange.body.close()
         self.balancer.access_log.record(exchange, status, sent)
         self.current = None
+        self.balancer.exchange_done()
         if not exchange.keep_alive or not self.balancer.accepting:
             self.closed = True
             self.transport.close()

@@ -86,12 +86,12 @@ async def run(plan: Plan) -> ExitCode:
     log.info("stopping: no new connections; finishing requests in flight")
     for server in servers:
         server.close()
-    for client in list(balancer.clients):
-        client.close_if_idle()
-    balancer.accepting = False
-    deadline = loop.time() + plan.graceful_timeout
-    while any(c.current is not None for c in balancer.clients) and loop.time() < deadline:
-        await asyncio.sleep(0.02)
+    balancer.begin_stop()
+    try:
+        await asyncio.wait_for(balancer.all_answered.wait(), plan.graceful_timeout)
+    except TimeoutError:
+        log.warning("%d requests still in flight after %.1f s; closing them",
+                    balancer.in_flight, plan.graceful_timeout)
     balancer.stop()
     balancer.access_log.flush()
     for client in list(balancer.clients):
