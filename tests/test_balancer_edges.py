@@ -253,3 +253,25 @@ def test_sigterm_finishes_requests_in_flight_then_exits(start_stack):
     assert stack.balancer.wait_exit() == 0
     assert stack.balancer.notify.fields("STOPPING") == ["1"]
     assert idle.sock.recv(1) == b""  # the idle keep-alive connection was closed
+
+
+def test_trusted_proxy_keeps_request_id_and_forwarded_chain(start_stack):
+    stack = start_stack(workers=1, args=("--forwarded-allow-ips", "127.0.0.0/8,::1"))
+    reply = fetch(stack.port, "/headers", headers={
+        "X-Request-Id": "edge-42", "X-Forwarded-For": "203.0.113.9",
+        "X-Forwarded-Proto": "https", "X-Forwarded-Host": "shop.example"})
+    seen = json.loads(reply.body)
+    assert reply.headers["x-request-id"] == "edge-42" == seen["x-request-id"]
+    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["x-forwarded-host"] == "shop.example"
+
+
+def test_bad_forwarded_allow_ips_is_a_usage_error(short_tmp):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ripsvc.balancer", "--forwarded-allow-ips",
+                             "10.0.0.0/8,not-an-ip"], capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    assert "'not-an-ip' is not an IP address or CIDR network" in result.stderr

@@ -10,7 +10,7 @@ import sys
 import uvloop
 
 from ripsvc import __version__, logs
-from ripsvc.balancer.options import BalancerOptions
+from ripsvc.balancer.options import BalancerOptions, parse_networks
 from ripsvc.balancer.server import Plan, StaticWorker, run
 from ripsvc.exitcodes import ExitCode
 from ripsvc.sd import ActivationError
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body", type=typed(parse_size, "size"), default=d.max_body)
     p.add_argument("--status-path", default=d.status_path)
     p.add_argument("--server-path", default=d.server_path)
+    p.add_argument("--forwarded-allow-ips", type=typed(parse_networks, "networks"), default=(),
+                   help="proxies (IPs or CIDR, comma-separated) whose X-Forwarded-* and "
+                   "X-Request-Id headers are kept; by default every client's are replaced")
     p.add_argument("--json-logging", action="store_true")
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         header_timeout=args.header_timeout, body_timeout=args.body_timeout,
         keepalive_timeout=args.keepalive_timeout, max_body=args.max_body,
         status_path=args.status_path, server_path=args.server_path,
-        access_log=not args.no_access_log, json_logging=args.json_logging)
+        access_log=not args.no_access_log, json_logging=args.json_logging,
+        forwarded_allow_ips=args.forwarded_allow_ips)
     plan = Plan(options, args.listen, args.control, args.worker, args.graceful_timeout)
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

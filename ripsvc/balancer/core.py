@@ -8,6 +8,7 @@ worker connection has to be (re)opened or a request must wait in the queue.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -44,6 +45,16 @@ class Balancer:
         self.access_log = AccessLog(options.app, loop, enabled=options.access_log,
                                     json_format=options.json_logging)
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def trusts(self, address: str) -> bool:
+        """Is `address` one of the proxies whose forwarded headers we keep?"""
+        if not self.options.forwarded_allow_ips:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.options.forwarded_allow_ips)
 
     # -- workers -----------------------------------------------------------------------------
     def join(self, worker_id: str, path: str, version: str) -> Slot:

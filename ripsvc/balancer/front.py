@@ -64,6 +64,7 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.closed = False
         self.peer = b"unix"
+        self.trusted = False  # a proxy in front whose X-Forwarded-* and X-Request-Id we keep
         self.current: Exchange | None = None  # sent on, not yet answered
         self.pending: deque[Exchange | BadRequest] = deque()  # pipelined behind it
         self.streaming: Exchange | None = None
@@ -79,6 +80,7 @@ class ClientConnection(asyncio.Protocol):
         self._body = Body()
         self._refused = False
         self._reading = False  # between the first byte of a request and its end
+        self._request_id = ""  # kept from a trusted proxy
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -86,6 +88,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = str(peer[0]).encode()
+            self.trusted = self.balancer.trusts(str(peer[0]))
         self.balancer.clients.add(self)
         self.deadline = self.loop.time() + self.options.header_timeout
 
@@ -197,8 +200,10 @@ class ClientConnection(asyncio.Protocol):
         self._reading = False
         self.deadline = 0.0
         method = parser.get_method().decode("ascii")
-        exchange = Exchange(self, method, self._url, self._upstream_head(method),
-                            self._body, parser.should_keep_alive(), new_request_id(),
+        self._request_id = ""
+        head = self._upstream_head(method)
+        exchange = Exchange(self, method, self._url, head, self._body,
+                            parser.should_keep_alive(), self._request_id or new_request_id(),
                             self.loop.time())
         if self.current is not None or self.pending:
             self.pending.append(exchange)  # pipelined: answered in order
@@ -213,17 +218,29 @@ class ClientConnection(asyncio.Protocol):
         parts = [method.encode(), b" ", url, b" HTTP/1.1\r\n"]
         host = b""
         drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
+        forwarded: dict[bytes, bytes] = {}
         for name, value in self._headers:
             if name == b"connection":  # headers it names are hop-by-hop too
                 drop = HOP_BY_HOP | {t.strip().lower() for t in value.split(b",")}
         for name, value in self._headers:
             if name in drop or name in OWN_REQUEST_HEADERS or name.startswith(b"rip-"):
+                if self.trusted and name in OWN_REQUEST_HEADERS:
+                    forwarded[name] = value
                 continue
             if name == b"host":
                 host = value
             parts += (name, b": ", value, b"\r\n")
-        parts += (b"x-forwarded-for: ", self.peer, b"\r\nx-forwarded-proto: ", self.scheme,
-                  b"\r\n")
+        client_for = self.peer
+        proto = self.scheme
+        if forwarded:  # from a trusted proxy: its view of the client wins
+            if b"x-forwarded-for" in forwarded:
+                client_for = forwarded[b"x-forwarded-for"] + b", " + self.peer
+            proto = forwarded.get(b"x-forwarded-proto", proto)
+            host = forwarded.get(b"x-forwarded-host", host)
+            request_id = forwarded.get(b"x-request-id", b"")
+            if 0 < len(request_id) <= 200 and request_id.isascii() and b" " not in request_id:
+                self._request_id = request_id.decode()
+        parts += (b"x-forwarded-for: ", client_for, b"\r\nx-forwarded-proto: ", proto, b"\r\n")
         if host:
             parts += (b"x-forwarded-host: ", host, b"\r\n")
         parts += (b"content-length: %d\r\n" % self._body.size,)

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """`127.0.0.1,10.0.0.0/8` → networks; empty means no proxy is trusted."""
+    networks = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -22,3 +36,5 @@ class BalancerOptions:
     server_path: str = "/server"
     access_log: bool = True
     json_logging: bool = False
+    #: Proxies in front whose X-Forwarded-* and X-Request-Id are kept (others' are replaced).
+    forwarded_allow_ips: tuple[Network, ...] = ()
