@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-
-import uvloop
 
 from ripsvc import __version__, logs
 from ripsvc.balancer.options import BalancerOptions, parse_networks
 from ripsvc.balancer.server import Plan, StaticWorker, run
 from ripsvc.exitcodes import ExitCode
-from ripsvc.sd import ActivationError
-from ripsvc.sockets import Bind, SocketError
+from ripsvc.process import run_and_exit
+from ripsvc.sockets import Bind
 from ripsvc.values import parse_seconds, parse_size, typed
 
 
@@ -74,13 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         access_log=not args.no_access_log, json_logging=args.json_logging,
         forwarded_allow_ips=args.forwarded_allow_ips)
     plan = Plan(options, args.listen, args.control, args.worker, args.graceful_timeout)
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            code = runner.run(run(plan))
-    except (SocketError, ActivationError, OSError) as exc:
-        logs.get("balancer").error("%s", exc)
-        sys.exit(ExitCode.FAILURE)
-    sys.exit(code)
+    run_and_exit("balancer", run(plan))
 
 
 if __name__ == "__main__":

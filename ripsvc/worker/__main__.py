@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-
-import uvloop
 
 from ripsvc import __version__, logs
 from ripsvc.apploader import AppLoadError, parse_spec
 from ripsvc.exitcodes import ExitCode
+from ripsvc.process import run_and_exit
 from ripsvc.recycle import RecyclePolicy
-from ripsvc.sd import ActivationError
-from ripsvc.sockets import Bind, SocketError
+from ripsvc.sockets import Bind
 from ripsvc.values import parse_seconds, parse_size, typed
 from ripsvc.worker.core import RELOAD_MODES, WorkerOptions
 from ripsvc.worker.server import run
@@ -70,13 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         recycle=args.recycle, recycle_jitter=args.recycle_jitter,
         graceful_timeout=args.graceful_timeout, max_body=args.max_body,
     )
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            code = runner.run(run(options, args.bind))
-    except (SocketError, ActivationError, OSError) as exc:
-        logs.get("worker").error("%s", exc)
-        sys.exit(ExitCode.FAILURE)
-    sys.exit(code)
+    run_and_exit("worker", run(options, args.bind))
 
 
 if __name__ == "__main__":

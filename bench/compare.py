@@ -1,0 +1,943 @@
+"""Compare rip (balancer + 2 workers) with the stacks it replaces, all serving GET /ping.
+
+    .venv/bin/python bench/compare.py [--duration 5] [--rounds 3] [--quick] [--profile]
+
+Configurations, each started afresh for every run on a free 127.0.0.1 port, with its sockets,
+configuration files (rendered from bench/conf/) and logs in a temporary directory:
+
+    rip              the balancer + 2 rip workers (examples/hello), access log to a file
+    rip-nolog        the same with --no-access-log: what the access log costs
+    nginx-gunicorn   nginx -> 2 gunicorn sync workers (examples/hello_wsgi) on a Unix socket
+    haproxy-uvicorn  HAProxy, maxconn 1 per server + queue -> 2 uvicorn processes (one request
+                     in flight per process, as with rip)
+    nginx-uvicorn    nginx -> 2 uvicorn processes over keep-alive upstreams (several in flight)
+    rip-server       the balancer alone, answering its own /server endpoint
+    nginx-static     nginx alone, `return 200 "ok\\n"`
+
+Every run is `wrk -t2 -c50 --latency` for --duration seconds after --warmup seconds that are
+not recorded. The machine is small and noisy, so the configurations alternate within each
+round (the order rotates by one every round) and the figures compared are medians over the
+rounds. Then a memory check sends 1,000,000 requests (100,000 with --quick) through one rip
+stack and samples the balancer's RSS after every fifth of them; --profile adds a run under
+py-spy (bench/results/balancer-profile.svg and .txt).
+
+Installs what is missing (wrk, nginx and haproxy with apt-get as root; gunicorn and py-spy
+with pip into .venv), prints a table, the ratios against their targets and writes
+bench/results/compare.json. Exits 0 whether or not the targets are met, 1 if any rip run saw
+errors (non-2xx/3xx responses or socket errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from worker import command_output, cpu_model, free_port, package_version, parse_wrk
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "bench" / "conf"
+RESULTS_DIR = ROOT / "bench" / "results"
+RESULTS = RESULTS_DIR / "compare.json"
+PROFILE_SVG = RESULTS_DIR / "balancer-profile.svg"
+PROFILE_TXT = RESULTS_DIR / "balancer-profile.txt"
+VENV_BIN = ROOT / ".venv" / "bin"
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 5.0
+APT_TOOLS = ("wrk", "nginx", "haproxy")  # each is both the command and its Debian package
+PIP_TOOLS = ("gunicorn", "py-spy")
+PACKAGES = ("rip-server", "gunicorn", "uvicorn", "aiohttp", "httptools", "uvloop", "py-spy")
+RSS_LIMIT_KB = 60 * 1024
+RSS_GROWTH_KB = 2 * 1024  # more than this between the 20 % and the 100 % samples is a trend
+PROFILE_RATE = 200
+PROFILE_TOP = 15
+# The children must not take our terminal's journal or notify socket for theirs.
+CHILD_ENV = {
+    key: value for key, value in os.environ.items()
+    if key not in ("JOURNAL_STREAM", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
+                   "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID")
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration: int
+    rounds: int
+    warmup: int
+    threads: int
+    connections: int
+    memory_requests: int
+    profile: bool
+    profile_seconds: int
+
+
+@dataclass
+class Proc:
+    """A process we started in a session of its own; its output goes to a file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    output: Path
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.output.read_text(errors="replace")
+        except OSError:
+            return "(no output)"
+        return "\n".join(text.splitlines()[-lines:]) or "(no output)"
+
+
+@dataclass
+class Stack:
+    """The processes of one configuration, in a directory of their own."""
+
+    config: str
+    dir: Path
+    tools: dict[str, str]
+    procs: list[Proc] = field(default_factory=list)
+    port: int = 0
+    access_log: Path | None = None
+
+    def start(self, name: str, command: list[str], stdout: Path | None = None) -> Proc:
+        """Start a process in ROOT; stdout goes to `stdout` if given, else with stderr."""
+        output = self.dir / f"{name}.out"
+        with contextlib.ExitStack() as files:
+            err = files.enter_context(output.open("wb"))
+            out = files.enter_context(stdout.open("wb")) if stdout else err
+            # A session of its own: only stop_process() signals it, not a Ctrl-C on the terminal.
+            process = subprocess.Popen(
+                command, cwd=ROOT, env=CHILD_ENV, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=err, start_new_session=True,
+            )
+        proc = Proc(name, process, output)
+        self.procs.append(proc)
+        return proc
+
+    def pid(self, name: str) -> int:
+        return next(proc.process.pid for proc in self.procs if proc.name == name)
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.config}: {proc.name} exited with status {proc.process.returncode}; "
+                    f"its output:\n{proc.tail()}"
+                )
+
+    def stop(self) -> None:
+        """Stop the front first, then what it talks to."""
+        for proc in reversed(self.procs):
+            stop_process(proc)
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    description: str
+    path: str  # what wrk requests
+    start: Callable[[Stack], Proc]  # starts the stack, returns its front (listening on port)
+
+
+@dataclass
+class Measured:
+    """One measured wrk run against one configuration."""
+
+    config: str
+    round: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx_3xx: int
+    socket_errors: int
+    cpu_percent: dict[str, float]  # per process of the stack (with its children), and wrk
+    access_log_lines: int | None  # written by the whole run: readiness, warm-up and measure
+
+    @property
+    def errors(self) -> int:
+        return self.non_2xx_3xx + self.socket_errors
+
+
+@dataclass(frozen=True)
+class Target:
+    label: str
+    numerator: str
+    denominator: str | None  # None: `minimum` is in requests/s
+    minimum: float
+
+
+TARGETS = (
+    Target("rip >= 3x nginx -> gunicorn", "rip", "nginx-gunicorn", 3.0),
+    Target("rip >= 3x haproxy -> uvicorn", "rip", "haproxy-uvicorn", 3.0),
+    Target("rip >= 0.8x nginx -> uvicorn", "rip", "nginx-uvicorn", 0.8),
+    Target("rip >= 12,000 requests/s", "rip", None, 12_000.0),
+    Target("rip /server >= 0.4x nginx static", "rip-server", "nginx-static", 0.4),
+)
+INFO_RATIOS = (("rip-nolog", "rip"),)  # without / with the access log
+
+
+# -- processes --------------------------------------------------------------------------------
+
+def stop_process(proc: Proc) -> None:
+    """SIGTERM the process we started (by PID); SIGKILL its process group if it lingers."""
+    process = proc.process
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        print(f"  {proc.name} (pid {process.pid}) ignored SIGTERM: killing it", flush=True)
+        # The group is the session we created for it (nginx's and gunicorn's workers are in it);
+        # it exists as long as the unreaped leader does.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix stream socket."""
+
+    def __init__(self, socket_path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def get_status(connection: http.client.HTTPConnection, path: str) -> int:
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def wait_ready(proc: Proc, connect: Callable[[], http.client.HTTPConnection], path: str) -> None:
+    """Poll GET `path` until it answers 200; fail with the process's output otherwise."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    last_error = "no attempt"
+    while time.monotonic() < deadline:
+        if proc.process.poll() is not None:
+            raise RuntimeError(
+                f"{proc.name} exited with status {proc.process.returncode} before it was "
+                f"ready; its output:\n{proc.tail()}"
+            )
+        try:
+            status = get_status(connect(), path)
+            if status == 200:
+                return
+            last_error = f"HTTP {status}"
+        except OSError as error:  # includes the socket file not existing yet
+            last_error = repr(error)
+        time.sleep(0.05)
+    raise RuntimeError(
+        f"{proc.name} did not answer GET {path} within {READY_TIMEOUT:g} s ({last_error}); "
+        f"its output:\n{proc.tail()}"
+    )
+
+
+def over_unix(path: Path) -> Callable[[], http.client.HTTPConnection]:
+    return lambda: UnixHTTPConnection(path, timeout=1.0)
+
+
+def over_tcp(port: int) -> Callable[[], http.client.HTTPConnection]:
+    return lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+
+
+# -- the configurations -----------------------------------------------------------------------
+
+def start_backends(stack: Stack, commands: dict[str, tuple[Path, list[str]]]) -> None:
+    """Start every NAME: (SOCKET, COMMAND) at once, then wait until each socket answers /ping."""
+    started = [(stack.start(name, command), path) for name, (path, command) in commands.items()]
+    for proc, path in started:
+        wait_ready(proc, over_unix(path), "/ping")
+
+
+def start_rip_workers(stack: Stack) -> list[Path]:
+    sockets = [stack.dir / f"w{n}.sock" for n in (1, 2)]
+    start_backends(stack, {
+        f"w{n}": (path, [
+            ".venv/bin/rip-worker", "examples/hello", "--bind", str(path),
+            "--log-level", "warning", "--recycle", "r:0,0s,0r",
+        ])
+        for n, path in enumerate(sockets, 1)
+    })
+    return sockets
+
+
+def start_balancer(stack: Stack, workers: list[Path], *, access_log: bool) -> Proc:
+    stack.port = free_port()
+    command = [
+        ".venv/bin/python", "-m", "ripsvc.balancer", "--app", "hello",
+        "--listen", f"tcp:127.0.0.1:{stack.port}", "--control", str(stack.dir / "ctl.sock"),
+    ]
+    for n, path in enumerate(workers, 1):
+        command += ["--worker", f"{n}={path}"]
+    if not access_log:
+        command.append("--no-access-log")
+    log = stack.dir / "access.log"
+    stack.access_log = log if access_log else None
+    return stack.start("balancer", command, stdout=log)
+
+
+def start_uvicorns(stack: Stack) -> None:
+    start_backends(stack, {
+        f"u{n}": (stack.dir / f"u{n}.sock", [
+            ".venv/bin/uvicorn", "--app-dir", "examples/hello", "app:app",
+            "--uds", str(stack.dir / f"u{n}.sock"), "--log-level", "warning",
+            "--no-access-log", "--loop", "uvloop", "--http", "httptools",
+        ])
+        for n in (1, 2)
+    })
+
+
+def start_gunicorn(stack: Stack) -> None:
+    path = stack.dir / "gunicorn.sock"
+    start_backends(stack, {
+        "gunicorn": (path, [
+            ".venv/bin/gunicorn", "--chdir", "examples/hello_wsgi", "-w", "2", "-k", "sync",
+            "-b", f"unix:{path}", "--log-level", "warning", "app:app",
+        ]),
+    })
+
+
+def render(template: str, **values: str | int) -> str:
+    return string.Template((CONF / template).read_text()).substitute(values)
+
+
+def start_nginx(stack: Stack, site: str) -> Proc:
+    """nginx with bench/conf/nginx.conf around bench/conf/nginx-SITE.conf."""
+    stack.port = free_port()
+    values: dict[str, str | int] = {"dir": str(stack.dir), "port": stack.port}
+    # As root, nginx's workers would run as nobody, who cannot enter our 0700 directory.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = stack.dir / "nginx.conf"
+    conf.write_text(render("nginx.conf", user=user, site=render(f"nginx-{site}.conf", **values),
+                           **values))
+    stack.access_log = stack.dir / "access.log"
+    error_log = stack.dir / "nginx-error.log"
+    return stack.start("nginx", [
+        stack.tools["nginx"], "-p", str(stack.dir), "-c", str(conf), "-e", str(error_log),
+    ])
+
+
+def start_haproxy(stack: Stack) -> Proc:
+    stack.port = free_port()
+    conf = stack.dir / "haproxy.cfg"
+    conf.write_text(render("haproxy.cfg", dir=str(stack.dir), port=stack.port))
+    stack.access_log = stack.dir / "access.log"
+    return stack.start("haproxy", [stack.tools["haproxy"], "-f", str(conf), "-db"],
+                       stdout=stack.access_log)
+
+
+def rip(stack: Stack) -> Proc:
+    return start_balancer(stack, start_rip_workers(stack), access_log=True)
+
+
+def rip_nolog(stack: Stack) -> Proc:
+    return start_balancer(stack, start_rip_workers(stack), access_log=False)
+
+
+def rip_server(stack: Stack) -> Proc:
+    return start_balancer(stack, [], access_log=True)
+
+
+def nginx_gunicorn(stack: Stack) -> Proc:
+    start_gunicorn(stack)
+    return start_nginx(stack, "gunicorn")
+
+
+def haproxy_uvicorn(stack: Stack) -> Proc:
+    start_uvicorns(stack)
+    return start_haproxy(stack)
+
+
+def nginx_uvicorn(stack: Stack) -> Proc:
+    start_uvicorns(stack)
+    return start_nginx(stack, "uvicorn")
+
+
+def nginx_static(stack: Stack) -> Proc:
+    return start_nginx(stack, "static")
+
+
+CONFIGS = (
+    Config("rip", "balancer + 2 rip workers (ASGI examples/hello), access log to a file",
+           "/ping", rip),
+    Config("rip-nolog", "the same, balancer --no-access-log", "/ping", rip_nolog),
+    Config("nginx-gunicorn", "nginx (access log to a file) -> 2 gunicorn sync workers "
+           "(WSGI examples/hello_wsgi) on one Unix socket", "/ping", nginx_gunicorn),
+    Config("haproxy-uvicorn", "HAProxy (1 thread, access log to a file), maxconn 1 per server "
+           "+ queue, http-reuse always -> 2 uvicorn processes on Unix sockets", "/ping",
+           haproxy_uvicorn),
+    Config("nginx-uvicorn", "nginx (access log to a file) -> 2 uvicorn processes, keepalive 16 "
+           "upstream, HTTP/1.1", "/ping", nginx_uvicorn),
+    Config("rip-server", "the balancer alone (no workers, access log to a file): GET /server",
+           "/server", rip_server),
+    Config("nginx-static", 'nginx alone (access log to a file): return 200 "ok\\n"', "/ping",
+           nginx_static),
+)
+RIP = CONFIGS[0]
+
+
+@contextlib.contextmanager
+def launched(config: Config, directory: Path, tools: dict[str, str]) -> Iterator[Stack]:
+    """Start a configuration, wait until it answers, and stop all of it whatever happens."""
+    stack = Stack(config.name, directory, tools)
+    try:
+        front = config.start(stack)
+        wait_ready(front, over_tcp(stack.port), config.path)
+        yield stack
+    finally:
+        stack.stop()
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+def wrk_command(settings: Settings, url: str, seconds: int) -> list[str]:
+    return [
+        "wrk", f"-t{settings.threads}", f"-c{settings.connections}", f"-d{seconds}s",
+        "--latency", url,
+    ]
+
+
+def run_wrk(settings: Settings, url: str, seconds: int) -> str:
+    result = subprocess.run(
+        wrk_command(settings, url, seconds), capture_output=True, text=True,
+        timeout=seconds + 30, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"wrk failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process and of its live descendants, in clock ticks."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()  # from field 3 (state) on
+        total = int(fields[11]) + int(fields[12])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            total += sum(cpu_ticks(int(child)) for child in children)
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of our reaped children (wrk: the servers are reaped only when they stop)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuMeter:
+    """CPU use of a stack's processes and of wrk over a time span, in % of one core."""
+
+    stack: Stack
+    ticks: dict[str, int] = field(default_factory=dict)
+    wrk_seconds: float = 0.0
+    started: float = 0.0
+    percent: dict[str, float] = field(default_factory=dict)  # set on leaving
+
+    def __enter__(self) -> CpuMeter:
+        self.ticks = {proc.name: cpu_ticks(proc.process.pid) for proc in self.stack.procs}
+        self.wrk_seconds = children_cpu_seconds()
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        elapsed = time.monotonic() - self.started
+        hertz = os.sysconf("SC_CLK_TCK")
+        self.percent = {
+            proc.name: 100.0 * (cpu_ticks(proc.process.pid) - self.ticks[proc.name])
+            / hertz / elapsed
+            for proc in self.stack.procs
+        }
+        self.percent["wrk"] = 100.0 * (children_cpu_seconds() - self.wrk_seconds) / elapsed
+
+
+def count_lines(path: Path | None) -> int | None:
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as file:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
+    except OSError:
+        return 0
+
+
+def measure(config: Config, round_: int, settings: Settings, tools: dict[str, str],
+            workdir: Path) -> Measured:
+    """Start a fresh stack, warm it up, measure it with wrk and stop it, whatever happens."""
+    directory = workdir / f"{round_}-{config.name}"
+    directory.mkdir()
+    try:
+        with launched(config, directory, tools) as stack:
+            url = f"http://127.0.0.1:{stack.port}{config.path}"
+            if settings.warmup > 0:
+                run_wrk(settings, url, settings.warmup)
+            with CpuMeter(stack) as meter:
+                text = run_wrk(settings, url, settings.duration)
+            stack.check_alive()
+        run = parse_wrk(text, config.name, round_)
+        # Counted once stopped: the balancer buffers its access log and flushes it on exit.
+        log_lines = count_lines(stack.access_log)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    return Measured(
+        config=config.name, round=round_, requests_per_s=run.requests_per_s,
+        p50_ms=run.p50_ms, p99_ms=run.p99_ms, requests=run.requests,
+        non_2xx_3xx=run.non_2xx_3xx, socket_errors=run.socket_errors,
+        cpu_percent={name: round(value, 1) for name, value in meter.percent.items()},
+        access_log_lines=log_lines,
+    )
+
+
+def describe_cpu(cpu: dict[str, float]) -> str:
+    return " ".join(f"{name} {value:.0f}" for name, value in cpu.items())
+
+
+def run_rounds(settings: Settings, tools: dict[str, str], workdir: Path) -> list[Measured]:
+    runs: list[Measured] = []
+    for round_ in range(1, settings.rounds + 1):
+        shift = (round_ - 1) % len(CONFIGS)
+        for config in CONFIGS[shift:] + CONFIGS[:shift]:
+            run = measure(config, round_, settings, tools, workdir)
+            print(
+                f"  round {round_} {config.name:<16} {run.requests_per_s:>8.0f} req/s  "
+                f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  errors {run.errors}  "
+                f"cpu% {describe_cpu(run.cpu_percent)}",
+                flush=True,
+            )
+            runs.append(run)
+    return runs
+
+
+def summarize(runs: list[Measured]) -> dict[str, dict[str, Any]]:
+    """Per configuration: medians of requests/s, p50, p99 and CPU, and the total of errors."""
+    summary: dict[str, dict[str, Any]] = {}
+    for config in CONFIGS:
+        mine = [run for run in runs if run.config == config.name]
+        names = mine[0].cpu_percent.keys()
+        summary[config.name] = {
+            "requests_per_s": statistics.median(run.requests_per_s for run in mine),
+            "p50_ms": statistics.median(run.p50_ms for run in mine),
+            "p99_ms": statistics.median(run.p99_ms for run in mine),
+            "errors": sum(run.errors for run in mine),
+            "cpu_percent": {
+                name: statistics.median(run.cpu_percent[name] for run in mine) for name in names
+            },
+        }
+    return summary
+
+
+# -- ratios and targets -----------------------------------------------------------------------
+
+def ratios(summary: dict[str, dict[str, Any]], top: str, bottom: str) -> dict[str, float]:
+    return {
+        key: summary[top][key] / summary[bottom][key]
+        for key in ("requests_per_s", "p50_ms", "p99_ms")
+    }
+
+
+def check_targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    checks = []
+    for target in TARGETS:
+        value = summary[target.numerator]["requests_per_s"]
+        check: dict[str, Any] = {"target": target.label, "minimum": target.minimum}
+        if target.denominator:
+            check |= {f"{key}_ratio": round(ratio, 4) for key, ratio in
+                      ratios(summary, target.numerator, target.denominator).items()}
+            value /= summary[target.denominator]["requests_per_s"]
+        check |= {"value": round(value, 4), "met": value >= target.minimum}
+        checks.append(check)
+    return checks
+
+
+def print_summary(summary: dict[str, dict[str, Any]], checks: list[dict[str, Any]]) -> None:
+    print(f"\n{'median of rounds':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
+          "cpu% (per process, wrk)")
+    for name, figures in summary.items():
+        print(
+            f"{name:<16} {figures['requests_per_s']:>8.0f} {figures['p50_ms']:>8.2f} "
+            f"{figures['p99_ms']:>8.2f} {figures['errors']:>6}  "
+            f"{describe_cpu(figures['cpu_percent'])}"
+        )
+    print(f"\n{'ratio of medians':<34} {'req/s':>7} {'p50':>7} {'p99':>7}  target")
+    for check in checks:
+        verdict = "met" if check["met"] else "NOT met"
+        if "requests_per_s_ratio" in check:
+            print(f"{check['target']:<34} {check['requests_per_s_ratio']:>6.2f}x "
+                  f"{check['p50_ms_ratio']:>6.2f}x {check['p99_ms_ratio']:>6.2f}x  {verdict}")
+        else:
+            print(f"{check['target']:<34} {check['value']:>7.0f} {'':>7} {'':>7}  {verdict}")
+    for top, bottom in INFO_RATIOS:
+        figures = ratios(summary, top, bottom)
+        print(f"{top + ' / ' + bottom:<34} {figures['requests_per_s']:>6.2f}x "
+              f"{figures['p50_ms']:>6.2f}x {figures['p99_ms']:>6.2f}x  (information)")
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def memory_check(settings: Settings, tools: dict[str, str], workdir: Path,
+                 rate: float) -> dict[str, Any]:
+    """Send memory_requests requests through one rip stack, sampling the balancer's RSS."""
+    total = settings.memory_requests
+    directory = workdir / "memory"
+    directory.mkdir()
+    print(f"\nmemory: {total:,} requests through one rip stack (wrk -t{settings.threads} "
+          f"-c{settings.connections}), balancer RSS after every fifth", flush=True)
+    done = errors = 0
+    with launched(RIP, directory, tools) as stack:
+        pid = stack.pid("balancer")
+        url = f"http://127.0.0.1:{stack.port}{RIP.path}"
+        samples = [{"requests": 0, "rss_kb": rss_kb(pid)}]
+        print(f"  before: {samples[0]['rss_kb'] / 1024:.1f} MB", flush=True)
+        for fifth in range(1, 6):
+            while done < total * fifth // 5:
+                seconds = max(1, math.ceil((total * fifth // 5 - done) / rate))
+                run = parse_wrk(run_wrk(settings, url, seconds), RIP.name, 0)
+                done += run.requests
+                errors += run.non_2xx_3xx + run.socket_errors
+                rate = max(run.requests_per_s, 100.0)
+            samples.append({"requests": done, "rss_kb": rss_kb(pid)})
+            print(f"  after {done:>9,} requests: {samples[-1]['rss_kb'] / 1024:.1f} MB "
+                  f"(errors so far {errors})", flush=True)
+        stack.check_alive()
+    shutil.rmtree(directory, ignore_errors=True)
+    return judge_memory(samples, errors)
+
+
+def judge_memory(samples: list[dict[str, int]], errors: int) -> dict[str, Any]:
+    """Final RSS against the limit; growth from the first fifth (warm) to the end as the trend."""
+    final = samples[-1]["rss_kb"]
+    growth = final - samples[1]["rss_kb"]
+    later = samples[1:]
+    slope = statistics.linear_regression(
+        [sample["requests"] for sample in later], [sample["rss_kb"] for sample in later]
+    ).slope
+    return {
+        "samples": samples,
+        "before_kb": samples[0]["rss_kb"],
+        "after_kb": final,
+        "growth_after_first_fifth_kb": growth,
+        "slope_kb_per_100k_requests": round(slope * 100_000, 2),
+        "limit_kb": RSS_LIMIT_KB,
+        "growth_limit_kb": RSS_GROWTH_KB,
+        "within_limit": final <= RSS_LIMIT_KB,
+        "no_growth_trend": growth <= RSS_GROWTH_KB,
+        "errors": errors,
+    }
+
+
+def print_memory(memory: dict[str, Any]) -> None:
+    limit = "met" if memory["within_limit"] else "NOT met"
+    trend = "met" if memory["no_growth_trend"] else "NOT met"
+    print(
+        f"balancer RSS: {memory['before_kb'] / 1024:.1f} MB before, "
+        f"{memory['after_kb'] / 1024:.1f} MB after {memory['samples'][-1]['requests']:,} "
+        f"requests: <= {RSS_LIMIT_KB // 1024} MB {limit}\n"
+        f"balancer RSS growth from 20 % to 100 %: {memory['growth_after_first_fifth_kb']} kB "
+        f"(slope {memory['slope_kb_per_100k_requests']} kB per 100k requests): no growth trend "
+        f"(<= {RSS_GROWTH_KB} kB) {trend}; errors {memory['errors']}"
+    )
+
+
+# -- profile ----------------------------------------------------------------------------------
+
+def py_spy(tools: dict[str, str], pid: int, seconds: int, fmt: str, output: Path) -> str:
+    command = [
+        tools["py-spy"], "record", "--pid", str(pid), "--duration", str(seconds),
+        "--rate", str(PROFILE_RATE), "--format", fmt, "-o", str(output),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
+                            check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"py-spy failed ({result.returncode}):\n{result.stdout}"
+                           f"{result.stderr}")
+    return (result.stdout + result.stderr).strip()
+
+
+def profile(settings: Settings, tools: dict[str, str], workdir: Path) -> dict[str, Any]:
+    """py-spy on the balancer of a rip stack under load: a flame graph, then raw stacks."""
+    seconds = settings.profile_seconds
+    directory = workdir / "profile"
+    directory.mkdir()
+    raw = directory / "balancer.raw"
+    print(f"\nprofile: py-spy on the balancer, {seconds} s for the flame graph then {seconds} s "
+          "of raw stacks, under wrk", flush=True)
+    with launched(RIP, directory, tools) as stack:
+        pid = stack.pid("balancer")
+        url = f"http://127.0.0.1:{stack.port}{RIP.path}"
+        load = subprocess.Popen(
+            wrk_command(settings, url, 2 * seconds + 3), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        try:
+            time.sleep(1.0)
+            said = py_spy(tools, pid, seconds, "flamegraph", PROFILE_SVG)
+            said += "\n" + py_spy(tools, pid, seconds, "raw", raw)
+            wrk_text, _ = load.communicate(timeout=seconds + 30)
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+        stack.check_alive()
+    run = parse_wrk(wrk_text, RIP.name, 0)
+    header = (
+        f"py-spy record --rate {PROFILE_RATE} --duration {seconds} on the rip balancer "
+        f"(access log on) under wrk -t{settings.threads} -c{settings.connections} GET /ping: "
+        f"{run.requests_per_s:.0f} req/s while profiled, errors "
+        f"{run.non_2xx_3xx + run.socket_errors}"
+    )
+    text, top = summarize_profile(raw.read_text(), seconds, header, said)
+    PROFILE_TXT.write_text(text)
+    return {"svg": str(PROFILE_SVG.relative_to(ROOT)), "text": str(PROFILE_TXT.relative_to(ROOT)),
+            "requests_per_s_while_profiled": run.requests_per_s,
+            "errors": run.non_2xx_3xx + run.socket_errors, "top_own": top}
+
+
+def function_of(frame: str) -> str:
+    """`name (path:line)` without the line, so that a function's lines add up."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
+
+
+def summarize_profile(raw: str, seconds: int, header: str,
+                      said: str) -> tuple[str, list[dict[str, Any]]]:
+    """Top functions by own (leaf) samples and by total samples, from py-spy's raw stacks."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        functions = [function_of(frame) for frame in stack.split(";")]
+        samples += count
+        own[functions[-1]] += count
+        for function in set(functions):
+            total[function] += count
+    expected = PROFILE_RATE * seconds
+    lines = [
+        header,
+        f"{samples} samples with the main thread busy, of ~{expected} taken at {PROFILE_RATE} Hz: "
+        f"busy ~{100 * samples / expected:.0f} % of the time (idle samples are not recorded)",
+        "",
+        *table_of(f"top {PROFILE_TOP} functions by own samples", own, total, samples),
+        "",
+        *table_of(f"top {PROFILE_TOP} functions by total samples (own + callees)", total, own,
+                  samples, total_first=True),
+        "",
+        "py-spy said:",
+        said,
+    ]
+    top = [{"function": name, "own_percent": round(100 * count / samples, 1),
+            "total_percent": round(100 * total[name] / samples, 1)}
+           for name, count in own.most_common(PROFILE_TOP)] if samples else []
+    return "\n".join(lines) + "\n", top
+
+
+def table_of(title: str, ranked: Counter[str], other: Counter[str], samples: int,
+             *, total_first: bool = False) -> list[str]:
+    if not samples:
+        return [title, "  (no samples)"]
+    heads = ("total%", "own%") if total_first else ("own%", "total%")
+    lines = [title, f"  {heads[0]:>6} {heads[1]:>6}  function (file)"]
+    for name, count in ranked.most_common(PROFILE_TOP):
+        lines.append(f"  {100 * count / samples:>6.1f} {100 * other[name] / samples:>6.1f}  {name}")
+    return lines
+
+
+# -- set-up and facts -------------------------------------------------------------------------
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
+def ensure_apt_tools() -> None:
+    missing = [name for name in APT_TOOLS if not find_tool(name)]
+    if not missing:
+        return
+    print(f"missing {', '.join(missing)}: installing with scripts/apt-ensure (apt-get). Debian's "
+          "packages may enable their own system services; this script never uses them.",
+          flush=True)
+    if subprocess.run([str(ROOT / "scripts" / "apt-ensure"), *missing]).returncode != 0:
+        sys.exit(f"could not install {' '.join(missing)}: install them and try again")
+
+
+def ensure_pip_tools(names: list[str]) -> None:
+    missing = [name for name in names if package_version(name) is None]
+    if not missing:
+        return
+    print(f"missing {', '.join(missing)}: installing into .venv with pip", flush=True)
+    command = [sys.executable, "-m", "pip", "install", "-q", *missing]
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"could not pip install {' '.join(missing)}")
+
+
+def ensure_tools(settings: Settings) -> dict[str, str]:
+    """The paths of the commands this benchmark runs, installing what is missing."""
+    ensure_apt_tools()
+    ensure_pip_tools([name for name in PIP_TOOLS if settings.profile or name != "py-spy"])
+    tools = {name: find_tool(name) or "" for name in APT_TOOLS}
+    tools["py-spy"] = str(VENV_BIN / "py-spy")
+    if not all(tools[name] for name in APT_TOOLS):
+        sys.exit(f"still missing after installing: {tools}")
+    return tools
+
+
+def machine_facts(tools: dict[str, str]) -> dict[str, Any]:
+    dirty = command_output(["git", "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": {name: package_version(name) for name in PACKAGES},
+        "nginx": command_output([tools["nginx"], "-v"]),
+        "haproxy": command_output([tools["haproxy"], "-v"]),
+        "wrk": command_output([tools["wrk"], "-v"]),
+        "git_commit": command_output(["git", "rev-parse", "HEAD"]) + ("+dirty" if dirty else ""),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def parse_args() -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=int, help="seconds per wrk run (5; --quick: 3)")
+    parser.add_argument("--rounds", type=int, help="rounds over all configurations (3; --quick: 1)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="unrecorded wrk seconds before each run (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk -t (default: %(default)s)")
+    parser.add_argument("--connections", type=int, default=50,
+                        help="wrk -c (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round of 3 s and 100,000 requests for the memory check")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the balancer under load with py-spy")
+    parser.add_argument("--profile-duration", type=int, default=10,
+                        help="seconds of each py-spy recording (default: %(default)s)")
+    args = parser.parse_args()
+    settings = Settings(
+        duration=args.duration or (3 if args.quick else 5),
+        rounds=args.rounds or (1 if args.quick else 3),
+        warmup=args.warmup, threads=args.threads, connections=args.connections,
+        memory_requests=100_000 if args.quick else 1_000_000,
+        profile=args.profile, profile_seconds=args.profile_duration,
+    )
+    if min(settings.duration, settings.rounds, settings.threads, settings.profile_seconds) < 1:
+        parser.error("--duration, --rounds, --threads and --profile-duration must be >= 1")
+    if settings.warmup < 0 or settings.connections < settings.threads:
+        parser.error("--warmup must be >= 0 and --connections >= --threads")
+    return settings
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def write_results(results: dict[str, Any]) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results written to {RESULTS.relative_to(ROOT)}")
+
+
+def main() -> int:
+    settings = parse_args()
+    signal.signal(signal.SIGTERM, interrupt)  # so that the finally clauses stop our servers
+    tools = ensure_tools(settings)
+    facts = machine_facts(tools)
+    print(
+        f"{facts['nproc']} CPUs ({facts['cpu_model']}), Python {facts['python']}; "
+        f"{settings.rounds} rounds x {len(CONFIGS)} configurations x {settings.duration} s "
+        f"(+{settings.warmup} s warm-up), wrk -t{settings.threads} -c{settings.connections}",
+        flush=True,
+    )
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="rip-compare-"))
+    try:
+        runs = run_rounds(settings, tools, workdir)
+        summary = summarize(runs)
+        memory = memory_check(settings, tools, workdir, summary["rip"]["requests_per_s"])
+        profiled = profile(settings, tools, workdir) if settings.profile else None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    checks = check_targets(summary)
+    print_summary(summary, checks)
+    print_memory(memory)
+    if profiled:
+        print(f"profile: {profiled['svg']} and {profiled['text']}")
+    rip_errors = (sum(run.errors for run in runs if run.config.startswith("rip"))
+                  + memory["errors"] + (profiled["errors"] if profiled else 0))
+    write_results({
+        "machine": facts,
+        "settings": asdict(settings) | {
+            "load": f"wrk -t{settings.threads} -c{settings.connections} --latency",
+            "configs": {config.name: f"{config.description}; GET {config.path}"
+                        for config in CONFIGS},
+        },
+        "runs": [asdict(run) for run in runs],
+        "medians": summary,
+        "targets": checks,
+        "memory": memory,
+        "profile": profiled,
+        "rip_errors": rip_errors,
+    })
+    if rip_errors:
+        print(f"rip runs saw {rip_errors} errors (non-2xx/3xx or socket errors)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (RuntimeError, ValueError) as error:
+        sys.exit(f"bench/compare.py: {error}")
