@@ -36,6 +36,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -71,6 +72,11 @@ RSS_LIMIT_KB = 60 * 1024
 RSS_GROWTH_KB = 2 * 1024  # more than this between the 20 % and the 100 % samples is a trend
 PROFILE_RATE = 200
 PROFILE_TOP = 15
+LEAF_KINDS = {  # native leaf frames (py-spy --native) by what the balancer is doing
+    "waiting (epoll)": re.compile(r"epoll_p?wait "),
+    "write()": re.compile(r"(__)?(write|writev|send|sendmsg) "),
+    "read()": re.compile(r"(__)?(read|readv|recv|recvfrom|recvmsg) "),
+}
 # The children must not take our terminal's journal or notify socket for theirs.
 CHILD_ENV = {
     key: value for key, value in os.environ.items()
@@ -462,31 +468,43 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_ticks() -> tuple[int, int]:
+    """Busy (user, nice, system, irq, softirq) and stolen clock ticks of all CPUs."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq, steal
+
+
 @dataclass
 class CpuMeter:
-    """CPU use of a stack's processes and of wrk over a time span, in % of one core."""
+    """CPU use over a time span in % of one core: the stack's processes, wrk, all processes
+    ("machine", at most nproc x 100) and the time the hypervisor gave to others ("steal")."""
 
     stack: Stack
     ticks: dict[str, int] = field(default_factory=dict)
     wrk_seconds: float = 0.0
+    machine: tuple[int, int] = (0, 0)
     started: float = 0.0
     percent: dict[str, float] = field(default_factory=dict)  # set on leaving
 
     def __enter__(self) -> CpuMeter:
         self.ticks = {proc.name: cpu_ticks(proc.process.pid) for proc in self.stack.procs}
         self.wrk_seconds = children_cpu_seconds()
+        self.machine = machine_ticks()
         self.started = time.monotonic()
         return self
 
     def __exit__(self, *_: object) -> None:
         elapsed = time.monotonic() - self.started
-        hertz = os.sysconf("SC_CLK_TCK")
+        per_tick = 100.0 / os.sysconf("SC_CLK_TCK") / elapsed
         self.percent = {
-            proc.name: 100.0 * (cpu_ticks(proc.process.pid) - self.ticks[proc.name])
-            / hertz / elapsed
+            proc.name: per_tick * (cpu_ticks(proc.process.pid) - self.ticks[proc.name])
             for proc in self.stack.procs
         }
         self.percent["wrk"] = 100.0 * (children_cpu_seconds() - self.wrk_seconds) / elapsed
+        busy, steal = machine_ticks()
+        self.percent["machine"] = per_tick * (busy - self.machine[0])
+        self.percent["steal"] = per_tick * (steal - self.machine[1])
 
 
 def count_lines(path: Path | None) -> int | None:
@@ -685,17 +703,29 @@ def print_memory(memory: dict[str, Any]) -> None:
 
 # -- profile ----------------------------------------------------------------------------------
 
-def py_spy(tools: dict[str, str], pid: int, seconds: int, fmt: str, output: Path) -> str:
+def py_spy(tools: dict[str, str], pid: int, seconds: int, fmt: str, output: Path,
+           *, native: bool = False) -> tuple[bool, str]:
+    """Run `py-spy record`; whether it succeeded, and what it said."""
     command = [
         tools["py-spy"], "record", "--pid", str(pid), "--duration", str(seconds),
         "--rate", str(PROFILE_RATE), "--format", fmt, "-o", str(output),
+        *(["--native"] if native else []),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
                             check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"py-spy failed ({result.returncode}):\n{result.stdout}"
-                           f"{result.stderr}")
-    return (result.stdout + result.stderr).strip()
+    said = f"$ {' '.join(command[1:])}\n{result.stdout}{result.stderr}".strip()
+    return result.returncode == 0, said
+
+
+def record_raw(tools: dict[str, str], pid: int, seconds: int, raw: Path) -> tuple[bool, str]:
+    """Raw stacks with native (C) frames, which show the system calls; without if py-spy can't."""
+    ok, said = py_spy(tools, pid, seconds, "raw", raw, native=True)
+    if ok:
+        return True, said
+    ok, again = py_spy(tools, pid, seconds, "raw", raw)
+    if not ok:
+        raise RuntimeError(f"py-spy failed:\n{said}\n{again}")
+    return False, f"{said}\n{again}"
 
 
 def profile(settings: Settings, tools: dict[str, str], workdir: Path) -> dict[str, Any]:
@@ -704,48 +734,52 @@ def profile(settings: Settings, tools: dict[str, str], workdir: Path) -> dict[st
     directory = workdir / "profile"
     directory.mkdir()
     raw = directory / "balancer.raw"
-    print(f"\nprofile: py-spy on the balancer, {seconds} s for the flame graph then {seconds} s "
-          "of raw stacks, under wrk", flush=True)
+    print(f"\nprofile: py-spy on the balancer under wrk, {seconds} s for the flame graph, then "
+          f"{seconds} s of raw stacks", flush=True)
     with launched(RIP, directory, tools) as stack:
         pid = stack.pid("balancer")
         url = f"http://127.0.0.1:{stack.port}{RIP.path}"
         load = subprocess.Popen(
-            wrk_command(settings, url, 2 * seconds + 3), stdout=subprocess.PIPE,
+            wrk_command(settings, url, 2 * seconds + 4), stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         try:
             time.sleep(1.0)
-            said = py_spy(tools, pid, seconds, "flamegraph", PROFILE_SVG)
-            said += "\n" + py_spy(tools, pid, seconds, "raw", raw)
-            wrk_text, _ = load.communicate(timeout=seconds + 30)
+            ok, said = py_spy(tools, pid, seconds, "flamegraph", PROFILE_SVG)
+            if not ok:
+                raise RuntimeError(f"py-spy failed:\n{said}")
+            with CpuMeter(stack) as meter:
+                native, more = record_raw(tools, pid, seconds, raw)
+            wrk_text, _ = load.communicate(timeout=2 * seconds + 30)
         finally:
             if load.poll() is None:
                 load.kill()
                 load.wait()
         stack.check_alive()
     run = parse_wrk(wrk_text, RIP.name, 0)
-    header = (
-        f"py-spy record --rate {PROFILE_RATE} --duration {seconds} on the rip balancer "
-        f"(access log on) under wrk -t{settings.threads} -c{settings.connections} GET /ping: "
+    header = [
+        f"py-spy record --rate {PROFILE_RATE} --duration {seconds}"
+        f"{' --native' if native else ''} on the rip balancer (access log on) under "
+        f"wrk -t{settings.threads} -c{settings.connections} GET /ping: "
         f"{run.requests_per_s:.0f} req/s while profiled, errors "
-        f"{run.non_2xx_3xx + run.socket_errors}"
-    )
-    text, top = summarize_profile(raw.read_text(), seconds, header, said)
+        f"{run.non_2xx_3xx + run.socket_errors}",
+        f"CPU during the recording (/proc, % of one core): {describe_cpu(meter.percent)}",
+    ]
+    text, top = summarize_profile(raw.read_text(), header, f"{said}\n{more}")
     PROFILE_TXT.write_text(text)
     return {"svg": str(PROFILE_SVG.relative_to(ROOT)), "text": str(PROFILE_TXT.relative_to(ROOT)),
-            "requests_per_s_while_profiled": run.requests_per_s,
+            "native": native, "requests_per_s_while_profiled": run.requests_per_s,
+            "cpu_percent": {name: round(value, 1) for name, value in meter.percent.items()},
             "errors": run.non_2xx_3xx + run.socket_errors, "top_own": top}
 
 
 def function_of(frame: str) -> str:
     """`name (path:line)` without the line, so that a function's lines add up."""
-    name, _, where = frame.partition(" (")
-    return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
+    return re.sub(r":\d+\)$", ")", frame)
 
 
-def summarize_profile(raw: str, seconds: int, header: str,
-                      said: str) -> tuple[str, list[dict[str, Any]]]:
-    """Top functions by own (leaf) samples and by total samples, from py-spy's raw stacks."""
+def count_stacks(raw: str) -> tuple[Counter[str], Counter[str], int]:
+    """Samples per function as the leaf (own) and anywhere in the stack (total); all samples."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
@@ -759,16 +793,35 @@ def summarize_profile(raw: str, seconds: int, header: str,
         own[functions[-1]] += count
         for function in set(functions):
             total[function] += count
-    expected = PROFILE_RATE * seconds
+    return own, total, samples
+
+
+def leaf_kinds(own: Counter[str]) -> str:
+    """The leaf samples by kind: the system calls that matter here, and everything else."""
+    kinds: Counter[str] = Counter()
+    for name, count in own.items():
+        kind = next((kind for kind, leaf in LEAF_KINDS.items() if leaf.match(name)), "other")
+        kinds[kind] += count
+    samples = max(sum(kinds.values()), 1)
+    return ", ".join(f"{kind} {100 * count / samples:.1f} %" for kind, count in kinds.most_common())
+
+
+def summarize_profile(raw: str, header: list[str],
+                      said: str) -> tuple[str, list[dict[str, Any]]]:
+    """Top functions by own (leaf) samples and by total samples, from py-spy's raw stacks."""
+    own, total, samples = count_stacks(raw)
+    # Python functions only; those in (nearly) every sample (runpy, main, Runner.run) say nothing.
+    python = Counter({name: count for name, count in total.items()
+                      if name.endswith(".py)") and count < 0.98 * samples})
     lines = [
-        header,
-        f"{samples} samples with the main thread busy, of ~{expected} taken at {PROFILE_RATE} Hz: "
-        f"busy ~{100 * samples / expected:.0f} % of the time (idle samples are not recorded)",
+        *header,
+        f"{samples} samples; leaf frames by kind: {leaf_kinds(own)}",
         "",
-        *table_of(f"top {PROFILE_TOP} functions by own samples", own, total, samples),
+        *table_of(f"top {PROFILE_TOP} functions by own samples (leaf frames)", own, total,
+                  samples),
         "",
-        *table_of(f"top {PROFILE_TOP} functions by total samples (own + callees)", total, own,
-                  samples, total_first=True),
+        *table_of(f"top {PROFILE_TOP} Python functions by total samples (own + callees)", python,
+                  own, samples, total_first=True),
         "",
         "py-spy said:",
         said,

@@ -8,19 +8,25 @@ environ). The embedded supervisor and the test suite both start workers through 
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 LISTEN_FDS_START = 3
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def spawn(
     argv: Sequence[str],
     sockets: Sequence[tuple[str, int]],
     env: Mapping[str, str],
+    *,
+    supervised: bool = False,
     **popen: Any,
 ) -> subprocess.Popen[bytes]:
     """Start `argv` with `sockets` ((name, fd) pairs) passed as socket activation would.
@@ -28,6 +34,10 @@ def spawn(
     `env` is the child's whole environment (LISTEN_* are added). Other keyword arguments go to
     Popen (stdout, stderr, cwd …); the child inherits no other descriptor of ours, since Python
     creates every descriptor non-inheritable.
+
+    `supervised`: the child gets a session of its own, so that a terminal's Ctrl-C reaches only
+    the supervisor (which stops its children in order), and it is sent SIGTERM if the
+    supervisor dies (PR_SET_PDEATHSIG), as a unit is stopped with its manager.
     """
     fds = [fd for _, fd in sockets]
     names = ":".join(name for name, _ in sockets)
@@ -47,5 +57,8 @@ def spawn(
         os.environ.update(child_env)
         if fds:
             os.environ["LISTEN_PID"] = str(os.getpid())
+        if supervised:
+            os.setsid()
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
     return subprocess.Popen(list(argv), env=None, preexec_fn=in_child, close_fds=False, **popen)

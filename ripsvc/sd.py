@@ -50,7 +50,10 @@ def notify(*fields: str) -> bool:
     """Send `fields` (e.g. "READY=1", "STATUS=…") in one datagram; False outside systemd."""
     if "NOTIFY_SOCKET" not in os.environ:
         return False
-    return bool(daemon.notify("\n".join(fields)))
+    try:
+        return bool(daemon.notify("\n".join(fields)))
+    except OSError:  # the supervisor went away: notifications are best effort
+        return False
 
 
 def watchdog_interval() -> float | None:

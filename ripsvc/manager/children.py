@@ -1,0 +1,87 @@
+"""Child processes of the embedded supervisor, run exactly as systemd runs units.
+
+Each child gets its sockets through socket activation (fds from 3, LISTEN_*), and a notify
+socket of its own (NOTIFY_SOCKET), so readiness and status need no pid bookkeeping. Exits are
+noticed through a pidfd on the event loop: no SIGCHLD handler, no thread, no polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from ripsvc import logs
+from ripsvc.activation import spawn
+
+log = logs.get("manager")
+
+Event = tuple[str, "Child", int]
+Post = Callable[[str, "Child", int], None]
+
+
+class Child:
+    """One supervised process (the balancer or a worker)."""
+
+    def __init__(self, role: str, ident: str, argv: list[str],
+                 sockets: list[tuple[str, socket.socket]], runtime: Path, post: Post) -> None:
+        self.role = role
+        self.id = ident
+        self.post = post
+        self.loop = asyncio.get_running_loop()
+        self.status = ""
+        self.ready = self.loop.create_future()
+        self.exited: asyncio.Future[int] = self.loop.create_future()
+        self.retired = False  # replaced or stopped on purpose: its exit is expected
+        self.notify_path = runtime / f"{role}-{ident}.notify"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.setblocking(False)
+        self.loop.add_reader(self.notify.fileno(), self._read_notify)
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
+        self.proc = spawn(argv, [(name, sock.fileno()) for name, sock in sockets], env,
+                          supervised=True)
+        self.pid = self.proc.pid
+        self.pidfd = os.pidfd_open(self.pid)
+        self.loop.add_reader(self.pidfd, self._reap)
+
+    def _read_notify(self) -> None:
+        while True:
+            try:
+                data = self.notify.recv(4096)
+            except BlockingIOError:
+                return
+            for line in data.decode(errors="replace").splitlines():
+                key, _, value = line.partition("=")
+                if key == "READY" and value == "1" and not self.ready.done():
+                    self.ready.set_result(None)
+                    self.post("ready", self, 0)
+                elif key == "STATUS":
+                    self.status = value
+
+    def _reap(self) -> None:
+        self.loop.remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        code = self.proc.wait()
+        self.loop.remove_reader(self.notify.fileno())
+        self.notify.close()
+        self.notify_path.unlink(missing_ok=True)
+        if not self.ready.done():
+            self.ready.cancel()
+        self.exited.set_result(code)
+        self.post("exited", self, code)
+
+    def terminate(self) -> None:
+        self.retired = True
+        if not self.exited.done():
+            self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if not self.exited.done():
+            self.proc.kill()
+
+    def __repr__(self) -> str:
+        return f"{self.role} {self.id} (pid {self.pid})"

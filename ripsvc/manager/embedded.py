@@ -1,0 +1,266 @@
+"""The embedded manager: a balancer and N workers in the foreground, without systemd.
+
+One loop (STYLE.md): signals and child events are put on one queue and each is handled by a
+`handle_<event>` method, in order. The manager owns every listening socket, as systemd does,
+so a worker restarted on its socket loses no connection and the balancer's pool stays true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from ripsvc import logs
+from ripsvc.exitcodes import ExitCode
+from ripsvc.manager.children import Child
+from ripsvc.sockets import Bind, describe
+
+log = logs.get("manager")
+
+MAX_BACKOFF = 10.0
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    app: str
+    name: str
+    workers: int
+    listen: list[Bind]
+    worker_args: list[str] = field(default_factory=list)
+    balancer_args: list[str] = field(default_factory=list)
+
+
+class WorkerSlot:
+    """A worker position: its socket outlives the processes that serve it."""
+
+    def __init__(self, number: int, sock: socket.socket, path: Path) -> None:
+        self.number = number
+        self.sock = sock
+        self.path = path
+        self.child: Child | None = None
+        self.generation = 0
+        self.crashes = 0
+
+    @property
+    def worker_id(self) -> str:
+        return f"{self.number}" if self.generation <= 1 else f"{self.number}.{self.generation}"
+
+
+class Manager:
+    def __init__(self, plan: ServePlan) -> None:
+        self.plan = plan
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[tuple[str, Child | None, int]] = asyncio.Queue()
+        self.runtime = Path(tempfile.mkdtemp(prefix=f"rip-{plan.name}-"))
+        self.control_path = self.runtime / "balancer.ctl"
+        self.slots: list[WorkerSlot] = []
+        self.balancer: Child | None = None
+        self.listeners: list[socket.socket] = []
+        self.stopping = False
+        self.exit_code = ExitCode.OK
+        self.started = False
+        self.reloading: asyncio.Task[None] | None = None
+        self._sockets_made = 0
+
+    def post(self, kind: str, child: Child | None, value: int) -> None:
+        self.events.put_nowait((kind, child, value))
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def run(self) -> ExitCode:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self.loop.add_signal_handler(signum, self.post, "signal", None, signum)
+        try:
+            self.listeners = [bind.open() for bind in self.plan.listen]
+            self.start_balancer()
+            for number in range(1, self.plan.workers + 1):
+                path = self.socket_path(number)
+                slot = WorkerSlot(number, Bind(path=str(path)).open(), path)
+                self.slots.append(slot)
+                self.start_worker(slot)
+            while not (self.stopping and self._all_gone()):
+                kind, child, value = await self.events.get()
+                try:
+                    await getattr(self, f"handle_{kind}")(child, value)
+                except Exception:  # one failed event must not take the app down
+                    log.exception("handling %s of %s failed", kind, child)
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _all_gone(self) -> bool:
+        children = [s.child for s in self.slots] + [self.balancer]
+        return all(c is None or c.exited.done() for c in children)
+
+    # -- starting ----------------------------------------------------------------------------
+    def start_balancer(self) -> None:
+        argv = [sys.executable, "-m", "ripsvc.balancer", "--app", self.plan.name,
+                "--control", str(self.control_path), *self.plan.balancer_args]
+        sockets = [("http", sock) for sock in self.listeners]
+        self.balancer = Child("balancer", "0", argv, sockets, self.runtime, self.post)
+
+    def start_worker(self, slot: WorkerSlot) -> Child:
+        slot.generation += 1
+        argv = [sys.executable, "-m", "ripsvc.worker", self.plan.app, "--name", self.plan.name,
+                "--id", slot.worker_id, *self.plan.worker_args]
+        slot.child = Child("worker", slot.worker_id, argv, [("worker", slot.sock)],
+                           self.runtime, self.post)
+        return slot.child
+
+    # -- event handlers --------------------------------------------------------------------
+    async def handle_ready(self, child: Child | None, _: int) -> None:
+        """A child sent READY=1: a worker joins the balancer's pool."""
+        assert child is not None
+        if child.role == "worker" and not self.stopping:
+            slot = self._slot_of(child)
+            if slot is not None:
+                slot.crashes = 0
+                await self.control("join", {"id": child.id, "socket": str(slot.path)})
+        if not self.started and self._everyone_ready():
+            self.started = True
+            ports = ", ".join(describe(s) for s in self.listeners)
+            log.info("ready: %s with %d workers on %s", self.plan.name, len(self.slots), ports)
+            first = self.listeners[0].getsockname() if self.listeners else None
+            if first:
+                log.info("ready: try  curl http://127.0.0.1:%d/", first[1])
+
+    async def handle_exited(self, child: Child | None, code: int) -> None:
+        """A child exited: expected (stopping, replaced), recycled, crashed, or unloadable."""
+        assert child is not None
+        if self.stopping or child.retired:
+            return
+        if child.role == "balancer":
+            log.error("the balancer exited with %s; restarting it", code)
+            self.start_balancer()
+            await self._rejoin_all()
+            return
+        slot = self._slot_of(child)
+        if slot is None:
+            return
+        if code == ExitCode.APP_LOAD_ERROR:
+            log.error("worker %s cannot load the app (exit %d): stopping; see its error above",
+                      child.id, code)
+            self.exit_code = ExitCode.APP_LOAD_ERROR
+            await self.handle_signal(None, signal.SIGTERM)
+            return
+        if code == ExitCode.RECYCLE:
+            log.info("worker %s recycled; starting its successor", child.id)
+            self.start_worker(slot)
+            return
+        slot.crashes += 1
+        delay = min(MAX_BACKOFF, 0.1 * 2 ** (slot.crashes - 1))
+        log.warning("worker %s exited with %s; restarting in %.1f s", child.id, code, delay)
+        self.loop.call_later(delay, self.post, "respawn", None, slot.number)
+
+    async def handle_respawn(self, _: Child | None, number: int) -> None:
+        """Restart the worker of slot `number` after its back-off."""
+        if not self.stopping:
+            self.start_worker(self.slots[number - 1])
+
+    async def handle_signal(self, _: Child | None, signum: int) -> None:
+        """SIGINT/SIGTERM: stop everything gracefully; SIGHUP: rolling restart."""
+        if signum == signal.SIGHUP:
+            self.reload()
+            return
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: the balancer finishes its requests, then the workers stop")
+        if self.reloading is not None:
+            self.reloading.cancel()
+        if self.balancer is not None:
+            self.balancer.terminate()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self.balancer.exited)
+        for slot in self.slots:
+            if slot.child is not None:
+                slot.child.terminate()
+
+    # -- rolling restart -----------------------------------------------------------------------
+    def reload(self) -> None:
+        if self.reloading is not None and not self.reloading.done():
+            log.warning("a rolling restart is already in progress; this one is ignored")
+            return
+        self.reloading = self.loop.create_task(self._rolling_restart())
+
+    async def _rolling_restart(self) -> None:
+        """Each worker in turn: a successor on a fresh socket, READY, join, drain, stop."""
+        log.info("rolling restart of %d workers", len(self.slots))
+        for index, slot in enumerate(list(self.slots)):
+            old = slot.child
+            path = self.socket_path(slot.number)
+            fresh = WorkerSlot(slot.number, Bind(path=str(path)).open(), path)
+            fresh.generation = slot.generation
+            child = self.start_worker(fresh)
+            await asyncio.wait({child.ready, child.exited}, return_when=asyncio.FIRST_COMPLETED)
+            if not child.ready.done() or child.ready.cancelled():
+                log.error("rolling restart stopped: worker %s exited with %s before READY; "
+                          "the old workers keep serving", child.id, child.exited.result())
+                fresh.sock.close()
+                path.unlink(missing_ok=True)
+                return
+            await self.control("join", {"id": child.id, "socket": str(path)})
+            self.slots[index] = fresh
+            if old is not None:
+                old.retired = True
+                await self.control("drain", {"id": old.id, "timeout": 30})
+                await self.control("leave", {"id": old.id})
+                old.terminate()
+                await old.exited
+            slot.sock.close()
+            slot.path.unlink(missing_ok=True)
+        log.info("rolling restart done")
+
+    # -- helpers -------------------------------------------------------------------------------
+    def socket_path(self, number: int) -> Path:
+        self._sockets_made += 1
+        return self.runtime / f"w{number}-{self._sockets_made}.sock"
+
+    def _slot_of(self, child: Child) -> WorkerSlot | None:
+        return next((s for s in self.slots if s.child is child), None)
+
+    def _everyone_ready(self) -> bool:
+        children = [s.child for s in self.slots] + [self.balancer]
+        return all(c is not None and c.ready.done() and not c.ready.cancelled()
+                   for c in children)
+
+    async def _rejoin_all(self) -> None:
+        assert self.balancer is not None
+        await self.balancer.ready
+        for slot in self.slots:
+            if slot.child is not None and slot.child.ready.done():
+                await self.control("join", {"id": slot.child.id, "socket": str(slot.path)})
+
+    async def control(self, command: str, body: dict[str, object]) -> None:
+        """A command to the balancer's control socket; failures are logged, not raised."""
+        if self.balancer is None:
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self.balancer.ready)
+        try:
+            connector = aiohttp.UnixConnector(path=str(self.control_path))
+            async with aiohttp.ClientSession(connector=connector) as session, \
+                    session.post(f"http://rip/{command}", json=body) as resp:
+                reply = await resp.json()
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            log.error("balancer control %s failed: %s", command, exc)
+            return
+        if not reply.get("ok"):
+            log.error("balancer control %s: %s", command, reply.get("error"))
+
+    def _cleanup(self) -> None:
+        for child in [s.child for s in self.slots] + [self.balancer]:
+            if child is not None:
+                child.kill()
+        for sock in self.listeners + [s.sock for s in self.slots]:
+            sock.close()
+        for path in self.runtime.iterdir():
+            path.unlink(missing_ok=True)
+        self.runtime.rmdir()
