@@ -7,9 +7,14 @@ BIN := $(VENV)/bin
 # python3-venv for the virtualenv; a compiler, headers and libsystemd for systemd-python.
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev curl
 STAMP := $(VENV)/.installed
+# The same tests against Debian 12's own python3-* packages, which the .deb depends on.
+DEBIAN_VENV := .venv-debian
+DEBIAN_PACKAGES := python3-aiohttp python3-httptools python3-uvloop python3-systemd \
+	python3-dbus-fast python3-jinja2 python3-pyroute2 python3-venv
+DEBIAN_STAMP := $(DEBIAN_VENV)/.installed
 PORT ?= 8000
 
-.PHONY: run test lint unit deps bench clean
+.PHONY: run test lint unit unit-debian deps bench clean
 
 deps: $(STAMP)
 
@@ -32,11 +37,25 @@ lint: deps
 unit: deps
 	$(BIN)/pytest
 
-test: lint unit
+$(DEBIAN_STAMP): pyproject.toml scripts/apt-ensure
+	scripts/apt-ensure $(DEBIAN_PACKAGES)
+	test -x $(DEBIAN_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(DEBIAN_VENV)
+	$(DEBIAN_VENV)/bin/pip install -q 'pytest>=7.2' 'pytest-timeout>=2.1'
+	$(DEBIAN_VENV)/bin/pip install -q --no-deps -e .
+	touch $@
+
+# Runtime libraries from Debian (dist-packages), only the test tools from PyPI.
+unit-debian: $(DEBIAN_STAMP)
+	$(DEBIAN_VENV)/bin/python -c 'import aiohttp, httptools; \
+		assert aiohttp.__file__.startswith("/usr/lib/python3/"), aiohttp.__file__; \
+		print("Debian packages: aiohttp", aiohttp.__version__)'
+	$(DEBIAN_VENV)/bin/python -m pytest
+
+test: lint unit unit-debian
 
 bench: deps
 	scripts/apt-ensure wrk
 	$(BIN)/python bench/worker.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEBIAN_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -69,6 +69,7 @@ APT_TOOLS = ("wrk", "nginx", "haproxy")  # each is both the command and its Debi
 PIP_TOOLS = ("gunicorn", "py-spy")
 PACKAGES = ("rip-server", "gunicorn", "uvicorn", "aiohttp", "httptools", "uvloop", "py-spy")
 RSS_LIMIT_KB = 60 * 1024
+QUIET_OTHERS = 15.0  # % of a core used by other processes above which we say so
 RSS_GROWTH_KB = 2 * 1024  # more than this between the 20 % and the 100 % samples is a trend
 PROFILE_RATE = 200
 PROFILE_TOP = 15
@@ -448,18 +449,40 @@ def run_wrk(settings: Settings, url: str, seconds: int) -> str:
     return result.stdout
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process and of its live descendants, in clock ticks."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()  # from field 3 (state) on
-        total = int(fields[11]) + int(fields[12])
+def process_ticks(pid: int) -> int:
+    """utime + stime of one process (all its threads), in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # field 3 on
+    return int(fields[11]) + int(fields[12])
+
+
+def descendants(pid: int) -> list[int]:
+    """The live descendants of a process."""
+    found: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
         for task in Path(f"/proc/{pid}/task").iterdir():
-            children = (task / "children").read_text().split()
-            total += sum(cpu_ticks(int(child)) for child in children)
-    except (OSError, ValueError, IndexError):
-        return 0
+            for child in (task / "children").read_text().split():
+                found += [int(child), *descendants(int(child))]
+    return found
+
+
+def tree_ticks(pid: int) -> int:
+    """CPU ticks of a process and of its live descendants (nginx's or gunicorn's workers)."""
+    total = 0
+    for member in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += process_ticks(member)
     return total
+
+
+def foreign_ticks() -> dict[int, int]:
+    """CPU ticks of every process that is not us or a descendant of ours (kernel threads too)."""
+    ours = {os.getpid(), *descendants(os.getpid())}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) not in ours:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ticks[int(entry.name)] = process_ticks(int(entry.name))
+    return ticks
 
 
 def children_cpu_seconds() -> float:
@@ -477,18 +500,22 @@ def machine_ticks() -> tuple[int, int]:
 
 @dataclass
 class CpuMeter:
-    """CPU use over a time span in % of one core: the stack's processes, wrk, all processes
-    ("machine", at most nproc x 100) and the time the hypervisor gave to others ("steal")."""
+    """CPU use over a time span in % of one core: the stack's processes, wrk, the processes
+    that are none of ours ("others": other work on the machine, kernel threads; those that
+    ended meanwhile are missed), all CPUs ("machine", at most nproc x 100) and the time the
+    hypervisor gave to other guests ("steal")."""
 
     stack: Stack
     ticks: dict[str, int] = field(default_factory=dict)
+    foreign: dict[int, int] = field(default_factory=dict)
     wrk_seconds: float = 0.0
     machine: tuple[int, int] = (0, 0)
     started: float = 0.0
     percent: dict[str, float] = field(default_factory=dict)  # set on leaving
 
     def __enter__(self) -> CpuMeter:
-        self.ticks = {proc.name: cpu_ticks(proc.process.pid) for proc in self.stack.procs}
+        self.ticks = {proc.name: tree_ticks(proc.process.pid) for proc in self.stack.procs}
+        self.foreign = foreign_ticks()
         self.wrk_seconds = children_cpu_seconds()
         self.machine = machine_ticks()
         self.started = time.monotonic()
@@ -497,12 +524,16 @@ class CpuMeter:
     def __exit__(self, *_: object) -> None:
         elapsed = time.monotonic() - self.started
         per_tick = 100.0 / os.sysconf("SC_CLK_TCK") / elapsed
+        busy, steal = machine_ticks()
+        wrk_seconds = children_cpu_seconds() - self.wrk_seconds
         self.percent = {
-            proc.name: per_tick * (cpu_ticks(proc.process.pid) - self.ticks[proc.name])
+            proc.name: per_tick * (tree_ticks(proc.process.pid) - self.ticks[proc.name])
             for proc in self.stack.procs
         }
-        self.percent["wrk"] = 100.0 * (children_cpu_seconds() - self.wrk_seconds) / elapsed
-        busy, steal = machine_ticks()
+        self.percent["wrk"] = 100.0 * wrk_seconds / elapsed
+        self.percent["others"] = per_tick * sum(
+            ticks - self.foreign.get(pid, 0) for pid, ticks in foreign_ticks().items()
+        )
         self.percent["machine"] = per_tick * (busy - self.machine[0])
         self.percent["steal"] = per_tick * (steal - self.machine[1])
 
@@ -614,6 +645,10 @@ def print_summary(summary: dict[str, dict[str, Any]], checks: list[dict[str, Any
             f"{figures['p99_ms']:>8.2f} {figures['errors']:>6}  "
             f"{describe_cpu(figures['cpu_percent'])}"
         )
+    busiest = max(figures["cpu_percent"]["others"] for figures in summary.values())
+    if busiest > QUIET_OTHERS:
+        print(f"note: processes outside this benchmark used up to {busiest:.0f} % of a core "
+              "(median of a configuration) while it measured: the machine was not quiet")
     print(f"\n{'ratio of medians':<34} {'req/s':>7} {'p50':>7} {'p99':>7}  target")
     for check in checks:
         verdict = "met" if check["met"] else "NOT met"

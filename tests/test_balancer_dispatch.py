@@ -119,29 +119,28 @@ def test_connect_failure_retries_and_drops_the_worker(start_stack, short_tmp):
     assert [w["id"] for w in pool["data"]] == ["1"]
 
 
-def test_sigkill_mid_request_get_is_retried_post_is_not(start_stack):
+def test_sigkill_mid_request_get_is_retried_post_is_not(start_stack, short_tmp):
     stack = start_stack(workers=2)
-    victim_pid = None
+    mark = short_tmp / "started"
 
-    def kill_busy_worker():
-        nonlocal victim_pid
-        wait_for(lambda: busy_count(stack) == 1, what="a busy worker")
+    def kill_when_started(worker_pids):
+        wait_for(mark.exists, what="the app to take the request")
         _, pool = control(stack.control, "pool")
         busy = next(w for w in pool["data"] if w["state"] == "busy")
         victim = stack.workers[int(busy["id"]) - 1]
-        victim_pid = victim.pid
+        worker_pids.append(victim.pid)
         victim.signal(signal.SIGKILL)
 
-    killer, _ = in_background(kill_busy_worker)
-    reply = fetch(stack.port, "/slow?ms=2000")
+    killed: list[int] = []
+    killer, _ = in_background(kill_when_started, killed)
+    reply = fetch(stack.port, f"/slow?ms=2000&mark={mark}")
     killer.join(10)
     assert reply.status == 200  # replayed on the surviving worker
-    assert reply.headers["x-pid"] != str(victim_pid)
+    assert reply.headers["x-pid"] != str(killed[0])
 
-    survivor = next(w for w in stack.workers if w.pid != victim_pid)
-    killer, _ = in_background(lambda: (wait_for(lambda: busy_count(stack) == 1),
-                                       survivor.signal(signal.SIGKILL)))
-    post = fetch(stack.port, "/slow?ms=2000", method="POST", body=b"x")
+    mark.unlink()
+    killer, _ = in_background(kill_when_started, killed)
+    post = fetch(stack.port, f"/slow?ms=2000&mark={mark}", method="POST", body=b"x")
     killer.join(10)
     assert post.status == 502  # a POST the worker may have started is not replayed
     _, pool = control(stack.control, "pool")

@@ -23,13 +23,14 @@ GOOD = b"GET /pid HTTP/1.1\r\nHost: x\r\n"
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", 400),
         (b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n", 400),
         (b"GET /pid HTTP/1.1\nHost: x\n\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", 400),
         (b"GET /pid HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
         (GOOD + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n", 417),
     ],
-    ids=["cl+te", "two-cl", "bad-chunk", "obs-fold", "bare-lf", "negative-cl", "big-header",
+    ids=["cl+te", "two-cl", "bad-chunk", "obs-fold", "bare-lf", "space-in-name", "negative-cl", "big-header",
          "long-url", "body-limit", "expectation"],
 )
 def test_malformed_or_oversized_requests_are_refused_and_closed(start_stack, data, status):

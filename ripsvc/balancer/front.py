@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -36,6 +37,7 @@ OWN_REQUEST_HEADERS = frozenset({b"x-request-id", b"x-forwarded-for", b"x-forwar
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-accel-buffering"}
 LINGER_SECONDS = 2.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAX_HEAD = re.compile(rb"(?<!\r)\n|\r\n[ \t]")  # bare LF, or obs-fold
 
 _request_ids = itertools.count(1)
 _ID_PREFIX = os.urandom(4).hex()
@@ -81,6 +83,8 @@ class ClientConnection(asyncio.Protocol):
         self._refused = False
         self._reading = False  # between the first byte of a request and its end
         self._request_id = ""  # kept from a trusted proxy
+        self._in_body = False
+        self._head_tail = b""  # the end of the previous read, for _check_head
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -116,6 +120,8 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self._refused:
             return  # lingering after a refusal: discard
         try:
+            if not self._in_body:
+                self._check_head(data)
             self.parser.feed_data(data)
         except BadRequest as exc:
             self._refuse(exc)
@@ -127,6 +133,19 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(cause)
             else:
                 self._refuse(BadRequest(400, f"malformed request: {exc}"))
+
+    def _check_head(self, data: bytes) -> None:
+        """Refuse bare LF and obs-fold in a request head, whatever the parser tolerates.
+
+        llhttp (httptools ≥ 0.2) rejects both; Debian 12's httptools 0.1.1 (http-parser)
+        accepts them silently, and two parsers that read a head differently are how request
+        smuggling starts. Checked on the raw bytes, before the parser sees them.
+        """
+        head = self._head_tail + data
+        end = head.find(b"\r\n\r\n")
+        if LAX_HEAD.search(head if end < 0 else head[: end + 4]):
+            raise BadRequest(400, "bare LF or obs-fold in the request head")
+        self._head_tail = head[-3:] if end < 0 else b""
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -163,9 +182,12 @@ class ClientConnection(asyncio.Protocol):
             raise BadRequest(431, "header section too large")
         if b"\r" in value or b"\n" in value:
             raise BadRequest(400, "obs-fold or bare line break in a header value")
+        if b" " in name or b"\t" in name:  # "Content-Length : 3" (old http-parser lets it by)
+            raise BadRequest(400, "white space in a header name")
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self._in_body = True
         lengths = 0
         chunked = expect = False
         for name, value in self._headers:
@@ -198,6 +220,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self.parser
         self._reading = False
+        self._in_body = False
         self.deadline = 0.0
         method = parser.get_method().decode("ascii")
         self._request_id = ""

@@ -1,7 +1,7 @@
 """An ASGI app for balancer tests: tells who served a request and what it saw.
 
 /pid                → this worker's pid
-/slow?ms=N          → answers after N ms, with the pid
+/slow?ms=N[&mark=F] → answers after N ms, with the pid (creates file F when it starts)
 /echo               → the body back
 /headers            → the request headers as JSON
 /big?size=N         → N bytes
@@ -34,6 +34,8 @@ async def app(scope, receive, send):
         more = message.get("more_body", False)
     headers = [(b"x-pid", PID)]
     if path == "/slow":
+        if "mark" in query:  # tells the test that the app has the request
+            open(query["mark"], "w").close()  # noqa: SIM115, ASYNC230
         await asyncio.sleep(int(query.get("ms", "100")) / 1000)
         return await reply(send, PID + b" " + query.get("tag", "").encode(), headers)
     if path == "/echo":
