@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml scripts/apt-ensure
 run: deps
 	@echo "make run: serving examples/hello on http://127.0.0.1:$(PORT)/ (Ctrl-C stops it)"
 	@echo "make run: try  curl http://127.0.0.1:$(PORT)/ping"
-	$(BIN)/rip-server examples/hello http:$(PORT)
+	$(BIN)/rip-server examples/hello w:2 http:$(PORT)
 
 lint: deps
 	$(BIN)/ruff check ripsvc tests bench
