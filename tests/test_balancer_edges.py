@@ -30,8 +30,8 @@ GOOD = b"GET /pid HTTP/1.1\r\nHost: x\r\n"
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n", 417),
     ],
-    ids=["cl+te", "two-cl", "bad-chunk", "obs-fold", "bare-lf", "space-in-name", "negative-cl", "big-header",
-         "long-url", "body-limit", "expectation"],
+    ids=["cl+te", "two-cl", "bad-chunk", "obs-fold", "bare-lf", "space-in-name", "negative-cl",
+         "big-header", "long-url", "body-limit", "expectation"],
 )
 def test_malformed_or_oversized_requests_are_refused_and_closed(start_stack, data, status):
     stack = start_stack(workers=1, args=("--max-body", "1M"))
