@@ -491,8 +491,8 @@ def machine_ticks() -> tuple[int, int]:
 class CpuMeter:
     """CPU use over a time span in % of one core: the stack's processes, wrk, all CPUs
     ("machine", at most nproc x 100), what the stack and wrk do not account for ("others":
-    other processes, including short-lived ones, and kernel work not charged to a process, some
-    10 % on a quiet machine) and the time the hypervisor gave to other guests ("steal")."""
+    other processes, including short-lived ones, and kernel work not charged to a process: near
+    0 on a quiet machine) and the time the hypervisor gave to other guests ("steal")."""
 
     stack: Stack
     reaped: str = "wrk"  # what the children we reap while measuring are (they get its CPU)

@@ -154,3 +154,19 @@ def test_a_broken_app_stops_the_start_with_a_clear_error(short_tmp):
         assert "ImportError: cannot import name 'nothing'" in out
     finally:
         server.close()
+
+
+def test_a_killed_balancer_is_restarted_and_its_pool_rebuilt(short_tmp):
+    from tests.support.procs import EXAMPLES
+
+    server = Server(short_tmp, str(EXAMPLES / "hello"), "w:2")
+    try:
+        server.wait_healthy(2)
+        balancer = next(pid for pid in server.children()
+                        if "ripsvc.balancer" in Path(f"/proc/{pid}/cmdline").read_text())
+        subprocess.run(["kill", "-9", str(balancer)], check=True)
+        server.wait_output("the balancer exited")
+        server.wait_healthy(2)  # a new balancer, with both workers joined again
+        assert fetch(server.port, "/ping").status == 200
+    finally:
+        server.close()
