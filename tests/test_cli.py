@@ -53,10 +53,10 @@ def test_rip_server_serves_the_example_until_interrupted(tmp_path):
 def test_rip_server_reports_every_bad_token_with_exit_2():
     result = run_cli("serve", "w:0", "http:99999", "nowhere")
     assert result.returncode == 2
-    assert "'w:0' is not a worker count" in result.stderr
+    assert "command line: workers: 'w:0' is not a worker count" in result.stderr
     assert "'http:99999': expected http:PORT" in result.stderr
     assert "'nowhere': not an app path" in result.stderr
-    assert "no app given" in result.stderr
+    assert "app: not given" in result.stderr
 
 
 def test_ripctl_unknown_command_is_a_usage_error():

@@ -1,0 +1,365 @@
+"""Every setting of an app, declared once.
+
+Each field of `Settings` carries its whole declaration in its metadata: how to parse it, its
+`rip-server` token or flag, its help text, and which process receives it on its command line.
+From that one declaration come the `rip-server` arguments, the app file (`/etc/rip/APP.toml`),
+the `RIP_*` environment variables, `ripctl check`, and the settings table in the README.
+Precedence: command line > environment > file > default. Every problem is reported at once,
+with where the value came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ripsvc.apploader import AppLoadError, parse_spec
+from ripsvc.balancer.options import parse_networks
+from ripsvc.recycle import RecyclePolicy
+from ripsvc.sockets import Bind
+from ripsvc.values import parse_seconds, parse_size
+
+ENV_PREFIX = "RIP_"
+
+
+class SettingsError(Exception):
+    """One or more invalid settings; `problems` lists each with where it came from."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+# -- value parsers: from a string (command line, environment) or a TOML value ----------------
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{value!r} is not a non-empty string")
+    return value
+
+
+def _workers(value: Any) -> int:
+    cpus = os.cpu_count() or 1
+    named = {"auto": cpus, "half": max(1, cpus // 2), "2x": 2 * cpus, "3x": 3 * cpus}
+    text = str(value).strip().removeprefix("w:")
+    if text in named:
+        return named[text]
+    if text.isdigit() and 0 < int(text) <= 1024:
+        return int(text)
+    raise ValueError(f"{str(value)!r} is not a worker count (N, auto, half, 2x, 3x)")
+
+
+def _listen(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items:
+        raise ValueError(f"{value!r} is not a list of listen addresses")
+    result = []
+    for item in items:
+        text = str(item).strip()
+        if text.startswith("https:") or text.isdigit():
+            raise ValueError(f"{text!r}: HTTPS is not available yet; use http:PORT")
+        Bind.parse(text)
+        if not text.startswith(("http:", "tcp:")):
+            raise ValueError(f"{text!r} is not a listen address (http:PORT or tcp:HOST:PORT)")
+        result.append(text)
+    return tuple(result)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return str(value)
+
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not str(value).isdigit():
+        raise ValueError(f"{value!r} is not a whole number ≥ 0")
+    return int(value)
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    return parse_seconds(str(value))
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return parse_size(str(value))
+
+
+def _recycle(value: Any) -> RecyclePolicy:
+    return RecyclePolicy.parse(str(value))
+
+
+def _jitter(value: Any) -> float:
+    text = str(value).strip()
+    share = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    if not 0 <= share < 1:
+        raise ValueError(f"{value!r} must be a share between 0 and 1 (or 0%..99%)")
+    return share
+
+
+def _networks(value: Any) -> str:
+    text = ",".join(value) if isinstance(value, list) else str(value)
+    parse_networks(text)
+    return text
+
+
+def setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None,
+            token: str | None = None, kind: str = "", to: str = "", arg: str = "") -> Any:
+    """Declare one setting (see the module docstring). `to`/`arg`: the process and flag
+    that receive it; `kind`: how the value is written, for the docs."""
+    meta = {"parse": parse, "help": help, "flag": flag, "token": token, "kind": kind,
+            "to": to, "arg": arg}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    app: str = setting("", _text, "the app: a directory with app.py, file.py[:attr] or "
+                       "module:attr (rip-server: the first argument that exists)",
+                       kind="path")
+    name: str = setting("", _text, "the app's name (default: the config file's or the app "
+                        "directory's name)", flag="--name", kind="text")
+    workers: int = setting("half", _workers, "how many workers: N, auto (one per CPU), half, "
+                           "2x, 3x", token="w:", kind="w:N|auto|half|2x|3x")
+    listen: tuple[str, ...] = setting(("http:8000",), _listen, "where the balancer listens",
+                                      token="http:", kind="http:PORT, tcp:HOST:PORT")
+    recycle: RecyclePolicy = setting(RecyclePolicy(), _recycle,  # noqa: RUF009 (frozen)
+                                     "recycle a worker after that "
+                                     "many requests, seconds or module reloads (0: never)",
+                                     token="r:", kind="r:REQUESTS,SECONDSs,RELOADSr",
+                                     to="worker", arg="--recycle")
+    recycle_jitter: float = setting(0.1, _jitter, "lower each worker's request and age limits "
+                                    "by up to this share", flag="--recycle-jitter",
+                                    kind="share or %", to="worker", arg="--recycle-jitter")
+    reload: str = setting("process", _choice("none", "process", "module"),
+                          "none, process (rolling restarts) or module (re-import changed "
+                          "modules before a request)", flag="--reload",
+                          kind="none|process|module", to="worker", arg="--reload")
+    graceful_timeout: float = setting(30.0, _seconds, "how long a request in flight may take "
+                                      "to finish when stopping", flag="--graceful-timeout",
+                                      kind="seconds", to="both", arg="--graceful-timeout")
+    max_body: int = setting(100 << 20, _size, "largest request body (413 beyond)",
+                            flag="--max-body", kind="size", to="both", arg="--max-body")
+    max_queue: int = setting(1024, _count, "requests that may wait for a worker (503 beyond)",
+                             flag="--max-queue", kind="count", to="balancer",
+                             arg="--max-queue")
+    queue_timeout_ms: int = setting(5000, _count, "longest wait for a worker, in ms (504 "
+                                    "beyond)", flag="--queue-timeout-ms", kind="ms",
+                                    to="balancer", arg="--queue-timeout-ms")
+    connect_timeout: float = setting(2.0, _seconds, "time to connect to a worker",
+                                     flag="--connect-timeout", kind="seconds", to="balancer",
+                                     arg="--connect-timeout")
+    response_timeout: float = setting(60.0, _seconds, "a worker silent this long is hung "
+                                      "(504)", flag="--response-timeout", kind="seconds",
+                                      to="balancer", arg="--response-timeout")
+    header_timeout: float = setting(10.0, _seconds, "time for a client to send its request "
+                                    "headers (408)", flag="--header-timeout", kind="seconds",
+                                    to="balancer", arg="--header-timeout")
+    body_timeout: float = setting(60.0, _seconds, "longest pause while a client sends its "
+                                  "body (408)", flag="--body-timeout", kind="seconds",
+                                  to="balancer", arg="--body-timeout")
+    keepalive_timeout: float = setting(75.0, _seconds, "idle keep-alive connections close "
+                                       "after this", flag="--keepalive-timeout",
+                                       kind="seconds", to="balancer",
+                                       arg="--keepalive-timeout")
+    status_path: str = setting("/status", _text, "the balancer's health endpoint",
+                               flag="--status-path", kind="path", to="balancer",
+                               arg="--status-path")
+    server_path: str = setting("/server", _text, "the balancer's liveness endpoint",
+                               flag="--server-path", kind="path", to="balancer",
+                               arg="--server-path")
+    access_log: bool = setting(True, _bool, "one log line per request (--no-access-log turns "
+                               "it off)", flag="--no-access-log", kind="bool", to="balancer",
+                               arg="--no-access-log")
+    json_logging: bool = setting(False, _bool, "access log lines as JSON",
+                                 flag="--json-logging", kind="bool", to="balancer",
+                                 arg="--json-logging")
+    forwarded_allow_ips: str = setting("", _networks, "proxies (IPs, CIDR) whose "
+                                       "X-Forwarded-* and X-Request-Id are kept",
+                                       flag="--forwarded-allow-ips", kind="CIDR list",
+                                       to="balancer", arg="--forwarded-allow-ips")
+
+    # -- what the processes get ----------------------------------------------------------------
+    def args_for(self, role: str) -> list[str]:
+        """Command-line arguments of the worker or the balancer for these settings."""
+        args: list[str] = []
+        for f in dataclasses.fields(self):
+            meta = f.metadata
+            if meta["to"] not in (role, "both"):
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                # Boolean flags say what differs from the default.
+                if value != f.default:
+                    args.append(meta["arg"])
+            elif value != f.default:
+                args += [meta["arg"], str(value)]
+        return args
+
+    def binds(self) -> list[Bind]:
+        return [Bind.parse(text) for text in self.listen]
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+FLAGS = {f.metadata["flag"]: f for f in FIELDS.values() if f.metadata["flag"]}
+TOKENS = {f.metadata["token"]: f for f in FIELDS.values() if f.metadata["token"]}
+
+
+def _store(values: dict[str, Any], problems: list[str], where: str, name: str,
+           raw: Any) -> None:
+    f = FIELDS[name]
+    if f.metadata["flag"] == "--no-access-log" and where == "command line":
+        raw = False  # the flag negates
+    try:
+        value = f.metadata["parse"](raw)
+    except ValueError as exc:
+        problems.append(f"{where}: {name}: {exc}")
+        return
+    if name == "listen" and where == "command line" and "listen" in values:
+        value = values["listen"] + value  # several http: tokens add up
+    values[name] = value
+
+
+def from_file(path: Path, values: dict[str, Any], problems: list[str]) -> None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror}")
+        return
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"{path}: not valid TOML: {exc}")
+        return
+    for key, raw in data.items():
+        if key not in FIELDS:
+            problems.append(f"{path}: {key}: unknown setting (known: {', '.join(FIELDS)})")
+            continue
+        _store(values, problems, str(path), key, raw)
+    if "name" not in data and "name" not in values:
+        values["name"] = path.stem
+
+
+def from_env(env: Mapping[str, str], values: dict[str, Any], problems: list[str]) -> None:
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or key == "RIP_FORBID_SKIPS":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in FIELDS:
+            problems.append(f"environment {key}: unknown setting")
+            continue
+        _store(values, problems, f"environment {key}", name, raw)
+
+
+def from_command_line(args: Iterable[str], values: dict[str, Any], problems: list[str],
+                      *, app_exists: Callable[[str], bool] = os.path.exists) -> Path | None:
+    """rip-server's position-independent arguments; returns the --config file, if any."""
+    where = "command line"
+    config = None
+    queue = list(args)
+    while queue:
+        token = queue.pop(0)
+        if token.startswith("--"):
+            flag, eq, raw = token.partition("=")
+            if flag == "--config":
+                config = Path(raw or (queue.pop(0) if queue else ""))
+                continue
+            f = FLAGS.get(flag)
+            if f is None:
+                problems.append(f"{where}: {token!r}: unknown option (known: --config, "
+                                f"{', '.join(sorted(FLAGS))})")
+                continue
+            if f.metadata["kind"] == "bool":
+                _store(values, problems, where, f.name, raw or "true")
+            else:
+                raw = raw if eq else (queue.pop(0) if queue else "")
+                _store(values, problems, where, f.name, raw)
+            continue
+        prefix = next((t for t in TOKENS if token.startswith(t)), None)
+        if prefix is not None:
+            _store(values, problems, where, TOKENS[prefix].name, token)
+        elif token.startswith("https:") or token.isdigit():
+            problems.append(f"{where}: {token!r}: HTTPS is not available yet; use http:PORT")
+        elif "app" not in values and (app_exists(token) or ":" in token):
+            _store(values, problems, where, "app", token)
+        else:
+            problems.append(f"{where}: {token!r}: not an app path, token (w:, r:, http:) or "
+                            "option")
+    return config
+
+
+def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
+            file: Path | None = None) -> Settings:
+    """Command line > environment > file > default; raise SettingsError with every problem."""
+    problems: list[str] = []
+    cli: dict[str, Any] = {}
+    config = from_command_line(args, cli, problems)
+    file = config or file
+    values: dict[str, Any] = {}
+    if file is not None:
+        from_file(file, values, problems)
+    from_env(os.environ if env is None else env, values, problems)
+    values.update(cli)
+    if not values.get("app"):
+        problems.append("app: not given (a directory with app.py, file.py[:attr] or "
+                        "module:attr)")
+    else:
+        try:
+            spec = parse_spec(values["app"], cwd=file.parent if file else None)
+            values.setdefault("name", spec.directory.name if spec.module == "app"
+                              else spec.module)
+        except AppLoadError as exc:
+            problems.append(f"app: {exc}")
+    for name, f in FIELDS.items():
+        if name not in values:
+            try:
+                values[name] = f.metadata["parse"](f.default)
+            except ValueError as exc:  # a declaration bug; tests check every default
+                problems.append(f"default of {name}: {exc}")
+    if problems:
+        raise SettingsError(problems)
+    return Settings(**values)
+
+
+def markdown_table() -> str:
+    """The settings table of the README, generated from the declarations."""
+    rows = ["| TOML key / `RIP_*` | rip-server | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in FIELDS.values():
+        meta = f.metadata
+        if meta["token"]:
+            cli = f"`{meta['kind']}`"
+        else:
+            cli = f"`{meta['flag']}`" if meta["flag"] else "first argument"
+        default = f.default
+        if isinstance(default, tuple):
+            shown = ", ".join(default)
+        else:
+            shown = str(default).lower() if isinstance(default, bool) else str(default)
+        cells = [f"`{f.name}` / `RIP_{f.name.upper()}`", cli, f"`{shown}`" if shown else "—",
+                 meta["help"]]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m ripsvc.settings: the README's table
+    print(markdown_table())
