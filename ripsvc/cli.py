@@ -8,10 +8,11 @@ SIGHUP does a rolling restart; SIGINT/SIGTERM stop everything gracefully.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ripsvc import logs
 from ripsvc.exitcodes import ExitCode
@@ -74,11 +75,64 @@ def ripctl_main(argv: list[str] | None = None) -> None:
     serve.add_argument("tokens", nargs=argparse.REMAINDER)
     check = commands.add_parser("check", help="validate an app's settings file")
     check.add_argument("target", help="APP (reads /etc/rip/APP.toml) or a path to a .toml file")
+    status = commands.add_parser("status", help="workers, states, queue, request counts")
+    status.add_argument("app")
+    status.add_argument("-j", "--json", action="store_true", help="print JSON")
+    reload = commands.add_parser("reload", help="rolling restart, no failed request")
+    reload.add_argument("app")
+    reload.add_argument("--wait", action="store_true",
+                        help="return when it is done; exit 1 if it failed")
+    scale = commands.add_parser("scale", help="run N workers")
+    scale.add_argument("app")
+    scale.add_argument("workers", type=int)
+    stop = commands.add_parser("stop", help="stop the app gracefully")
+    stop.add_argument("app")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve_main(args.tokens)
     elif args.command == "check":
         sys.exit(check_main(args.target))
+    else:
+        sys.exit(command_main(args))
+
+
+def command_main(args: argparse.Namespace) -> int:
+    """One command to a running app's manager; errors are one line and a non-zero exit."""
+    from ripsvc.ctlclient import ControlError, call
+
+    body: dict[str, object] = {}
+    if args.command == "reload":
+        body = {"wait": args.wait}
+    elif args.command == "scale":
+        body = {"workers": args.workers}
+    try:
+        data = call(args.app, args.command, body if args.command != "status" else None)
+    except ControlError as exc:
+        print(f"ripctl: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.command == "status":
+        print(json.dumps(data, indent=2) if args.json else format_status(data))
+    elif args.command == "reload":
+        print(f"{args.app}: rolling restart " + ("done" if args.wait else "started") +
+              f" (version {data['version']})")
+    elif args.command == "scale":
+        print(f"{args.app}: {data['workers']} workers")
+    else:
+        print(f"{args.app}: stopping")
+    return ExitCode.OK
+
+
+def format_status(data: dict[str, Any]) -> str:
+    lines = [f"{data['app']}: {data['balancer']}, version {data['version']}, "
+             f"{len(data['workers'])} workers, {data['requests']} requests, queue "
+             f"{data['queue']['depth']}/{data['queue']['max']}"
+             + (" (rolling restart in progress)" if data["reloading"] else "")]
+    lines.append(f"  {'id':<8} {'pid':>7}  {'state':<9} {'version':>7} {'requests':>9} "
+                 f"{'uptime':>9}")
+    for w in data["workers"]:
+        lines.append(f"  {w['id']:<8} {w['pid']:>7}  {w['state']:<9} {w['version']:>7} "
+                     f"{w['requests']:>9} {w['uptime']:>8.1f}s")
+    return "\n".join(lines)
 
 
 def check_main(target: str) -> int:

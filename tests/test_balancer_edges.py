@@ -276,3 +276,20 @@ def test_bad_forwarded_allow_ips_is_a_usage_error(short_tmp):
                              "10.0.0.0/8,not-an-ip"], capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
     assert "'not-an-ip' is not an IP address or CIDR network" in result.stderr
+
+
+def test_new_version_workers_are_preferred(start_stack):
+    stack = start_stack(workers=2)
+    old, new = stack.workers
+    control(stack.control, "leave", {"id": "1"})
+    control(stack.control, "leave", {"id": "2"})
+    control(stack.control, "join", {"id": "1", "socket": old.socket_path, "version": "1"})
+    control(stack.control, "join", {"id": "2", "socket": new.socket_path, "version": "2"})
+    conn = tcp(stack.port)
+    served = {request(conn, "GET", "/pid").headers["x-pid"] for _ in range(6)}
+    assert served == {str(new.pid)}  # sequential requests: the new worker is always idle
+    slow = tcp(stack.port)
+    slow.request("GET", "/slow?ms=600")
+    time.sleep(0.2)
+    assert fetch(stack.port, "/pid").headers["x-pid"] == str(old.pid)  # capacity still used
+    assert slow.getresponse().status == 200

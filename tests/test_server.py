@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,11 +33,13 @@ async def app(scope, receive, send):
 class Server:
     def __init__(self, workdir: Path, *tokens: str) -> None:
         self.port = free_port()
+        self.name = f"rip-test-{os.urandom(3).hex()}"
         self.log = workdir / "server.log"
         self.out = open(self.log, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from ripsvc.cli import serve_main; serve_main()",
-             *tokens, f"http:{self.port}"], stdout=self.out, stderr=subprocess.STDOUT)
+             *tokens, f"http:{self.port}", "--name", self.name], stdout=self.out,
+            stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -60,6 +63,12 @@ class Server:
             assert time.monotonic() < deadline, f"{text!r} not seen:\n{self.output()}"
             time.sleep(0.05)
 
+    def wait_output_count(self, text: str, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.output().count(text) < count:
+            assert time.monotonic() < deadline, f"{text!r} not seen {count}x:\n{self.output()}"
+            time.sleep(0.05)
+
     def children(self) -> list[int]:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
                              capture_output=True, text=True).stdout
@@ -70,6 +79,11 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.out.close()
+
+
+def ripctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from ripsvc.cli import ripctl_main; "
+                           "ripctl_main()", *args], capture_output=True, text=True, timeout=120)
 
 
 def alive(pid: int) -> bool:
@@ -119,15 +133,17 @@ def test_rolling_restart_under_load_has_no_failed_request(short_tmp):
         threads = [threading.Thread(target=load) for _ in range(8)]
         for thread in threads:
             thread.start()
-        for version in ("v2", "v3"):
+        for version in ("v2", "v3", "v4"):
             time.sleep(0.5)
             (app / "VERSION").write_text(version)
-            before = server.output().count("rolling restart done")
-            server.proc.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 30
-            while server.output().count("rolling restart done") == before:
-                assert time.monotonic() < deadline, server.output()
-                time.sleep(0.05)
+            if version == "v3":  # the signal does the same as ripctl reload
+                before = server.output().count("rolling restart done")
+                server.proc.send_signal(signal.SIGHUP)
+                server.wait_output_count("rolling restart done", before + 1)
+            else:
+                done = ripctl("reload", server.name, "--wait")
+                assert done.returncode == 0, done.stderr + server.output()
+                assert "rolling restart done" in done.stdout
             done_at = time.monotonic()
             time.sleep(0.5)
             after = [body for at, _, body in list(results) if at > done_at + 0.05]
@@ -170,3 +186,38 @@ def test_a_killed_balancer_is_restarted_and_its_pool_rebuilt(short_tmp):
         assert fetch(server.port, "/ping").status == 200
     finally:
         server.close()
+
+
+def test_ripctl_status_scale_stop_and_errors(short_tmp):
+    from tests.support.procs import EXAMPLES
+
+    server = Server(short_tmp, str(EXAMPLES / "hello"), "w:2")
+    try:
+        server.wait_healthy(2)
+        for _ in range(4):
+            fetch(server.port, "/ping")
+        status = ripctl("status", server.name)
+        assert status.returncode == 0, status.stderr
+        assert f"{server.name}: healthy, version 1, 2 workers, 4 requests" in status.stdout
+        data = json.loads(ripctl("status", server.name, "-j").stdout)
+        assert [w["state"] for w in data["workers"]] == ["ready", "ready"]
+        assert all(w["pid"] in server.children() for w in data["workers"])
+        assert ripctl("scale", server.name, "3").returncode == 0
+        server.wait_healthy(3)
+        assert ripctl("scale", server.name, "1").returncode == 0
+        server.wait_healthy(1)
+        assert len(json.loads(ripctl("status", server.name, "-j").stdout)["workers"]) == 1
+        bad = ripctl("scale", server.name, "0")
+        assert bad.returncode == 1 and "(bad-request)" in bad.stderr
+        twin = subprocess.run([sys.executable, "-c", "from ripsvc.cli import serve_main; "
+                               "serve_main()", str(EXAMPLES / "hello"), "--name", server.name,
+                               f"http:{free_port()}"], capture_output=True, text=True, timeout=20)
+        assert twin.returncode != 0 and "is already running" in twin.stderr
+        stop = ripctl("stop", server.name)
+        assert stop.returncode == 0 and "stopping" in stop.stdout
+        assert server.proc.wait(20) == 0
+        gone = ripctl("status", server.name)
+        assert gone.returncode == 1 and f"no app named '{server.name}' is running" in gone.stderr
+    finally:
+        server.close()
+    assert ripctl("status", "bad name!").returncode == 2

@@ -78,6 +78,10 @@ class Pool:
         self.idle: deque[Slot] = deque()
         self.queue: deque[Exchange] = deque()
         self.max_queue = max_queue
+        # Version-aware: while old and new versions serve side by side (a rolling restart),
+        # an idle new-version worker is taken before any old one.
+        self.newest = ""
+        self.mixed = False
         self.dispatch: Callable[[Exchange, Slot], None] | None = None
 
     # -- membership ------------------------------------------------------------------------
@@ -87,6 +91,9 @@ class Pool:
             self.remove(old, "replaced")
         self.slots[slot.id] = slot
         log.info("worker %s joined (%s, version %s)", slot.id, slot.path, slot.version or "-")
+        if slot.version:
+            self.newest = slot.version
+        self._check_versions()
         self.release(slot)
 
     def remove(self, slot: Slot, why: str) -> None:
@@ -99,6 +106,10 @@ class Pool:
         if slot.upstream is not None:
             slot.upstream.close()
         self._settle_drain(slot)
+        self._check_versions()
+
+    def _check_versions(self) -> None:
+        self.mixed = any(s.version != self.newest for s in self.slots.values() if s.usable)
 
     def fail(self, slot: Slot, why: str) -> None:
         """A worker refused connections or broke a response: out of the pool at once."""
@@ -109,6 +120,12 @@ class Pool:
     # -- requests ----------------------------------------------------------------------------
     def acquire(self) -> Slot | None:
         idle = self.idle
+        if self.mixed:
+            for slot in idle:
+                if slot.version == self.newest and slot.usable:
+                    idle.remove(slot)
+                    slot.busy = True
+                    return slot
         while idle:
             slot = idle.popleft()
             if slot.usable:
@@ -149,6 +166,7 @@ class Pool:
     def drain(self, slot: Slot) -> asyncio.Future[None]:
         """No new requests for `slot`; the future is done when its request in flight is."""
         slot.draining = True
+        self._check_versions()
         if slot.drained is None:
             slot.drained = asyncio.get_running_loop().create_future()
         with contextlib.suppress(ValueError):

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,8 @@ class Child:
         self.ready = self.loop.create_future()
         self.exited: asyncio.Future[int] = self.loop.create_future()
         self.retired = False  # replaced or stopped on purpose: its exit is expected
+        self.version = 0
+        self.started = time.time()
         self.notify_path = runtime / f"{role}-{ident}.notify"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))

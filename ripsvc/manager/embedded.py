@@ -12,15 +12,15 @@ import contextlib
 import signal
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from ripsvc import logs
+from ripsvc import logs, paths
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.children import Child
+from ripsvc.manager.control import serve_control
 from ripsvc.sockets import Bind, describe
 
 log = logs.get("manager")
@@ -36,6 +36,31 @@ class ServePlan:
     listen: list[Bind]
     worker_args: list[str] = field(default_factory=list)
     balancer_args: list[str] = field(default_factory=list)
+
+
+class AlreadyRunning(OSError):
+    pass
+
+
+def claim_runtime_dir(name: str) -> Path:
+    """The app's runtime directory; refuse if a live manager of the same name holds it."""
+    path = paths.app_dir(name)
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock = path / "manager.sock"
+    if sock.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            pass  # stale: its manager is gone
+        else:
+            raise AlreadyRunning(f"an app named {name!r} is already running ({sock}); "
+                                 "stop it first or use --name")
+        finally:
+            probe.close()
+    for stale in path.iterdir():
+        stale.unlink(missing_ok=True)
+    return path
 
 
 class WorkerSlot:
@@ -59,15 +84,16 @@ class Manager:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[str, Child | None, int]] = asyncio.Queue()
-        self.runtime = Path(tempfile.mkdtemp(prefix=f"rip-{plan.name}-"))
+        self.runtime = claim_runtime_dir(plan.name)
         self.control_path = self.runtime / "balancer.ctl"
+        self.version = 1  # bumped by each rolling restart; workers join with it
         self.slots: list[WorkerSlot] = []
         self.balancer: Child | None = None
         self.listeners: list[socket.socket] = []
         self.stopping = False
         self.exit_code = ExitCode.OK
         self.started = False
-        self.reloading: asyncio.Task[None] | None = None
+        self.reloading: asyncio.Task[str | None] | None = None
         self._sockets_made = 0
 
     def post(self, kind: str, child: Child | None, value: int) -> None:
@@ -77,7 +103,9 @@ class Manager:
     async def run(self) -> ExitCode:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             self.loop.add_signal_handler(signum, self.post, "signal", None, signum)
+        control_runner = None
         try:
+            control_runner = await serve_control(self)
             self.listeners = [bind.open() for bind in self.plan.listen]
             self.start_balancer()
             for number in range(1, self.plan.workers + 1):
@@ -92,6 +120,8 @@ class Manager:
                 except Exception:  # one failed event must not take the app down
                     log.exception("handling %s of %s failed", kind, child)
         finally:
+            if control_runner is not None:
+                await control_runner.cleanup()
             self._cleanup()
         return self.exit_code
 
@@ -112,6 +142,7 @@ class Manager:
                 "--id", slot.worker_id, *self.plan.worker_args]
         slot.child = Child("worker", slot.worker_id, argv, [("worker", slot.sock)],
                            self.runtime, self.post)
+        slot.child.version = self.version
         return slot.child
 
     # -- event handlers --------------------------------------------------------------------
@@ -122,7 +153,8 @@ class Manager:
             slot = self._slot_of(child)
             if slot is not None:
                 slot.crashes = 0
-                await self.control("join", {"id": child.id, "socket": str(slot.path)})
+                await self.control("join", {"id": child.id, "socket": str(slot.path),
+                                            "version": str(child.version)})
         if not self.started and self._everyone_ready():
             self.started = True
             ports = ", ".join(describe(s) for s in self.listeners)
@@ -184,15 +216,19 @@ class Manager:
                 slot.child.terminate()
 
     # -- rolling restart -----------------------------------------------------------------------
-    def reload(self) -> None:
+    def reload(self) -> asyncio.Task[str | None] | None:
+        """Start a rolling restart; None if one is already running (it is not queued)."""
         if self.reloading is not None and not self.reloading.done():
-            log.warning("a rolling restart is already in progress; this one is ignored")
-            return
+            log.warning("a rolling restart is already in progress; this one is refused")
+            return None
         self.reloading = self.loop.create_task(self._rolling_restart())
+        return self.reloading
 
-    async def _rolling_restart(self) -> None:
-        """Each worker in turn: a successor on a fresh socket, READY, join, drain, stop."""
-        log.info("rolling restart of %d workers", len(self.slots))
+    async def _rolling_restart(self) -> str | None:
+        """Each worker in turn: a successor on a fresh socket, READY, join, drain, stop.
+        Returns None when done, or why it stopped (the old workers keep serving)."""
+        self.version += 1
+        log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
         for index, slot in enumerate(list(self.slots)):
             old = slot.child
             path = self.socket_path(slot.number)
@@ -201,12 +237,15 @@ class Manager:
             child = self.start_worker(fresh)
             await asyncio.wait({child.ready, child.exited}, return_when=asyncio.FIRST_COMPLETED)
             if not child.ready.done() or child.ready.cancelled():
-                log.error("rolling restart stopped: worker %s exited with %s before READY; "
-                          "the old workers keep serving", child.id, child.exited.result())
+                why = (f"worker {child.id} exited with {child.exited.result()} before READY; "
+                       "the old workers keep serving")
+                log.error("rolling restart stopped: %s", why)
                 fresh.sock.close()
                 path.unlink(missing_ok=True)
-                return
-            await self.control("join", {"id": child.id, "socket": str(path)})
+                self.version -= 1
+                return why
+            await self.control("join", {"id": child.id, "socket": str(path),
+                                        "version": str(child.version)})
             self.slots[index] = fresh
             if old is not None:
                 old.retired = True
@@ -217,6 +256,28 @@ class Manager:
             slot.sock.close()
             slot.path.unlink(missing_ok=True)
         log.info("rolling restart done")
+        return None
+
+    # -- scaling -------------------------------------------------------------------------------
+    async def scale(self, workers: int) -> None:
+        """Start workers up to `workers`, or drain and stop the highest-numbered ones."""
+        while len(self.slots) < workers:
+            number = max((s.number for s in self.slots), default=0) + 1
+            path = self.socket_path(number)
+            slot = WorkerSlot(number, Bind(path=str(path)).open(), path)
+            self.slots.append(slot)
+            self.start_worker(slot)
+        while len(self.slots) > workers:
+            slot = self.slots.pop()
+            child = slot.child
+            if child is not None:
+                child.retired = True
+                await self.control("drain", {"id": child.id, "timeout": 30})
+                await self.control("leave", {"id": child.id})
+                child.terminate()
+                await child.exited
+            slot.sock.close()
+            slot.path.unlink(missing_ok=True)
 
     # -- helpers -------------------------------------------------------------------------------
     def socket_path(self, number: int) -> Path:
@@ -236,7 +297,8 @@ class Manager:
         await self.balancer.ready
         for slot in self.slots:
             if slot.child is not None and slot.child.ready.done():
-                await self.control("join", {"id": slot.child.id, "socket": str(slot.path)})
+                await self.control("join", {"id": slot.child.id, "socket": str(slot.path),
+                                            "version": str(slot.child.version)})
 
     async def control(self, command: str, body: dict[str, object]) -> None:
         """A command to the balancer's control socket; failures are logged, not raised."""

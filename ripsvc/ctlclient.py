@@ -1,0 +1,61 @@
+"""ripctl's side of the manager's control socket (blocking: one command, one reply)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any
+
+from ripsvc import paths
+from ripsvc.exitcodes import ExitCode
+
+
+class ControlError(Exception):
+    def __init__(self, message: str, exit_code: int = ExitCode.FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("rip", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path)
+        self.sock = sock
+
+
+def call(app: str, command: str, body: dict[str, Any] | None = None,
+         timeout: float = 600.0) -> Any:
+    """Send `command` to the manager of `app`; return its data or raise ControlError."""
+    try:
+        path = paths.manager_socket(app)
+    except ValueError as exc:
+        raise ControlError(str(exc), ExitCode.USAGE) from None
+    conn = _UnixConnection(str(path), timeout)
+    try:
+        if body is None:
+            conn.request("GET", f"/{command}")
+        else:
+            conn.request("POST", f"/{command}", body=json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        reply = json.loads(resp.read())
+    except FileNotFoundError:
+        raise ControlError(f"no app named {app!r} is running (no {path})") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"{app!r} is not running ({path} is stale)") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path} (root or group rip only)") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise ControlError(f"{app!r}: {exc}") from None
+    finally:
+        conn.close()
+    if not reply.get("ok"):
+        error = reply.get("error", {})
+        raise ControlError(f"{app}: {error.get('message')} ({error.get('code')})")
+    return reply["data"]
