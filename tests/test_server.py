@@ -221,3 +221,101 @@ def test_ripctl_status_scale_stop_and_errors(short_tmp):
     finally:
         server.close()
     assert ripctl("status", "bad name!").returncode == 2
+
+
+class Load:
+    """Bounded keep-alive GET load on the server from a few threads, recording every outcome."""
+
+    def __init__(self, port: int, threads: int = 8, path: str = "/ping") -> None:
+        self.results: list[tuple[float, int, bytes]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(port, path))
+                        for _ in range(threads)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, port: int, path: str) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        deadline = time.monotonic() + 120  # bounded whatever happens to the test
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                self.results.append((time.monotonic(), resp.status, resp.read()))
+            except (OSError, http.client.HTTPException) as exc:
+                self.errors.append(repr(exc))
+                conn.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(20)
+
+    def statuses(self) -> set[int]:
+        return {status for _, status, _ in self.results}
+
+
+def test_kill_9_a_worker_every_second_under_load(short_tmp):
+    from tests.support.procs import EXAMPLES
+
+    server = Server(short_tmp, str(EXAMPLES / "hello"), "w:2", "r:0,0s,0r")
+    try:
+        server.wait_healthy(2)
+        load = Load(server.port)
+        try:
+            for round_ in range(6):
+                time.sleep(1)
+                workers = [pid for pid in server.children()
+                           if "ripsvc.worker" in Path(f"/proc/{pid}/cmdline").read_text()]
+                subprocess.run(["kill", "-9", str(workers[round_ % len(workers)])])
+            time.sleep(1)
+        finally:
+            load.finish()
+        assert load.errors == []
+        assert load.statuses() == {200}
+        assert len(load.results) > 300
+        server.wait_healthy(2)  # the pool healed
+    finally:
+        server.close()
+
+
+def test_recycling_under_load_fails_no_request(short_tmp):
+    from tests.support.procs import EXAMPLES
+
+    server = Server(short_tmp, str(EXAMPLES / "hello"), "w:2", "r:50,0s,0r",
+                    "--recycle-jitter", "0")
+    try:
+        server.wait_healthy(2)
+        load = Load(server.port)
+        time.sleep(4)
+        load.finish()
+        assert load.errors == []
+        assert load.statuses() == {200}
+        assert server.output().count("recycled; starting its successor") >= 4
+        server.wait_healthy(2)
+    finally:
+        server.close()
+
+
+def test_a_broken_reload_keeps_the_old_workers_serving(short_tmp):
+    app = short_tmp / "versioned"
+    app.mkdir()
+    (app / "app.py").write_text(VERSIONED_APP)
+    (app / "VERSION").write_text("v1")
+    server = Server(short_tmp, str(app), "w:2")
+    try:
+        server.wait_healthy(2)
+        (app / "app.py").write_text("raise RuntimeError('deploy went wrong')\n")
+        load = Load(server.port, threads=4, path="/")
+        failed = ripctl("reload", server.name, "--wait")
+        load.finish()
+        assert failed.returncode == 1
+        assert "(reload-failed)" in failed.stderr and "before READY" in failed.stderr
+        assert "RuntimeError: deploy went wrong" in server.output()
+        assert load.errors == [] and load.statuses() == {200}
+        assert {body for _, _, body in load.results} == {b"v1"}
+        assert fetch(server.port, "/").body == b"v1"
+        assert server.proc.poll() is None
+    finally:
+        server.close()

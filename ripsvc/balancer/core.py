@@ -58,9 +58,7 @@ class Balancer:
 
     # -- workers -----------------------------------------------------------------------------
     def join(self, worker_id: str, path: str, version: str) -> Slot:
-        slot = Slot(worker_id, path, version)
-        self.pool.join(slot)
-        return slot
+        return self.pool.join(Slot(worker_id, path, version))
 
     # -- requests ----------------------------------------------------------------------------
     def submit(self, exchange: Exchange) -> None:

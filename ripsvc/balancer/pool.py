@@ -85,8 +85,14 @@ class Pool:
         self.dispatch: Callable[[Exchange, Slot], None] | None = None
 
     # -- membership ------------------------------------------------------------------------
-    def join(self, slot: Slot) -> None:
+    def join(self, slot: Slot) -> Slot:
+        """Add `slot`; joining again with the same id and socket keeps the slot as it is
+        (a restarted worker re-joins while its successor may already be serving)."""
         old = self.slots.get(slot.id)
+        if old is not None and old.path == slot.path and old.usable:
+            old.version = slot.version or old.version
+            self._check_versions()
+            return old
         if old is not None:
             self.remove(old, "replaced")
         self.slots[slot.id] = slot
@@ -95,6 +101,7 @@ class Pool:
             self.newest = slot.version
         self._check_versions()
         self.release(slot)
+        return slot
 
     def remove(self, slot: Slot, why: str) -> None:
         """Take `slot` out of the pool for good (leave, failure, replacement)."""

@@ -64,19 +64,16 @@ def claim_runtime_dir(name: str) -> Path:
 
 
 class WorkerSlot:
-    """A worker position: its socket outlives the processes that serve it."""
+    """A worker position: its socket, and its id in the balancer's pool, outlive the processes
+    that serve it (a crashed or recycled worker is restarted on the same socket and id)."""
 
-    def __init__(self, number: int, sock: socket.socket, path: Path) -> None:
+    def __init__(self, number: int, ident: str, sock: socket.socket, path: Path) -> None:
         self.number = number
+        self.id = ident
         self.sock = sock
         self.path = path
         self.child: Child | None = None
-        self.generation = 0
         self.crashes = 0
-
-    @property
-    def worker_id(self) -> str:
-        return f"{self.number}" if self.generation <= 1 else f"{self.number}.{self.generation}"
 
 
 class Manager:
@@ -109,8 +106,7 @@ class Manager:
             self.listeners = [bind.open() for bind in self.plan.listen]
             self.start_balancer()
             for number in range(1, self.plan.workers + 1):
-                path = self.socket_path(number)
-                slot = WorkerSlot(number, Bind(path=str(path)).open(), path)
+                slot = self.new_slot(number)
                 self.slots.append(slot)
                 self.start_worker(slot)
             while not (self.stopping and self._all_gone()):
@@ -137,10 +133,9 @@ class Manager:
         self.balancer = Child("balancer", "0", argv, sockets, self.runtime, self.post)
 
     def start_worker(self, slot: WorkerSlot) -> Child:
-        slot.generation += 1
         argv = [sys.executable, "-m", "ripsvc.worker", self.plan.app, "--name", self.plan.name,
-                "--id", slot.worker_id, *self.plan.worker_args]
-        slot.child = Child("worker", slot.worker_id, argv, [("worker", slot.sock)],
+                "--id", slot.id, *self.plan.worker_args]
+        slot.child = Child("worker", slot.id, argv, [("worker", slot.sock)],
                            self.runtime, self.post)
         slot.child.version = self.version
         return slot.child
@@ -231,9 +226,8 @@ class Manager:
         log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
         for index, slot in enumerate(list(self.slots)):
             old = slot.child
-            path = self.socket_path(slot.number)
-            fresh = WorkerSlot(slot.number, Bind(path=str(path)).open(), path)
-            fresh.generation = slot.generation
+            fresh = self.new_slot(slot.number)
+            path = fresh.path
             child = self.start_worker(fresh)
             await asyncio.wait({child.ready, child.exited}, return_when=asyncio.FIRST_COMPLETED)
             if not child.ready.done() or child.ready.cancelled():
@@ -263,8 +257,7 @@ class Manager:
         """Start workers up to `workers`, or drain and stop the highest-numbered ones."""
         while len(self.slots) < workers:
             number = max((s.number for s in self.slots), default=0) + 1
-            path = self.socket_path(number)
-            slot = WorkerSlot(number, Bind(path=str(path)).open(), path)
+            slot = self.new_slot(number)
             self.slots.append(slot)
             self.start_worker(slot)
         while len(self.slots) > workers:
@@ -280,9 +273,13 @@ class Manager:
             slot.path.unlink(missing_ok=True)
 
     # -- helpers -------------------------------------------------------------------------------
-    def socket_path(self, number: int) -> Path:
+    def new_slot(self, number: int) -> WorkerSlot:
+        """A fresh socket for worker position `number`: id "N" the first time, "N.K" after."""
         self._sockets_made += 1
-        return self.runtime / f"w{number}-{self._sockets_made}.sock"
+        taken = any(s.id == str(number) for s in self.slots)
+        ident = f"{number}.{self._sockets_made}" if taken else str(number)
+        path = self.runtime / f"w{ident}.sock"
+        return WorkerSlot(number, ident, Bind(path=str(path)).open(), path)
 
     def _slot_of(self, child: Child) -> WorkerSlot | None:
         return next((s for s in self.slots if s.child is child), None)

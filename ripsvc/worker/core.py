@@ -91,6 +91,7 @@ class Worker:
         self.policy = options.recycle.with_jitter(options.recycle_jitter)
         self.gate = Gate()
         self.connections: set[HttpConnection] = set()
+        self.servers: list[asyncio.AbstractServer] = []
         self.accepting = True
         self.exit_code = ExitCode.OK
         self.stopping = asyncio.Event()  # no new requests from now on
@@ -202,6 +203,10 @@ class Worker:
             return
         self.accepting = False
         self.exit_code = code
+        # Stop accepting now, not when run() wakes up: a connection accepted meanwhile would
+        # be refused, while one left in the socket's backlog goes to our successor.
+        for server in self.servers:
+            server.close()
         log.info("%s; stopping", reason)
         sd.notify("STOPPING=1", f"STATUS={reason}; stopping")
         for conn in list(self.connections):

@@ -58,7 +58,7 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
         def factory() -> asyncio.Protocol:
             return HttpConnection(worker)
 
-    servers = []
+    servers = worker.servers
     for sock in sockets:
         if sock.family == socket.AF_UNIX:
             servers.append(await loop.create_unix_server(factory, sock=sock))
