@@ -56,8 +56,9 @@ def main() -> None:
         proc = subprocess.Popen(command, stdout=stream, stderr=stream, env=env)
         stream.close()
         (outdir / "started").write_text(str(proc.pid))
+        deadline = time.monotonic() + 120  # bounded even if the test never asks to stop
         while proc.poll() is None:
-            if (outdir / "stop").exists():
+            if (outdir / "stop").exists() or time.monotonic() > deadline:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
                 break
