@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ripsvc import logs
+from ripsvc.apploader import parse_spec
 from ripsvc.exitcodes import ExitCode
 from ripsvc.process import run_and_exit
 from ripsvc.settings import FIELDS, Settings, SettingsError, resolve
 
 USAGE = ("usage: rip-server APP [w:N|auto|half|2x|3x] [http:PORT] [r:REQUESTS,SECONDSs,RELOADSr]"
-         " [--option VALUE …] [--config FILE.toml]")
+         " [--option VALUE …] [--config FILE.toml]\n"
+         "       rip-server stop|restart [APP]")
 
 if TYPE_CHECKING:
     from ripsvc.manager.embedded import ServePlan
@@ -31,9 +33,13 @@ CONFIG_DIR = Path("/etc/rip")
 def plan_from(settings: Settings) -> ServePlan:
     from ripsvc.manager.embedded import ServePlan
 
+    restart_file = None
+    if settings.reload == "process" and settings.restart_file:
+        restart_file = parse_spec(settings.app).directory / settings.restart_file
     return ServePlan(app=settings.app, name=settings.name, workers=settings.workers,
                      listen=settings.binds(), worker_args=settings.args_for("worker"),
-                     balancer_args=settings.args_for("balancer"))
+                     balancer_args=settings.args_for("balancer"), restart_file=restart_file,
+                     watchdog_sec=settings.watchdog_sec)
 
 
 def serve_main(argv: list[str] | None = None) -> None:
@@ -42,6 +48,8 @@ def serve_main(argv: list[str] | None = None) -> None:
         print(USAGE)
         print(settings_help())
         return
+    if tokens and tokens[0] in ("stop", "restart") and len(tokens) <= 2:
+        sys.exit(act_on_running(tokens[0], tokens[1] if len(tokens) == 2 else None))
     try:
         settings = resolve(tokens)
     except SettingsError as exc:
@@ -57,6 +65,24 @@ def serve_main(argv: list[str] | None = None) -> None:
         return await Manager(plan).run()
 
     run_and_exit("manager", main())
+
+
+def act_on_running(action: str, app: str | None) -> int:
+    """`rip-server stop|restart [APP]`: APP may be left out when exactly one app runs."""
+    from ripsvc import paths
+
+    if app is None:
+        root = paths.runtime_root()
+        running = sorted(p.parent.name for p in root.glob("*/manager.sock")) \
+            if root.is_dir() else []
+        if len(running) != 1:
+            print(f"rip-server: {'no app is' if not running else 'several apps are'} running "
+                  f"({', '.join(running) or root}); name one: rip-server {action} APP",
+                  file=sys.stderr)
+            return ExitCode.USAGE if running else ExitCode.FAILURE
+        app = running[0]
+    command = "stop" if action == "stop" else "reload"
+    return command_main(argparse.Namespace(command=command, app=app, wait=True, json=False))
 
 
 def settings_help() -> str:

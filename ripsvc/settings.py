@@ -69,6 +69,12 @@ def _listen(value: Any) -> tuple[str, ...]:
     return tuple(result)
 
 
+def _path_or_empty(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a path")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value not in choices:
@@ -157,6 +163,13 @@ class Settings:
                           "none, process (rolling restarts) or module (re-import changed "
                           "modules before a request)", flag="--reload",
                           kind="none|process|module", to="worker", arg="--reload")
+    restart_file: str = setting("tmp/restart.txt", _path_or_empty, "with reload = process: "
+                                "touching this file (relative to the app's directory) starts a "
+                                "rolling restart; \"\" turns it off", flag="--restart-file",
+                                kind="path")
+    watchdog_sec: float = setting(30.0, _seconds, "a worker whose event loop does not ping "
+                                  "for this long is killed and replaced (0: off)",
+                                  flag="--watchdog-sec", kind="seconds")
     graceful_timeout: float = setting(30.0, _seconds, "how long a request in flight may take "
                                       "to finish when stopping", flag="--graceful-timeout",
                                       kind="seconds", to="both", arg="--graceful-timeout")

@@ -319,3 +319,75 @@ def test_a_broken_reload_keeps_the_old_workers_serving(short_tmp):
         assert server.proc.poll() is None
     finally:
         server.close()
+
+
+def test_touching_the_restart_file_rolls_the_workers(short_tmp):
+    app = short_tmp / "versioned"
+    (app / "tmp").mkdir(parents=True)
+    (app / "app.py").write_text(VERSIONED_APP)
+    (app / "VERSION").write_text("v1")
+    server = Server(short_tmp, str(app), "w:2")
+    try:
+        server.wait_healthy(2)
+        server.wait_output("for a rolling restart")
+        (app / "VERSION").write_text("v2")
+        (app / "tmp" / "restart.txt").touch()
+        server.wait_output_count("rolling restart done", 1)
+        assert fetch(server.port, "/").body == b"v2"
+        assert json.loads(ripctl("status", server.name, "-j").stdout)["version"] == 2
+        assert server.output().count("touched: rolling restart") == 1  # one touch, one restart
+    finally:
+        server.close()
+
+
+def test_a_worker_that_stalls_its_loop_is_killed_and_replaced(short_tmp):
+    from tests.support.procs import TEST_APPS
+
+    server = Server(short_tmp, str(TEST_APPS / "blocking"), "w:1", "--watchdog-sec", "1")
+    try:
+        server.wait_healthy(1)
+        before = fetch(server.port, "/").body
+        blocked = fetch(server.port, "/block?s=4")
+        assert blocked.status in (502, 504)  # the worker died under it
+        server.wait_output("missed its watchdog")
+        server.wait_healthy(1)
+        assert fetch(server.port, "/").body != before  # a new process serves
+    finally:
+        server.close()
+
+
+def test_a_worker_reported_hung_by_the_balancer_is_replaced(short_tmp):
+    from tests.support.procs import TEST_APPS
+
+    server = Server(short_tmp, str(TEST_APPS / "blocking"), "w:1", "--response-timeout", "0.5")
+    try:
+        server.wait_healthy(1)
+        before = fetch(server.port, "/").body
+        assert fetch(server.port, "/slow?s=5").status == 504
+        server.wait_output("reports worker 1 hung")
+        server.wait_healthy(1)
+        assert fetch(server.port, "/").body != before
+    finally:
+        server.close()
+
+
+def test_rip_server_stop_and_restart_act_on_a_running_app(short_tmp):
+    from tests.support.procs import EXAMPLES
+
+    server = Server(short_tmp, str(EXAMPLES / "hello"), "w:1")
+
+    def rip_server(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", "from ripsvc.cli import serve_main; "
+                               "serve_main()", *args], capture_output=True, text=True,
+                              timeout=60)
+
+    try:
+        server.wait_healthy(1)
+        restarted = rip_server("restart", server.name)
+        assert restarted.returncode == 0 and "rolling restart done" in restarted.stdout
+        stopped = rip_server("stop", server.name)
+        assert stopped.returncode == 0
+        assert server.proc.wait(20) == 0
+        assert rip_server("stop", server.name).returncode == 1
+    finally:
+        server.close()

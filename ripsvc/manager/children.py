@@ -28,7 +28,8 @@ class Child:
     """One supervised process (the balancer or a worker)."""
 
     def __init__(self, role: str, ident: str, argv: list[str],
-                 sockets: list[tuple[str, socket.socket]], runtime: Path, post: Post) -> None:
+                 sockets: list[tuple[str, socket.socket]], runtime: Path, post: Post,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.role = role
         self.id = ident
         self.post = post
@@ -44,7 +45,8 @@ class Child:
         self.notify.bind(str(self.notify_path))
         self.notify.setblocking(False)
         self.loop.add_reader(self.notify.fileno(), self._read_notify)
-        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path))
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), **(extra_env or {}))
+        self.last_ping = self.loop.time()
         self.proc = spawn(argv, [(name, sock.fileno()) for name, sock in sockets], env,
                           supervised=True)
         self.pid = self.proc.pid
@@ -64,6 +66,8 @@ class Child:
                     self.post("ready", self, 0)
                 elif key == "STATUS":
                     self.status = value
+                elif key == "WATCHDOG" and value == "1":
+                    self.last_ping = self.loop.time()
 
     def _reap(self) -> None:
         self.loop.remove_reader(self.pidfd)
@@ -81,6 +85,11 @@ class Child:
         self.retired = True
         if not self.exited.done():
             self.proc.send_signal(signal.SIGTERM)
+
+    def abort(self) -> None:
+        """SIGABRT, as systemd does on a watchdog timeout: the exit restarts it."""
+        if not self.exited.done():
+            self.proc.send_signal(signal.SIGABRT)
 
     def kill(self) -> None:
         if not self.exited.done():

@@ -18,14 +18,17 @@ from pathlib import Path
 import aiohttp
 
 from ripsvc import logs, paths
+from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.children import Child
 from ripsvc.manager.control import serve_control
+from ripsvc.manager.watch import FileWatcher
 from ripsvc.sockets import Bind, describe
 
 log = logs.get("manager")
 
 MAX_BACKOFF = 10.0
+HEALTH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class ServePlan:
     listen: list[Bind]
     worker_args: list[str] = field(default_factory=list)
     balancer_args: list[str] = field(default_factory=list)
+    restart_file: Path | None = None
+    watchdog_sec: float = 30.0
 
 
 class AlreadyRunning(OSError):
@@ -92,6 +97,8 @@ class Manager:
         self.started = False
         self.reloading: asyncio.Task[str | None] | None = None
         self._sockets_made = 0
+        self._hung_seen = 0
+        self.restart_watch: FileWatcher | None = None
 
     def post(self, kind: str, child: Child | None, value: int) -> None:
         self.events.put_nowait((kind, child, value))
@@ -109,6 +116,8 @@ class Manager:
                 slot = self.new_slot(number)
                 self.slots.append(slot)
                 self.start_worker(slot)
+            self._watch_restart_file()
+            self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
             while not (self.stopping and self._all_gone()):
                 kind, child, value = await self.events.get()
                 try:
@@ -135,8 +144,10 @@ class Manager:
     def start_worker(self, slot: WorkerSlot) -> Child:
         argv = [sys.executable, "-m", "ripsvc.worker", self.plan.app, "--name", self.plan.name,
                 "--id", slot.id, *self.plan.worker_args]
+        env = {"WATCHDOG_USEC": str(int(self.plan.watchdog_sec * 1e6))} \
+            if self.plan.watchdog_sec else {}
         slot.child = Child("worker", slot.id, argv, [("worker", slot.sock)],
-                           self.runtime, self.post)
+                           self.runtime, self.post, env)
         slot.child.version = self.version
         return slot.child
 
@@ -185,6 +196,59 @@ class Manager:
         delay = min(MAX_BACKOFF, 0.1 * 2 ** (slot.crashes - 1))
         log.warning("worker %s exited with %s; restarting in %.1f s", child.id, code, delay)
         self.loop.call_later(delay, self.post, "respawn", None, slot.number)
+
+    async def handle_tick(self, _: Child | None, __: int) -> None:
+        """Once a second: kill workers that missed their watchdog or that the balancer
+        reports hung; their exits restart them like crashes."""
+        if self.stopping:
+            return
+        now = self.loop.time()
+        for slot in self.slots:
+            child = slot.child
+            if child is None or child.retired or not child.ready.done() or child.exited.done():
+                continue
+            if self.plan.watchdog_sec and now - child.last_ping > self.plan.watchdog_sec:
+                log.error("worker %s missed its watchdog (%.0f s): killing it", child.id,
+                          self.plan.watchdog_sec)
+                child.abort()
+        hung = await self.balancer_hung()
+        for worker_id in hung[self._hung_seen:]:
+            hung_slot = next((s for s in self.slots if s.id == worker_id), None)
+            victim = hung_slot.child if hung_slot is not None else None
+            if victim is not None and not victim.exited.done():
+                log.error("the balancer reports worker %s hung: killing it", worker_id)
+                victim.abort()
+        self._hung_seen = len(hung)
+        self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
+
+    async def handle_restart_file(self, _: Child | None, __: int) -> None:
+        """The restart file was touched: a rolling restart (refused if one is running)."""
+        log.info("%s touched: rolling restart", self.plan.restart_file)
+        self.reload()
+
+    def _watch_restart_file(self) -> None:
+        path = self.plan.restart_file
+        if path is None:
+            return
+        try:
+            self.restart_watch = FileWatcher(path, lambda: self.post("restart_file", None, 0))
+        except OSError as exc:
+            log.warning("the restart file %s is not watched: %s", path, exc)
+            return
+        log.info("touch %s for a rolling restart", path)
+
+    async def balancer_hung(self) -> list[str]:
+        from ripsvc.manager.control import balancer_query
+
+        try:
+            stats = await balancer_query(self, "stats")
+        except (aiohttp.ClientError, OSError, CommandError):
+            self._hung_seen = 0  # a restarted balancer starts a new list
+            return []
+        hung: list[str] = stats.get("hung", [])
+        if len(hung) < self._hung_seen:
+            self._hung_seen = 0
+        return hung
 
     async def handle_respawn(self, _: Child | None, number: int) -> None:
         """Restart the worker of slot `number` after its back-off."""
@@ -315,6 +379,8 @@ class Manager:
             log.error("balancer control %s: %s", command, reply.get("error"))
 
     def _cleanup(self) -> None:
+        if self.restart_watch is not None:
+            self.restart_watch.close()
         for child in [s.child for s in self.slots] + [self.balancer]:
             if child is not None:
                 child.kill()
