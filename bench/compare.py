@@ -1,6 +1,8 @@
 """Compare rip (balancer + 2 workers) with the stacks it replaces, all serving GET /ping.
 
     .venv/bin/python bench/compare.py [--duration 5] [--rounds 3] [--quick] [--profile]
+                                      [--no-rolling] [--no-cold-start]
+    .venv/bin/python bench/compare.py --only [--rolling] [--cold-start] [--profile]
 
 Configurations, each started afresh for every run on a free 127.0.0.1 port, with its sockets,
 configuration files (rendered from bench/conf/) and logs in a temporary directory:
@@ -21,10 +23,25 @@ rounds. Then a memory check sends 1,000,000 requests (100,000 with --quick) thro
 stack and samples the balancer's RSS after every fifth of them; --profile adds a run under
 py-spy (bench/results/balancer-profile.svg and .txt).
 
+Then the embedded manager, `rip-server examples/hello w:2 http:PORT` (clients on 127.0.0.1):
+
+    --rolling     for each round a fresh rip-server --name bench-rolling, once `ripctl status`
+                  shows both workers ready: wrk for --duration seconds (steady), then as long
+                  again while `ripctl reload bench-rolling --wait` runs 3 times, evenly spaced.
+                  Medians of steady and during requests/s and of the rounds' dips, wrk's
+                  errors. Target: dip <= 20 %, no error, no failed reload.
+    --cold-start  5 times: launch rip-server --name bench-cold, time the first 200 on GET /ping
+                  (polled every 10 ms), stop it (SIGINT) and wait for its exit. Target: median
+                  and max <= 1.5 s.
+
+Both are part of a default run (--no-rolling, --no-cold-start skip them); --only runs just
+what --rolling, --cold-start and --profile ask for and merges it into compare.json, keeping
+the figures of the parts not run.
+
 Installs what is missing (wrk, nginx and haproxy with apt-get as root; gunicorn and py-spy
 with pip into .venv), prints a table, the ratios against their targets and writes
 bench/results/compare.json. Exits 0 whether or not the targets are met, 1 if any rip run saw
-errors (non-2xx/3xx responses or socket errors).
+errors (non-2xx/3xx responses or socket errors) or a rolling restart failed.
 """
 
 from __future__ import annotations
@@ -73,6 +90,19 @@ RSS_GROWTH_KB = 2 * 1024  # more than this between the 20 % and the 100 % sample
 QUIET_OTHERS = 25.0  # % of a core used by "others" (see CpuMeter) above which we say so
 PROFILE_RATE = 200
 PROFILE_TOP = 15
+RIP_SERVER_WORKERS = 2
+ROLLING_NAME = "bench-rolling"
+ROLLING_RELOADS = 3  # `ripctl reload --wait` during each measured run, evenly spaced
+RELOAD_TIMEOUT = 60.0
+RIP_SERVER_STOP_TIMEOUT = 10.0  # after SIGINT, then SIGKILL to its process group
+DIP_LIMIT = 20.0  # % fewer requests/s during rolling restarts than steady
+COLD_NAME = "bench-cold"
+COLD_STARTS = 5
+COLD_TIMEOUT = 20.0
+COLD_POLL = 0.01
+COLD_CLIENT_TIMEOUT = 0.25
+COLD_LIMIT = 1.5  # seconds from launch to the first 200
+ACCESS_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\S+Z (\d{3}) ")  # the balancer's access log
 LEAF_KINDS = {  # native leaf frames (py-spy --native) by what the balancer is doing
     "waiting (epoll)": re.compile(r"epoll_p?wait "),
     "write()": re.compile(r"(__)?(write|writev|send|sendmsg) "),
@@ -96,6 +126,9 @@ class Settings:
     memory_requests: int
     profile: bool
     profile_seconds: int
+    comparison: bool  # the configurations' rounds and the memory check (not with --only)
+    rolling: bool
+    cold_start: bool
 
 
 @dataclass
@@ -723,6 +756,338 @@ def print_memory(memory: dict[str, Any]) -> None:
     )
 
 
+# -- rolling restarts and cold starts (rip-server) --------------------------------------------
+
+def ripctl(*args: str, timeout: float) -> tuple[int | None, str]:
+    """Run .venv/bin/ripctl; its exit status (None if it timed out) and what it printed."""
+    try:
+        result = subprocess.run(
+            [str(VENV_BIN / "ripctl"), *args], cwd=ROOT, env=CHILD_ENV, capture_output=True,
+            text=True, timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None, f"ripctl {' '.join(args)}: no answer within {timeout:g} s"
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+def server_lines(proc: Proc, limit: int = 60) -> list[str]:
+    """rip-server's output without its 2xx/3xx access-log lines: its logs and failed requests."""
+    try:
+        with proc.output.open(errors="replace") as file:
+            lines = [line.rstrip("\n") for line in file
+                     if not (ok := ACCESS_LINE.match(line)) or ok[1][0] not in "23"]
+    except OSError:
+        return ["(no output)"]
+    return lines[-limit:] or ["(no output)"]
+
+
+def stop_rip_server(proc: Proc) -> float:
+    """SIGINT rip-server (by PID), SIGKILL its process group after a while; seconds it took."""
+    process = proc.process
+    started = time.monotonic()
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(RIP_SERVER_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            print(f"  {proc.name} (pid {process.pid}) still runs {RIP_SERVER_STOP_TIMEOUT:g} s "
+                  "after SIGINT: killing its process group", flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if process.returncode not in (0, -signal.SIGINT, 128 + signal.SIGINT):
+        print(f"  note: {proc.name} exited with status {process.returncode} after SIGINT",
+              flush=True)
+    return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def rip_server_running(directory: Path, tools: dict[str, str],
+                       name: str) -> Iterator[tuple[Stack, Proc, float]]:
+    """`rip-server examples/hello w:2 http:PORT --name NAME` on a free port; the stack, the
+    process and when it was launched (time.monotonic()). Stopped and reaped on leaving."""
+    directory.mkdir()
+    stack = Stack(name, directory, tools)
+    stack.port = free_port()
+    command = [".venv/bin/rip-server", "examples/hello", f"w:{RIP_SERVER_WORKERS}",
+               f"http:{stack.port}", "--name", name]
+    launched_at = time.monotonic()
+    proc = stack.start("rip-server", command)
+    try:
+        yield stack, proc, launched_at
+    finally:
+        stop_rip_server(proc)
+
+
+def wait_workers_ready(proc: Proc, name: str) -> dict[str, Any]:
+    """Poll `ripctl status NAME -j` until it shows every worker ready; its status then."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.process.poll() is not None:
+            raise RuntimeError(
+                f"rip-server {name} exited with status {proc.process.returncode} before its "
+                f"workers were ready; its output:\n" + "\n".join(server_lines(proc))
+            )
+        code, said = ripctl("status", name, "-j", timeout=5.0)
+        if code == 0:
+            try:
+                status: dict[str, Any] = json.loads(said)
+                states = [worker["state"] for worker in status["workers"]]
+            except (ValueError, KeyError, TypeError) as error:
+                last = f"unreadable status ({error!r}): {said[:200]}"
+            else:
+                if states == ["ready"] * RIP_SERVER_WORKERS:
+                    return status
+                last = f"worker states {states}"
+        else:
+            last = said or f"ripctl status exited with {code}"
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"rip-server {name}: `ripctl status {name} -j` did not show {RIP_SERVER_WORKERS} ready "
+        f"workers within {READY_TIMEOUT:g} s ({last}); its output:\n"
+        + "\n".join(server_lines(proc))
+    )
+
+
+def wrk_figures(text: str, cpu: dict[str, float]) -> dict[str, Any]:
+    run = parse_wrk(text, "rip-server", 0)
+    return {
+        "requests_per_s": run.requests_per_s, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
+        "requests": run.requests, "non_2xx_3xx": run.non_2xx_3xx,
+        "socket_errors": run.socket_errors,
+        "cpu_percent": {name: round(value, 1) for name, value in cpu.items()},
+    }
+
+
+def load_with_reloads(settings: Settings, url: str, name: str) -> tuple[str, list[dict[str, Any]]]:
+    """wrk for --duration seconds while `ripctl reload NAME --wait` runs ROLLING_RELOADS times,
+    one after the other, started at evenly spaced moments of the run (or when the previous one
+    is done); wrk's report and one record per reload."""
+    seconds = settings.duration
+    load = subprocess.Popen(
+        wrk_command(settings, url, seconds), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    started = time.monotonic()
+    reloads: list[dict[str, Any]] = []
+    try:
+        for n in range(ROLLING_RELOADS):
+            time.sleep(max(0.0, started + seconds * (n + 0.25) / ROLLING_RELOADS
+                           - time.monotonic()))
+            at = time.monotonic() - started
+            code, said = ripctl("reload", name, "--wait", timeout=RELOAD_TIMEOUT)
+            reloads.append({"at_s": round(at, 2),
+                            "took_s": round(time.monotonic() - started - at, 2),
+                            "exit": code, "ok": code == 0, "said": said})
+        text, _ = load.communicate(timeout=seconds + 30)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    if load.returncode != 0:
+        raise RuntimeError(f"wrk failed ({load.returncode}):\n{text}")
+    return text, reloads
+
+
+def rolling_round(settings: Settings, tools: dict[str, str], workdir: Path,
+                  round_: int) -> dict[str, Any]:
+    """A fresh rip-server: wrk steady, then wrk again while it restarts its workers."""
+    directory = workdir / f"rolling-{round_}"
+    with rip_server_running(directory, tools, ROLLING_NAME) as (stack, proc, _):
+        wait_workers_ready(proc, ROLLING_NAME)
+        url = f"http://127.0.0.1:{stack.port}/ping"
+        if settings.warmup > 0:
+            run_wrk(settings, url, settings.warmup)
+        with CpuMeter(stack) as steady_cpu:
+            steady_text = run_wrk(settings, url, settings.duration)
+        with CpuMeter(stack, reaped="wrk+ripctl") as during_cpu:
+            during_text, reloads = load_with_reloads(settings, url, ROLLING_NAME)
+        code, said = ripctl("status", ROLLING_NAME, "-j", timeout=5.0)
+        stack.check_alive()
+    # Read once stopped: the balancer buffers its access log (rip-server's stdout).
+    log = server_lines(proc)
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        status: Any = json.loads(said) if code == 0 else None
+        after: Any = {"version": status["version"],
+                      "workers": [[worker["id"], worker["state"]] for worker in status["workers"]]}
+    except (ValueError, KeyError, TypeError):
+        after = said  # what ripctl said instead
+    steady = wrk_figures(steady_text, steady_cpu.percent)
+    # The old workers exit during the run, taking their CPU time out of rip-server's tree.
+    during = wrk_figures(during_text, {name: value for name, value in during_cpu.percent.items()
+                                       if name in ("wrk+ripctl", "machine", "steal")})
+    record: dict[str, Any] = {
+        "round": round_, "steady": steady, "during": during,
+        "dip_percent": round(100 * (1 - during["requests_per_s"] / steady["requests_per_s"]), 2),
+        "reloads": reloads,
+        "after": after,  # `ripctl status` once the run is over
+    }
+    problems = (sum(not reload["ok"] for reload in reloads) + steady["non_2xx_3xx"]
+                + steady["socket_errors"] + during["non_2xx_3xx"] + during["socket_errors"])
+    if problems:
+        record["server_log"] = log  # logs and non-2xx/3xx access lines, for the report
+    return record
+
+
+def rolling_restarts(settings: Settings, tools: dict[str, str], workdir: Path,
+                     facts: dict[str, Any]) -> dict[str, Any]:
+    """Requests/s steady and during rolling restarts, over --rounds fresh rip-servers."""
+    print(f"\nrolling restarts: rip-server examples/hello w:{RIP_SERVER_WORKERS}, per round "
+          f"wrk {settings.duration} s steady, then {settings.duration} s during "
+          f"{ROLLING_RELOADS} x `ripctl reload {ROLLING_NAME} --wait`", flush=True)
+    rounds = []
+    for round_ in range(1, settings.rounds + 1):
+        record = rolling_round(settings, tools, workdir, round_)
+        rounds.append(record)
+        steady, during = record["steady"], record["during"]
+        reloads = " ".join(f"{reload['at_s']:.1f}+{reload['took_s']:.1f}s"
+                           + ("" if reload["ok"] else f"(FAILED: {reload['said']})")
+                           for reload in record["reloads"])
+        print(f"  round {round_} steady {steady['requests_per_s']:>7.0f} req/s "
+              f"p99 {steady['p99_ms']:6.2f} ms, during {during['requests_per_s']:>7.0f} req/s "
+              f"p99 {during['p99_ms']:6.2f} ms, dip {record['dip_percent']:5.1f} %, errors "
+              f"{error_pair(steady)} / {error_pair(during)}, reloads at+took {reloads}",
+              flush=True)
+        if "server_log" in record:
+            print("  rip-server's output (logs and non-2xx/3xx requests):\n    "
+                  + "\n    ".join(record["server_log"]), flush=True)
+    every = [reload for record in rounds for reload in record["reloads"]]
+    return {
+        "command": f"rip-server examples/hello w:{RIP_SERVER_WORKERS} http:PORT "
+                   f"--name {ROLLING_NAME}",
+        "load": f"wrk -t{settings.threads} -c{settings.connections} -d{settings.duration}s "
+                "--latency GET /ping on 127.0.0.1",
+        "reloads_per_run": ROLLING_RELOADS,
+        "date": facts["date"], "git_commit": facts["git_commit"],
+        "rounds": rounds,
+        "steady_requests_per_s": statistics.median(r["steady"]["requests_per_s"] for r in rounds),
+        "during_requests_per_s": statistics.median(r["during"]["requests_per_s"] for r in rounds),
+        "steady_p99_ms": statistics.median(r["steady"]["p99_ms"] for r in rounds),
+        "during_p99_ms": statistics.median(r["during"]["p99_ms"] for r in rounds),
+        "dip_percent": statistics.median(r["dip_percent"] for r in rounds),  # of the rounds' dips
+        "errors": {
+            part: {kind: sum(r[part][kind] for r in rounds)
+                   for kind in ("socket_errors", "non_2xx_3xx")}
+            for part in ("steady", "during")
+        },
+        "reloads": len(every),
+        "reloads_failed": sum(not reload["ok"] for reload in every),
+        "reload_seconds_median": statistics.median(reload["took_s"] for reload in every),
+    }
+
+
+def error_pair(figures: dict[str, Any]) -> str:
+    return f"{figures['socket_errors']}/{figures['non_2xx_3xx']}"
+
+
+def rolling_targets(rolling: dict[str, Any]) -> list[dict[str, Any]]:
+    errors = sum(sum(kinds.values()) for kinds in rolling["errors"].values())
+    return [
+        {"part": "rolling", "target": f"rolling restart dip <= {DIP_LIMIT:g} %",
+         "maximum": DIP_LIMIT, "value": rolling["dip_percent"],
+         "met": rolling["dip_percent"] <= DIP_LIMIT},
+        {"part": "rolling", "target": "rolling restart errors = 0", "maximum": 0,
+         "value": errors, "met": errors == 0},
+        {"part": "rolling", "target": "rolling restart reloads failed = 0", "maximum": 0,
+         "value": rolling["reloads_failed"], "met": rolling["reloads_failed"] == 0},
+    ]
+
+
+def print_rolling(rolling: dict[str, Any], checks: list[dict[str, Any]]) -> None:
+    errors = rolling["errors"]
+    print(f"\nrolling restarts ({rolling['command']}; {rolling['load']}; "
+          f"{rolling['reloads_per_run']} reloads per run), medians of "
+          f"{len(rolling['rounds'])} rounds:\n"
+          f"  steady          {rolling['steady_requests_per_s']:>8.0f} req/s  "
+          f"p99 {rolling['steady_p99_ms']:6.2f} ms  socket errors/non-2xx "
+          f"{error_pair(errors['steady'])}\n"
+          f"  during restarts {rolling['during_requests_per_s']:>8.0f} req/s  "
+          f"p99 {rolling['during_p99_ms']:6.2f} ms  socket errors/non-2xx "
+          f"{error_pair(errors['during'])}\n"
+          f"  reloads {rolling['reloads'] - rolling['reloads_failed']}/{rolling['reloads']} "
+          f"succeeded, median {rolling['reload_seconds_median']:.2f} s each")
+    print_checks(checks, lambda check: (f"{check['value']:>6.1f} %" if "dip" in check["target"]
+                                        else f"{check['value']:>8}"))
+
+
+def print_checks(checks: list[dict[str, Any]], show: Callable[[dict[str, Any]], str]) -> None:
+    for check in checks:
+        print(f"{check['target']:<34} {show(check):>8}  {'met' if check['met'] else 'NOT met'}")
+
+
+def first_200(proc: Proc, port: int, launched_at: float) -> tuple[float, Counter[str]]:
+    """Seconds from launch to the first 200 on GET /ping, polling every COLD_POLL seconds
+    with a short-timeout client; and what the earlier attempts got."""
+    seen: Counter[str] = Counter()
+    while time.monotonic() - launched_at < COLD_TIMEOUT:
+        if proc.process.poll() is not None:
+            raise RuntimeError(
+                f"rip-server {COLD_NAME} exited with status {proc.process.returncode} before "
+                f"answering; its output:\n" + "\n".join(server_lines(proc))
+            )
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=COLD_CLIENT_TIMEOUT)
+        try:
+            status = get_status(connection, "/ping")
+        except OSError as error:
+            seen[type(error).__name__] += 1
+        else:
+            if status == 200:
+                return time.monotonic() - launched_at, seen
+            seen[f"HTTP {status}"] += 1
+        time.sleep(COLD_POLL)
+    raise RuntimeError(
+        f"rip-server {COLD_NAME} did not answer 200 on GET /ping within {COLD_TIMEOUT:g} s "
+        f"({dict(seen)}); its output:\n" + "\n".join(server_lines(proc))
+    )
+
+
+def cold_starts(tools: dict[str, str], workdir: Path, facts: dict[str, Any]) -> dict[str, Any]:
+    """COLD_STARTS times: launch rip-server, time the first 200, stop it and wait for its exit."""
+    print(f"\ncold start: launching rip-server examples/hello w:{RIP_SERVER_WORKERS} to the "
+          f"first 200 on GET /ping, {COLD_STARTS} times", flush=True)
+    starts: list[dict[str, Any]] = []
+    times: list[float] = []
+    for n in range(1, COLD_STARTS + 1):
+        with rip_server_running(workdir / f"cold-{n}", tools, COLD_NAME) as (stack, proc, at):
+            seconds, before = first_200(proc, stack.port, at)
+        times.append(round(seconds, 3))
+        starts.append({"seconds": times[-1], "before": dict(before),
+                       "exited_s_after_first_200": round(time.monotonic() - at - seconds, 2)})
+        shutil.rmtree(workdir / f"cold-{n}", ignore_errors=True)
+        print(f"  {n}: first 200 after {seconds:.3f} s (earlier attempts: "
+              f"{', '.join(f'{count} x {kind}' for kind, count in before.items()) or 'none'})",
+              flush=True)
+    return {
+        "command": f"rip-server examples/hello w:{RIP_SERVER_WORKERS} http:PORT "
+                   f"--name {COLD_NAME}",
+        "probe": f"GET /ping on 127.0.0.1 every {COLD_POLL * 1000:g} ms, "
+                 f"{COLD_CLIENT_TIMEOUT:g} s client timeout",
+        "date": facts["date"], "git_commit": facts["git_commit"],
+        # Set: Python compiles whatever has no up-to-date .pyc at every start.
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
+        "starts": starts,
+        "median_s": round(statistics.median(times), 3),
+        "max_s": max(times),
+    }
+
+
+def cold_targets(cold: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"part": "cold_start", "target": f"cold start {kind} <= {COLD_LIMIT:g} s",
+         "maximum": COLD_LIMIT, "value": cold[f"{kind}_s"], "met": cold[f"{kind}_s"] <= COLD_LIMIT}
+        for kind in ("median", "max")
+    ]
+
+
+def print_cold(cold: dict[str, Any], checks: list[dict[str, Any]]) -> None:
+    print(f"\ncold start ({cold['command']} to the first 200; {cold['probe']}), "
+          f"{len(cold['starts'])} starts: "
+          + ", ".join(f"{start['seconds']:.3f}" for start in cold["starts"]) + " s")
+    print_checks(checks, lambda check: f"{check['value']:>6.3f} s")
+
+
 # -- profile ----------------------------------------------------------------------------------
 
 def py_spy(tools: dict[str, str], pid: int, seconds: int, fmt: str, output: Path,
@@ -936,13 +1301,29 @@ def parse_args() -> Settings:
                         help="also profile the balancer under load with py-spy")
     parser.add_argument("--profile-duration", type=int, default=10,
                         help="seconds of each py-spy recording (default: %(default)s)")
+    parser.add_argument("--rolling", action=argparse.BooleanOptionalAction,
+                        help="requests/s and errors during rolling restarts of rip-server "
+                             "(part of a default run; --no-rolling skips it)")
+    parser.add_argument("--cold-start", action=argparse.BooleanOptionalAction,
+                        help="time from launching rip-server to its first 200 (part of a "
+                             "default run; --no-cold-start skips it)")
+    parser.add_argument("--only", action="store_true",
+                        help="skip the configurations and the memory check: run only what "
+                             "--rolling, --cold-start and --profile ask for, and merge it into "
+                             "bench/results/compare.json")
     args = parser.parse_args()
+    if args.only and not (args.rolling or args.cold_start or args.profile):
+        parser.error("--only needs --rolling, --cold-start or --profile")
     settings = Settings(
         duration=args.duration or (3 if args.quick else 5),
         rounds=args.rounds or (1 if args.quick else 3),
         warmup=args.warmup, threads=args.threads, connections=args.connections,
         memory_requests=100_000 if args.quick else 1_000_000,
         profile=args.profile, profile_seconds=args.profile_duration,
+        comparison=not args.only,
+        # With --only, what is asked for; otherwise everything not switched off.
+        rolling=bool(args.rolling) if args.only else args.rolling is not False,
+        cold_start=bool(args.cold_start) if args.only else args.cold_start is not False,
     )
     if min(settings.duration, settings.rounds, settings.threads, settings.profile_seconds) < 1:
         parser.error("--duration, --rounds, --threads and --profile-duration must be >= 1")
@@ -955,10 +1336,36 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def write_results(results: dict[str, Any]) -> None:
+def write_results(new: dict[str, Any], targets: list[dict[str, Any]], parts: set[str]) -> None:
+    """Replace what this run measured in bench/results/compare.json and keep the rest: the
+    entries of parts not run this time, and their targets."""
+    try:
+        results = json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        results = {}
+    if not isinstance(results, dict):
+        results = {}
+    kept = [check for check in results.get("targets", [])
+            if check.get("part", "comparison") not in parts]
+    results |= new
+    results["targets"] = [*kept, *targets]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {RESULTS.relative_to(ROOT)}")
+
+
+def describe_run(settings: Settings) -> str:
+    parts = []
+    if settings.comparison:
+        parts.append(f"{settings.rounds} rounds x {len(CONFIGS)} configurations x "
+                     f"{settings.duration} s (+{settings.warmup} s warm-up), memory check")
+    if settings.rolling:
+        parts.append(f"rolling restarts ({settings.rounds} rounds x 2 x {settings.duration} s)")
+    if settings.cold_start:
+        parts.append(f"cold start ({COLD_STARTS} starts)")
+    if settings.profile:
+        parts.append("profile")
+    return "; ".join(parts) + f"; wrk -t{settings.threads} -c{settings.connections}"
 
 
 def main() -> int:
@@ -966,44 +1373,72 @@ def main() -> int:
     signal.signal(signal.SIGTERM, interrupt)  # so that the finally clauses stop our servers
     tools = ensure_tools(settings)
     facts = machine_facts(tools)
-    print(
-        f"{facts['nproc']} CPUs ({facts['cpu_model']}), Python {facts['python']}; "
-        f"{settings.rounds} rounds x {len(CONFIGS)} configurations x {settings.duration} s "
-        f"(+{settings.warmup} s warm-up), wrk -t{settings.threads} -c{settings.connections}",
-        flush=True,
-    )
+    print(f"{facts['nproc']} CPUs ({facts['cpu_model']}), Python {facts['python']}; "
+          f"{describe_run(settings)}", flush=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="rip-compare-"))
+    runs: list[Measured] = []
+    summary: dict[str, dict[str, Any]] = {}
+    memory: dict[str, Any] = {}
     try:
-        runs = run_rounds(settings, tools, workdir)
-        summary = summarize(runs)
-        memory = memory_check(settings, tools, workdir, summary["rip"]["requests_per_s"])
+        if settings.comparison:
+            runs = run_rounds(settings, tools, workdir)
+            summary = summarize(runs)
+            memory = memory_check(settings, tools, workdir, summary["rip"]["requests_per_s"])
+        rolling = rolling_restarts(settings, tools, workdir, facts) if settings.rolling else None
+        cold = cold_starts(tools, workdir, facts) if settings.cold_start else None
         profiled = profile(settings, tools, workdir) if settings.profile else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    checks = check_targets(summary)
-    print_summary(summary, checks)
-    print_memory(memory)
+    new: dict[str, Any] = {}
+    targets: list[dict[str, Any]] = []
+    parts: set[str] = set()
+    rip_errors = 0
+    if settings.comparison:
+        checks = check_targets(summary)
+        print_summary(summary, checks)
+        print_memory(memory)
+        rip_errors = (sum(run.errors for run in runs if run.config.startswith("rip"))
+                      + memory["errors"] + (profiled["errors"] if profiled else 0))
+        new = {
+            "machine": facts,
+            "settings": asdict(settings) | {
+                "load": f"wrk -t{settings.threads} -c{settings.connections} --latency",
+                "configs": {config.name: f"{config.description}; GET {config.path}"
+                            for config in CONFIGS},
+            },
+            "runs": [asdict(run) for run in runs],
+            "medians": summary,
+            "memory": memory,
+            "profile": profiled,
+            "rip_errors": rip_errors,
+        }
+        targets += checks
+        parts.add("comparison")
+    elif profiled:
+        new["profile"] = profiled
+        rip_errors += profiled["errors"]
     if profiled:
         print(f"profile: {profiled['svg']} and {profiled['text']}")
-    rip_errors = (sum(run.errors for run in runs if run.config.startswith("rip"))
-                  + memory["errors"] + (profiled["errors"] if profiled else 0))
-    write_results({
-        "machine": facts,
-        "settings": asdict(settings) | {
-            "load": f"wrk -t{settings.threads} -c{settings.connections} --latency",
-            "configs": {config.name: f"{config.description}; GET {config.path}"
-                        for config in CONFIGS},
-        },
-        "runs": [asdict(run) for run in runs],
-        "medians": summary,
-        "targets": checks,
-        "memory": memory,
-        "profile": profiled,
-        "rip_errors": rip_errors,
-    })
-    if rip_errors:
-        print(f"rip runs saw {rip_errors} errors (non-2xx/3xx or socket errors)")
+    failed_reloads = 0
+    if rolling:
+        checks = rolling_targets(rolling)
+        print_rolling(rolling, checks)
+        new["rolling"] = rolling
+        targets += checks
+        parts.add("rolling")
+        rip_errors += sum(sum(kinds.values()) for kinds in rolling["errors"].values())
+        failed_reloads = rolling["reloads_failed"]
+    if cold:
+        checks = cold_targets(cold)
+        print_cold(cold, checks)
+        new["cold_start"] = cold
+        targets += checks
+        parts.add("cold_start")
+    write_results(new, targets, parts)
+    if rip_errors or failed_reloads:
+        print(f"rip runs saw {rip_errors} errors (non-2xx/3xx or socket errors), "
+              f"{failed_reloads} rolling restarts failed")
         return 1
     return 0
 

@@ -288,11 +288,17 @@ def test_recycling_under_load_fails_no_request(short_tmp):
     try:
         server.wait_healthy(2)
         load = Load(server.port)
-        time.sleep(4)
+        capacity = []
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            workers = json.loads(fetch(server.port, "/status").body)["workers"]
+            capacity.append(workers["ready"] + workers["busy"])
+            time.sleep(0.02)
         load.finish()
         assert load.errors == []
         assert load.statuses() == {200}
-        assert server.output().count("recycled; starting its successor") >= 4
+        assert server.output().count("asks to be recycled: starting its successor") >= 4
+        assert min(capacity) >= 2, capacity  # successors come before the old ones leave
         server.wait_healthy(2)
     finally:
         server.close()

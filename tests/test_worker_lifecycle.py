@@ -206,3 +206,25 @@ def test_last_response_before_recycling_says_connection_close(start_worker, app)
     last.read()
     assert last.getheader("connection").lower() == "close"
     assert worker.wait_exit() == ExitCode.RECYCLE
+
+
+def test_recycle_handoff_announces_keeps_serving_then_times_out(start_worker):
+    worker = start_worker(HELLO, "--recycle", "r:3,0s,0r", "--recycle-handoff", "1")
+    conn = UnixHTTPConnection(worker.socket_path)
+    for _ in range(3):
+        assert request(conn, "GET", "/ping").status == 200
+    worker.notify.poll(0.2)
+    assert worker.notify.fields("RIP_RECYCLE") == ["1"]
+    reply = request(conn, "GET", "/ping")  # still serving while a successor is awaited
+    assert reply.status == 200 and reply.headers.get("connection") != "close"
+    assert worker.wait_exit(5) == ExitCode.RECYCLE
+    assert "no successor came" in worker.output()
+
+
+def test_recycle_handoff_ends_with_sigterm_once_replaced(start_worker):
+    worker = start_worker(HELLO, "--recycle", "r:1,0s,0r", "--recycle-handoff", "30")
+    assert request(UnixHTTPConnection(worker.socket_path), "GET", "/ping").status == 200
+    worker.notify.poll(0.2)
+    assert worker.notify.fields("RIP_RECYCLE") == ["1"]
+    worker.signal(signal.SIGTERM)  # the supervisor's successor is in place
+    assert worker.wait_exit(5) == 0

@@ -68,6 +68,8 @@ class Child:
                     self.status = value
                 elif key == "WATCHDOG" and value == "1":
                     self.last_ping = self.loop.time()
+                elif key == "RIP_RECYCLE" and value == "1":
+                    self.post("recycle_soon", self, 0)
 
     def _reap(self) -> None:
         self.loop.remove_reader(self.pidfd)

@@ -98,6 +98,7 @@ class Manager:
         self.reloading: asyncio.Task[str | None] | None = None
         self._sockets_made = 0
         self._hung_seen = 0
+        self._replacing: set[asyncio.Task[str | None]] = set()
         self.restart_watch: FileWatcher | None = None
 
     def post(self, kind: str, child: Child | None, value: int) -> None:
@@ -143,7 +144,7 @@ class Manager:
 
     def start_worker(self, slot: WorkerSlot) -> Child:
         argv = [sys.executable, "-m", "ripsvc.worker", self.plan.app, "--name", self.plan.name,
-                "--id", slot.id, *self.plan.worker_args]
+                "--id", slot.id, "--recycle-handoff", *self.plan.worker_args]
         env = {"WATCHDOG_USEC": str(int(self.plan.watchdog_sec * 1e6))} \
             if self.plan.watchdog_sec else {}
         slot.child = Child("worker", slot.id, argv, [("worker", slot.sock)],
@@ -284,37 +285,69 @@ class Manager:
         return self.reloading
 
     async def _rolling_restart(self) -> str | None:
-        """Each worker in turn: a successor on a fresh socket, READY, join, drain, stop.
-        Returns None when done, or why it stopped (the old workers keep serving)."""
+        """Each worker in turn is replaced (see replace). Returns None when done, or why it
+        stopped (the old workers keep serving)."""
         self.version += 1
         log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
-        for index, slot in enumerate(list(self.slots)):
-            old = slot.child
-            fresh = self.new_slot(slot.number)
-            path = fresh.path
-            child = self.start_worker(fresh)
-            await asyncio.wait({child.ready, child.exited}, return_when=asyncio.FIRST_COMPLETED)
-            if not child.ready.done() or child.ready.cancelled():
-                why = (f"worker {child.id} exited with {child.exited.result()} before READY; "
-                       "the old workers keep serving")
+        for slot in list(self.slots):
+            why = await self.replace(slot)
+            if why is not None:
                 log.error("rolling restart stopped: %s", why)
-                fresh.sock.close()
-                path.unlink(missing_ok=True)
                 self.version -= 1
                 return why
-            await self.control("join", {"id": child.id, "socket": str(path),
-                                        "version": str(child.version)})
-            self.slots[index] = fresh
-            if old is not None:
-                old.retired = True
-                await self.control("drain", {"id": old.id, "timeout": 30})
-                await self.control("leave", {"id": old.id})
-                old.terminate()
-                await old.exited
-            slot.sock.close()
-            slot.path.unlink(missing_ok=True)
         log.info("rolling restart done")
         return None
+
+    async def replace(self, slot: WorkerSlot) -> str | None:
+        """A successor on a fresh socket, READY, joined; then `slot`'s worker is drained and
+        stopped. Returns why it could not be done (the old worker keeps serving), or None."""
+        old = slot.child
+        if old is not None:
+            old.retired = True  # its exit from now on is ours to handle
+        fresh = self.new_slot(slot.number)
+        child = self.start_worker(fresh)
+        await asyncio.wait({child.ready, child.exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not child.ready.done() or child.ready.cancelled():
+            fresh.sock.close()
+            fresh.path.unlink(missing_ok=True)
+            if old is not None:
+                old.retired = False
+                if old.exited.done() and not self.stopping:  # it left meanwhile
+                    self.start_worker(slot)
+            return (f"worker {child.id} exited with {child.exited.result()} before READY; "
+                    "the old workers keep serving")
+        await self.control("join", {"id": child.id, "socket": str(fresh.path),
+                                    "version": str(child.version)})
+        if slot in self.slots:
+            self.slots[self.slots.index(slot)] = fresh
+        if old is not None:
+            await self.control("drain", {"id": slot.id, "timeout": 30})
+            await self.control("leave", {"id": slot.id})
+            old.terminate()
+            await old.exited
+        slot.sock.close()
+        slot.path.unlink(missing_ok=True)
+        return None
+
+    async def handle_recycle_soon(self, child: Child | None, _: int) -> None:
+        """A worker reached a recycling limit and waits for a successor (--recycle-handoff):
+        replace it first, so capacity never dips. During a rolling restart it is left alone:
+        the restart replaces it anyway, and its hand-off timeout bounds the wait."""
+        assert child is not None
+        slot = self._slot_of(child)
+        if slot is None or child.retired or self.stopping:
+            return
+        if self.reloading is not None and not self.reloading.done():
+            return
+        log.info("worker %s asks to be recycled: starting its successor first", child.id)
+        task = self.loop.create_task(self.replace(slot))
+        self._replacing.add(task)
+        task.add_done_callback(self._replaced)
+
+    def _replaced(self, task: asyncio.Task[str | None]) -> None:
+        self._replacing.discard(task)
+        if not task.cancelled() and task.result() is not None:
+            log.error("recycling hand-off failed: %s", task.result())
 
     # -- scaling -------------------------------------------------------------------------------
     async def scale(self, workers: int) -> None:

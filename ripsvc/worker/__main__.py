@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recycling limits, 0 disables one (default: r:10000,3600s,10r)")
     p.add_argument("--recycle-jitter", type=typed(_jitter, "share"), default=0.1,
                    help="lower request and age limits by up to this share (default: 10%%)")
+    p.add_argument("--recycle-handoff", nargs="?", const=60.0, default=0.0,
+                   type=typed(parse_seconds, "duration"), metavar="SECONDS",
+                   help="on reaching a recycling limit, announce it (sd_notify RIP_RECYCLE=1) "
+                   "and keep serving until stopped, at most SECONDS (60 if omitted), so that "
+                   "the supervisor starts a successor first")
     p.add_argument("--graceful-timeout", type=typed(parse_seconds, "duration"), default=30.0,
                    help="on SIGTERM, how long the request in flight may take (default: 30s)")
     p.add_argument("--max-body", type=typed(parse_size, "size"), default=100 << 20,
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         app=spec, name=name, worker_id=args.worker_id, reload=args.reload,
         recycle=args.recycle, recycle_jitter=args.recycle_jitter,
         graceful_timeout=args.graceful_timeout, max_body=args.max_body,
+        recycle_handoff=args.recycle_handoff,
     )
     run_and_exit("worker", run(options, args.bind))
 

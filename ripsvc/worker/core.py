@@ -36,6 +36,9 @@ class WorkerOptions:
     graceful_timeout: float = 30.0
     max_body: int = 100 << 20
     reload_interval: float = 0.1
+    #: Announce a reached recycling limit (sd_notify RIP_RECYCLE=1) and keep serving until
+    #: stopped, at most this long, so that a supervisor can start a successor first (0: off).
+    recycle_handoff: float = 0.0
 
 
 class AppHost(Protocol):
@@ -104,6 +107,7 @@ class Worker:
             SourceOnlyFinder(options.app.directory).install()
             self.watcher = ModuleWatcher(options.app.directory, options.reload_interval)
         self._date_second = 0
+        self._handoff: asyncio.TimerHandle | None = None
         self._date_header = b""
 
     @property
@@ -153,21 +157,38 @@ class Worker:
     def last_request(self) -> bool:
         """Will the worker stop once the request in flight is done? Its response then says
         `Connection: close`, so that the balancer does not reuse a connection about to go."""
+        if not self.accepting:
+            return True
+        if self.options.recycle_handoff:
+            return False  # it keeps serving until its successor is in place
         policy = self.policy
-        return (not self.accepting
-                or bool(policy.requests and self.served + 1 >= policy.requests)
+        return (bool(policy.requests and self.served + 1 >= policy.requests)
                 or bool(policy.reloads and self.reloads >= policy.reloads))
 
     def request_finished(self) -> None:
         self.served += 1
         self.gate.release()
         policy = self.policy
-        if policy.requests and self.served >= policy.requests:
-            self.begin_stop(ExitCode.RECYCLE, f"recycling after {self.served} requests")
-        elif policy.reloads and self.reloads >= policy.reloads:
-            self.begin_stop(ExitCode.RECYCLE, f"recycling after {self.reloads} module reloads")
-        elif not self.accepting:
+        if not self.accepting:
             self.drained.set()
+        elif policy.requests and self.served >= policy.requests:
+            self.recycle(f"recycling after {self.served} requests")
+        elif policy.reloads and self.reloads >= policy.reloads:
+            self.recycle(f"recycling after {self.reloads} module reloads")
+
+    def recycle(self, reason: str) -> None:
+        """A limit is reached: stop now, or with a hand-off, ask for a successor first."""
+        handoff = self.options.recycle_handoff
+        if not handoff:
+            self.begin_stop(ExitCode.RECYCLE, reason)
+            return
+        if self._handoff is not None:
+            return
+        log.info("%s: asking for a successor (serving meanwhile, at most %.0f s)", reason,
+                 handoff)
+        sd.notify("RIP_RECYCLE=1", f"STATUS={reason}; waiting for a successor")
+        self._handoff = self.loop.call_later(handoff, self.begin_stop, ExitCode.RECYCLE,
+                                             f"{reason}; no successor came")
 
     # -- module reload -------------------------------------------------------------------------
     async def reload_modules(self) -> None:
@@ -195,12 +216,14 @@ class Worker:
 
     # -- stopping ------------------------------------------------------------------------------
     def _age_limit(self) -> None:
-        self.begin_stop(ExitCode.RECYCLE, f"recycling after {self.policy.seconds} s")
+        self.recycle(f"recycling after {self.policy.seconds} s")
 
     def begin_stop(self, code: ExitCode, reason: str) -> None:
         """Stop taking requests; the one in flight (if any) finishes first."""
         if not self.accepting:
             return
+        if self._handoff is not None:
+            self._handoff.cancel()
         self.accepting = False
         self.exit_code = code
         # Stop accepting now, not when run() wakes up: a connection accepted meanwhile would
