@@ -770,35 +770,46 @@ def ripctl(*args: str, timeout: float) -> tuple[int | None, str]:
     return result.returncode, (result.stdout + result.stderr).strip()
 
 
-def server_lines(proc: Proc, limit: int = 60) -> list[str]:
-    """rip-server's output without its 2xx/3xx access-log lines: its logs and failed requests."""
+def server_lines(proc: Proc, limit: int = 80, requests: int = 10) -> list[str]:
+    """rip-server's output without its 2xx/3xx access-log lines: its log lines and the first
+    `requests` failed requests, at most `limit` lines (the last)."""
+    lines: list[str] = []
+    failed = 0
     try:
         with proc.output.open(errors="replace") as file:
-            lines = [line.rstrip("\n") for line in file
-                     if not (ok := ACCESS_LINE.match(line)) or ok[1][0] not in "23"]
+            for line in file:
+                access = ACCESS_LINE.match(line)
+                if access and access[1][0] in "23":
+                    continue
+                if access:
+                    failed += 1
+                    if failed > requests:
+                        continue
+                lines.append(line.rstrip("\n"))
     except OSError:
         return ["(no output)"]
+    if failed > requests:
+        lines.append(f"({failed - requests} more non-2xx/3xx access-log lines)")
     return lines[-limit:] or ["(no output)"]
 
 
-def stop_rip_server(proc: Proc) -> float:
-    """SIGINT rip-server (by PID), SIGKILL its process group after a while; seconds it took."""
+def stop_rip_server(proc: Proc) -> None:
+    """SIGINT rip-server (by PID), SIGKILL its process group if it still runs after a while."""
     process = proc.process
-    started = time.monotonic()
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(RIP_SERVER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            print(f"  {proc.name} (pid {process.pid}) still runs {RIP_SERVER_STOP_TIMEOUT:g} s "
-                  "after SIGINT: killing its process group", flush=True)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(RIP_SERVER_STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        print(f"  {proc.name} (pid {process.pid}) still runs {RIP_SERVER_STOP_TIMEOUT:g} s "
+              "after SIGINT: killing its process group", flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
     if process.returncode not in (0, -signal.SIGINT, 128 + signal.SIGINT):
-        print(f"  note: {proc.name} exited with status {process.returncode} after SIGINT",
-              flush=True)
-    return time.monotonic() - started
+        print(f"  note: {proc.name} exited with status {process.returncode} after SIGINT; its "
+              "output:\n    " + "\n    ".join(server_lines(proc, limit=20)), flush=True)
 
 
 @contextlib.contextmanager

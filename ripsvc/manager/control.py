@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -64,7 +63,7 @@ def make_app(manager: Manager) -> web.Application:
 
     async def reload(body: dict[str, Any]) -> Any:
         """A rolling restart; with {"wait": true} the reply comes when it is done."""
-        task = manager.reload()
+        task = await manager.command("reload")
         if task is None:
             raise CommandError("reload-in-progress", "a rolling restart is already in progress",
                                409)
@@ -80,12 +79,12 @@ def make_app(manager: Manager) -> web.Application:
         workers = body.get("workers")
         if not isinstance(workers, int) or isinstance(workers, bool) or not 0 < workers <= 1024:
             raise CommandError("bad-request", "'workers' must be a whole number in 1..1024")
-        await manager.scale(workers)
+        await asyncio.shield(await manager.command("scale", workers=workers))
         return {"workers": len(manager.slots)}
 
     async def stop(body: dict[str, Any]) -> Any:
         """Stop the app gracefully (the reply comes first)."""
-        manager.post("signal", None, signal.SIGTERM)
+        await manager.command("stop")
         return {"stopping": True}
 
     return control.make_app({"status": status, "reload": reload, "scale": scale,

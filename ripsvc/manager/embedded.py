@@ -14,6 +14,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -85,7 +86,7 @@ class Manager:
     def __init__(self, plan: ServePlan) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[tuple[str, Child | None, int]] = asyncio.Queue()
+        self.events: asyncio.Queue[tuple[str, Child | None, Any]] = asyncio.Queue()
         self.runtime = claim_runtime_dir(plan.name)
         self.control_path = self.runtime / "balancer.ctl"
         self.version = 1  # bumped by each rolling restart; workers join with it
@@ -101,8 +102,35 @@ class Manager:
         self._replacing: set[asyncio.Task[str | None]] = set()
         self.restart_watch: FileWatcher | None = None
 
-    def post(self, kind: str, child: Child | None, value: int) -> None:
+    def post(self, kind: str, child: Child | None, value: Any) -> None:
         self.events.put_nowait((kind, child, value))
+
+    async def command(self, name: str, **args: Any) -> Any:
+        """Control commands go through the event queue like every other change (STYLE.md):
+        `command_<name>` runs in the loop; what it returns (maybe a task) comes back here."""
+        future: asyncio.Future[Any] = self.loop.create_future()
+        self.post("command", None, (name, args, future))
+        return await future
+
+    async def handle_command(self, _: Child | None, value: Any) -> None:
+        """A control-socket command (see command)."""
+        name, args, future = value
+        try:
+            future.set_result(getattr(self, f"command_{name}")(**args))
+        except Exception as exc:  # reported to the control client
+            future.set_exception(exc)
+
+    def command_reload(self) -> asyncio.Task[str | None] | None:
+        return self.reload()
+
+    def command_scale(self, workers: int) -> asyncio.Task[None]:
+        if self.reloading is not None and not self.reloading.done():
+            raise CommandError("reload-in-progress", "a rolling restart is in progress; "
+                               "scale afterwards", 409)
+        return self.loop.create_task(self.scale(workers))
+
+    def command_stop(self) -> None:
+        self.post("signal", None, signal.SIGTERM)
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> ExitCode:
