@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import itertools
 import json
 import math
 import os
@@ -94,6 +95,8 @@ RIP_SERVER_WORKERS = 2
 ROLLING_NAME = "bench-rolling"
 ROLLING_RELOADS = 3  # `ripctl reload --wait` during each measured run, evenly spaced
 RELOAD_TIMEOUT = 60.0
+RELOAD_LEAD = 0.25  # seconds into the run before the first reload, while wrk connects
+RECYCLE_LINE = b"recycling after"  # what a rip worker logs when it reaches a recycling limit
 RIP_SERVER_STOP_TIMEOUT = 10.0  # after SIGINT, then SIGKILL to its process group
 DIP_LIMIT = 20.0  # % fewer requests/s during rolling restarts than steady
 COLD_NAME = "bench-cold"
@@ -861,6 +864,22 @@ def wait_workers_ready(proc: Proc, name: str) -> dict[str, Any]:
     )
 
 
+def output_size(proc: Proc) -> int:
+    try:
+        return proc.output.stat().st_size
+    except OSError:
+        return 0
+
+
+def count_between(proc: Proc, needle: bytes, offsets: list[int]) -> list[int]:
+    """How many times `needle` occurs in the output between each two offsets."""
+    try:
+        data = proc.output.read_bytes()
+    except OSError:
+        return [0] * (len(offsets) - 1)
+    return [data[start:end].count(needle) for start, end in itertools.pairwise(offsets)]
+
+
 def wrk_figures(text: str, cpu: dict[str, float]) -> dict[str, Any]:
     run = parse_wrk(text, "rip-server", 0)
     return {
@@ -873,8 +892,8 @@ def wrk_figures(text: str, cpu: dict[str, float]) -> dict[str, Any]:
 
 def load_with_reloads(settings: Settings, url: str, name: str) -> tuple[str, list[dict[str, Any]]]:
     """wrk for --duration seconds while `ripctl reload NAME --wait` runs ROLLING_RELOADS times,
-    one after the other, started at evenly spaced moments of the run (or when the previous one
-    is done); wrk's report and one record per reload."""
+    one after the other, the n-th started RELOAD_LEAD + n x duration / ROLLING_RELOADS seconds
+    into the run or when the previous one is done; wrk's report and one record per reload."""
     seconds = settings.duration
     load = subprocess.Popen(
         wrk_command(settings, url, seconds), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -884,7 +903,7 @@ def load_with_reloads(settings: Settings, url: str, name: str) -> tuple[str, lis
     reloads: list[dict[str, Any]] = []
     try:
         for n in range(ROLLING_RELOADS):
-            time.sleep(max(0.0, started + seconds * (n + 0.25) / ROLLING_RELOADS
+            time.sleep(max(0.0, started + RELOAD_LEAD + seconds * n / ROLLING_RELOADS
                            - time.monotonic()))
             at = time.monotonic() - started
             code, said = ripctl("reload", name, "--wait", timeout=RELOAD_TIMEOUT)
@@ -910,14 +929,18 @@ def rolling_round(settings: Settings, tools: dict[str, str], workdir: Path,
         url = f"http://127.0.0.1:{stack.port}/ping"
         if settings.warmup > 0:
             run_wrk(settings, url, settings.warmup)
+        offsets = [output_size(proc)]
         with CpuMeter(stack) as steady_cpu:
             steady_text = run_wrk(settings, url, settings.duration)
+        offsets.append(output_size(proc))
         with CpuMeter(stack, reaped="wrk+ripctl") as during_cpu:
             during_text, reloads = load_with_reloads(settings, url, ROLLING_NAME)
+        offsets.append(output_size(proc))
         code, said = ripctl("status", ROLLING_NAME, "-j", timeout=5.0)
         stack.check_alive()
     # Read once stopped: the balancer buffers its access log (rip-server's stdout).
     log = server_lines(proc)
+    recycles = count_between(proc, RECYCLE_LINE, offsets)
     shutil.rmtree(directory, ignore_errors=True)
     try:
         status: Any = json.loads(said) if code == 0 else None
@@ -925,10 +948,16 @@ def rolling_round(settings: Settings, tools: dict[str, str], workdir: Path,
                       "workers": [[worker["id"], worker["state"]] for worker in status["workers"]]}
     except (ValueError, KeyError, TypeError):
         after = said  # what ripctl said instead
-    steady = wrk_figures(steady_text, steady_cpu.percent)
+    steady = wrk_figures(steady_text, steady_cpu.percent) | {"recycles": recycles[0]}
     # The old workers exit during the run, taking their CPU time out of rip-server's tree.
     during = wrk_figures(during_text, {name: value for name, value in during_cpu.percent.items()
-                                       if name in ("wrk+ripctl", "machine", "steal")})
+                                       if name in ("wrk+ripctl", "machine", "steal")}) | {
+        "recycles": recycles[1],
+        # The share of the run during which a reload was under way.
+        "reload_coverage_percent": round(100 * sum(
+            min(r["at_s"] + r["took_s"], settings.duration) - min(r["at_s"], settings.duration)
+            for r in reloads) / settings.duration, 1),
+    }
     record: dict[str, Any] = {
         "round": round_, "steady": steady, "during": during,
         "dip_percent": round(100 * (1 - during["requests_per_s"] / steady["requests_per_s"]), 2),
@@ -959,7 +988,9 @@ def rolling_restarts(settings: Settings, tools: dict[str, str], workdir: Path,
         print(f"  round {round_} steady {steady['requests_per_s']:>7.0f} req/s "
               f"p99 {steady['p99_ms']:6.2f} ms, during {during['requests_per_s']:>7.0f} req/s "
               f"p99 {during['p99_ms']:6.2f} ms, dip {record['dip_percent']:5.1f} %, errors "
-              f"{error_pair(steady)} / {error_pair(during)}, reloads at+took {reloads}",
+              f"{error_pair(steady)} / {error_pair(during)}, recycles {steady['recycles']} / "
+              f"{during['recycles']}, reloads at+took {reloads} "
+              f"({during['reload_coverage_percent']:.0f} % of the run)",
               flush=True)
         if "server_log" in record:
             print("  rip-server's output (logs and non-2xx/3xx requests):\n    "
@@ -986,6 +1017,10 @@ def rolling_restarts(settings: Settings, tools: dict[str, str], workdir: Path,
         "reloads": len(every),
         "reloads_failed": sum(not reload["ok"] for reload in every),
         "reload_seconds_median": statistics.median(reload["took_s"] for reload in every),
+        "reload_coverage_percent": statistics.median(
+            r["during"]["reload_coverage_percent"] for r in rounds),
+        "recycles": {part: sum(r[part]["recycles"] for r in rounds)
+                     for part in ("steady", "during")},
     }
 
 
@@ -993,7 +1028,23 @@ def error_pair(figures: dict[str, Any]) -> str:
     return f"{figures['socket_errors']}/{figures['non_2xx_3xx']}"
 
 
+def attempt(what: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What `measure` returns, or {"error": why} if it failed: the other parts still run."""
+    try:
+        return measure()
+    except (RuntimeError, ValueError) as error:
+        print(f"\n{what} failed: {error}", flush=True)
+        return {"error": str(error)}
+
+
+def failed_checks(part: str, checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**check, "part": part, "value": None, "met": False} for check in checks]
+
+
 def rolling_targets(rolling: dict[str, Any]) -> list[dict[str, Any]]:
+    if "error" in rolling:
+        return failed_checks("rolling", rolling_targets(
+            {"dip_percent": 0.0, "errors": {}, "reloads_failed": 0}))
     errors = sum(sum(kinds.values()) for kinds in rolling["errors"].values())
     return [
         {"part": "rolling", "target": f"rolling restart dip <= {DIP_LIMIT:g} %",
@@ -1007,6 +1058,10 @@ def rolling_targets(rolling: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_rolling(rolling: dict[str, Any], checks: list[dict[str, Any]]) -> None:
+    if "error" in rolling:
+        print(f"\nrolling restarts failed: {rolling['error']}")
+        print_checks(checks, lambda check: "")
+        return
     errors = rolling["errors"]
     print(f"\nrolling restarts ({rolling['command']}; {rolling['load']}; "
           f"{rolling['reloads_per_run']} reloads per run), medians of "
@@ -1018,14 +1073,18 @@ def print_rolling(rolling: dict[str, Any], checks: list[dict[str, Any]]) -> None
           f"p99 {rolling['during_p99_ms']:6.2f} ms  socket errors/non-2xx "
           f"{error_pair(errors['during'])}\n"
           f"  reloads {rolling['reloads'] - rolling['reloads_failed']}/{rolling['reloads']} "
-          f"succeeded, median {rolling['reload_seconds_median']:.2f} s each")
+          f"succeeded, median {rolling['reload_seconds_median']:.2f} s each, under way "
+          f"{rolling['reload_coverage_percent']:.0f} % of the run (median); workers recycled "
+          f"(default policy) {rolling['recycles']['steady']} times steady, "
+          f"{rolling['recycles']['during']} during, in all rounds")
     print_checks(checks, lambda check: (f"{check['value']:>6.1f} %" if "dip" in check["target"]
                                         else f"{check['value']:>8}"))
 
 
 def print_checks(checks: list[dict[str, Any]], show: Callable[[dict[str, Any]], str]) -> None:
     for check in checks:
-        print(f"{check['target']:<34} {show(check):>8}  {'met' if check['met'] else 'NOT met'}")
+        shown = "failed" if check["value"] is None else show(check)
+        print(f"{check['target']:<34} {shown:>8}  {'met' if check['met'] else 'NOT met'}")
 
 
 def first_200(proc: Proc, port: int, launched_at: float) -> tuple[float, Counter[str]]:
@@ -1085,6 +1144,8 @@ def cold_starts(tools: dict[str, str], workdir: Path, facts: dict[str, Any]) -> 
 
 
 def cold_targets(cold: dict[str, Any]) -> list[dict[str, Any]]:
+    if "error" in cold:
+        return failed_checks("cold_start", cold_targets({"median_s": 0.0, "max_s": 0.0}))
     return [
         {"part": "cold_start", "target": f"cold start {kind} <= {COLD_LIMIT:g} s",
          "maximum": COLD_LIMIT, "value": cold[f"{kind}_s"], "met": cold[f"{kind}_s"] <= COLD_LIMIT}
@@ -1093,6 +1154,10 @@ def cold_targets(cold: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def print_cold(cold: dict[str, Any], checks: list[dict[str, Any]]) -> None:
+    if "error" in cold:
+        print(f"\ncold start failed: {cold['error']}")
+        print_checks(checks, lambda check: "")
+        return
     print(f"\ncold start ({cold['command']} to the first 200; {cold['probe']}), "
           f"{len(cold['starts'])} starts: "
           + ", ".join(f"{start['seconds']:.3f}" for start in cold["starts"]) + " s")
@@ -1396,8 +1461,10 @@ def main() -> int:
             runs = run_rounds(settings, tools, workdir)
             summary = summarize(runs)
             memory = memory_check(settings, tools, workdir, summary["rip"]["requests_per_s"])
-        rolling = rolling_restarts(settings, tools, workdir, facts) if settings.rolling else None
-        cold = cold_starts(tools, workdir, facts) if settings.cold_start else None
+        rolling = attempt("rolling restarts", lambda: rolling_restarts(
+            settings, tools, workdir, facts)) if settings.rolling else None
+        cold = attempt("cold start", lambda: cold_starts(
+            tools, workdir, facts)) if settings.cold_start else None
         profiled = profile(settings, tools, workdir) if settings.profile else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -1431,6 +1498,7 @@ def main() -> int:
         rip_errors += profiled["errors"]
     if profiled:
         print(f"profile: {profiled['svg']} and {profiled['text']}")
+    failed_parts = [part for part in (rolling, cold) if part and "error" in part]
     failed_reloads = 0
     if rolling:
         checks = rolling_targets(rolling)
@@ -1438,8 +1506,9 @@ def main() -> int:
         new["rolling"] = rolling
         targets += checks
         parts.add("rolling")
-        rip_errors += sum(sum(kinds.values()) for kinds in rolling["errors"].values())
-        failed_reloads = rolling["reloads_failed"]
+        if "error" not in rolling:
+            rip_errors += sum(sum(kinds.values()) for kinds in rolling["errors"].values())
+            failed_reloads = rolling["reloads_failed"]
     if cold:
         checks = cold_targets(cold)
         print_cold(cold, checks)
@@ -1447,9 +1516,9 @@ def main() -> int:
         targets += checks
         parts.add("cold_start")
     write_results(new, targets, parts)
-    if rip_errors or failed_reloads:
+    if rip_errors or failed_reloads or failed_parts:
         print(f"rip runs saw {rip_errors} errors (non-2xx/3xx or socket errors), "
-              f"{failed_reloads} rolling restarts failed")
+              f"{failed_reloads} rolling restarts failed, {len(failed_parts)} parts failed")
         return 1
     return 0
 

@@ -25,13 +25,13 @@ USAGE = ("usage: rip-server APP [w:N|auto|half|2x|3x] [http:PORT] [r:REQUESTS,SE
          "       rip-server stop|restart [APP]")
 
 if TYPE_CHECKING:
-    from ripsvc.manager.embedded import ServePlan
+    from ripsvc.manager.supervisor import ServePlan
 
 CONFIG_DIR = Path("/etc/rip")
 
 
 def plan_from(settings: Settings) -> ServePlan:
-    from ripsvc.manager.embedded import ServePlan
+    from ripsvc.manager.supervisor import ServePlan
 
     restart_file = None
     if settings.reload == "process" and settings.restart_file:
@@ -57,12 +57,13 @@ def serve_main(argv: list[str] | None = None) -> None:
             print(f"rip-server: {problem}", file=sys.stderr)
         sys.exit(ExitCode.USAGE)
     plan = plan_from(settings)
-    from ripsvc.manager.embedded import Manager
+    from ripsvc.manager.core import Manager
+    from ripsvc.manager.embedded import EmbeddedSupervisor
 
     logs.setup("server", level=logging.INFO, APP=plan.name)
 
     async def main() -> ExitCode:
-        return await Manager(plan).run()
+        return await Manager(plan, EmbeddedSupervisor).run()
 
     run_and_exit("manager", main())
 

@@ -12,16 +12,14 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ripsvc import logs
 from ripsvc.activation import spawn
+from ripsvc.manager.supervisor import Post
 
 log = logs.get("manager")
 
-Event = tuple[str, "Child", int]
-Post = Callable[[str, "Child", int], None]
 
 
 class Child:

@@ -15,7 +15,7 @@ from ripsvc import control
 from ripsvc.control import CommandError
 
 if TYPE_CHECKING:
-    from ripsvc.manager.embedded import Manager
+    from ripsvc.manager.core import Manager
 
 
 async def serve_control(manager: Manager) -> web.AppRunner:

@@ -1,47 +1,19 @@
-"""The embedded manager: a balancer and N workers in the foreground, without systemd.
+"""The embedded backend: processes started and sockets owned the way systemd would.
 
-One loop (STYLE.md): signals and child events are put on one queue and each is handled by a
-`handle_<event>` method, in order. The manager owns every listening socket, as systemd does,
-so a worker restarted on its socket loses no connection and the balancer's pool stays true.
+The backend owns every listening socket (the ports, each worker's Unix socket), as systemd owns
+socket units, so a worker restarted on its socket loses no connection waiting in its backlog.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import aiohttp
-
-from ripsvc import logs, paths
-from ripsvc.control import CommandError
-from ripsvc.exitcodes import ExitCode
+from ripsvc import paths
 from ripsvc.manager.children import Child
-from ripsvc.manager.control import serve_control
-from ripsvc.manager.watch import FileWatcher
+from ripsvc.manager.supervisor import Post, ServePlan
 from ripsvc.sockets import Bind, describe
-
-log = logs.get("manager")
-
-MAX_BACKOFF = 10.0
-HEALTH_INTERVAL = 1.0
-
-
-@dataclass(frozen=True)
-class ServePlan:
-    app: str
-    name: str
-    workers: int
-    listen: list[Bind]
-    worker_args: list[str] = field(default_factory=list)
-    balancer_args: list[str] = field(default_factory=list)
-    restart_file: Path | None = None
-    watchdog_sec: float = 30.0
 
 
 class AlreadyRunning(OSError):
@@ -69,383 +41,52 @@ def claim_runtime_dir(name: str) -> Path:
     return path
 
 
-class WorkerSlot:
-    """A worker position: its socket, and its id in the balancer's pool, outlive the processes
-    that serve it (a crashed or recycled worker is restarted on the same socket and id)."""
-
-    def __init__(self, number: int, ident: str, sock: socket.socket, path: Path) -> None:
-        self.number = number
-        self.id = ident
-        self.sock = sock
-        self.path = path
-        self.child: Child | None = None
-        self.crashes = 0
-
-
-class Manager:
-    def __init__(self, plan: ServePlan) -> None:
+class EmbeddedSupervisor:
+    def __init__(self, plan: ServePlan, post: Post) -> None:
         self.plan = plan
-        self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[tuple[str, Child | None, Any]] = asyncio.Queue()
+        self.post = post
         self.runtime = claim_runtime_dir(plan.name)
-        self.control_path = self.runtime / "balancer.ctl"
-        self.version = 1  # bumped by each rolling restart; workers join with it
-        self.slots: list[WorkerSlot] = []
-        self.balancer: Child | None = None
         self.listeners: list[socket.socket] = []
-        self.stopping = False
-        self.exit_code = ExitCode.OK
-        self.started = False
-        self.reloading: asyncio.Task[str | None] | None = None
-        self._sockets_made = 0
-        self._hung_seen = 0
-        self._replacing: set[asyncio.Task[str | None]] = set()
-        self.restart_watch: FileWatcher | None = None
+        self.worker_sockets: dict[Path, socket.socket] = {}
+        self.children: list[Child] = []
 
-    def post(self, kind: str, child: Child | None, value: Any) -> None:
-        self.events.put_nowait((kind, child, value))
+    def open(self) -> None:
+        self.listeners = [bind.open() for bind in self.plan.listen]
 
-    async def command(self, name: str, **args: Any) -> Any:
-        """Control commands go through the event queue like every other change (STYLE.md):
-        `command_<name>` runs in the loop; what it returns (maybe a task) comes back here."""
-        future: asyncio.Future[Any] = self.loop.create_future()
-        self.post("command", None, (name, args, future))
-        return await future
+    def ports(self) -> list[str]:
+        return [describe(sock) for sock in self.listeners]
 
-    async def handle_command(self, _: Child | None, value: Any) -> None:
-        """A control-socket command (see command)."""
-        name, args, future = value
-        try:
-            future.set_result(getattr(self, f"command_{name}")(**args))
-        except Exception as exc:  # reported to the control client
-            future.set_exception(exc)
-
-    def command_reload(self) -> asyncio.Task[str | None] | None:
-        return self.reload()
-
-    def command_scale(self, workers: int) -> asyncio.Task[None]:
-        if self.reloading is not None and not self.reloading.done():
-            raise CommandError("reload-in-progress", "a rolling restart is in progress; "
-                               "scale afterwards", 409)
-        return self.loop.create_task(self.scale(workers))
-
-    def command_stop(self) -> None:
-        self.post("signal", None, signal.SIGTERM)
-
-    # -- the loop ----------------------------------------------------------------------------
-    async def run(self) -> ExitCode:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            self.loop.add_signal_handler(signum, self.post, "signal", None, signum)
-        control_runner = None
-        try:
-            control_runner = await serve_control(self)
-            self.listeners = [bind.open() for bind in self.plan.listen]
-            self.start_balancer()
-            for number in range(1, self.plan.workers + 1):
-                slot = self.new_slot(number)
-                self.slots.append(slot)
-                self.start_worker(slot)
-            self._watch_restart_file()
-            self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
-            while not (self.stopping and self._all_gone()):
-                kind, child, value = await self.events.get()
-                try:
-                    await getattr(self, f"handle_{kind}")(child, value)
-                except Exception:  # one failed event must not take the app down
-                    log.exception("handling %s of %s failed", kind, child)
-        finally:
-            if control_runner is not None:
-                await control_runner.cleanup()
-            self._cleanup()
-        return self.exit_code
-
-    def _all_gone(self) -> bool:
-        children = [s.child for s in self.slots] + [self.balancer]
-        return all(c is None or c.exited.done() for c in children)
-
-    # -- starting ----------------------------------------------------------------------------
-    def start_balancer(self) -> None:
-        argv = [sys.executable, "-m", "ripsvc.balancer", "--app", self.plan.name,
-                "--control", str(self.control_path), *self.plan.balancer_args]
+    def start_balancer(self, args: list[str]) -> Child:
+        argv = [sys.executable, "-m", "ripsvc.balancer", *args]
         sockets = [("http", sock) for sock in self.listeners]
-        self.balancer = Child("balancer", "0", argv, sockets, self.runtime, self.post)
+        return self._track(Child("balancer", "0", argv, sockets, self.runtime, self.post))
 
-    def start_worker(self, slot: WorkerSlot) -> Child:
-        argv = [sys.executable, "-m", "ripsvc.worker", self.plan.app, "--name", self.plan.name,
-                "--id", slot.id, "--recycle-handoff", *self.plan.worker_args]
-        env = {"WATCHDOG_USEC": str(int(self.plan.watchdog_sec * 1e6))} \
-            if self.plan.watchdog_sec else {}
-        slot.child = Child("worker", slot.id, argv, [("worker", slot.sock)],
-                           self.runtime, self.post, env)
-        slot.child.version = self.version
-        return slot.child
-
-    # -- event handlers --------------------------------------------------------------------
-    async def handle_ready(self, child: Child | None, _: int) -> None:
-        """A child sent READY=1: a worker joins the balancer's pool."""
-        assert child is not None
-        if child.role == "worker" and not self.stopping:
-            slot = self._slot_of(child)
-            if slot is not None:
-                slot.crashes = 0
-                await self.control("join", {"id": child.id, "socket": str(slot.path),
-                                            "version": str(child.version)})
-        if not self.started and self._everyone_ready():
-            self.started = True
-            ports = ", ".join(describe(s) for s in self.listeners)
-            log.info("ready: %s with %d workers on %s", self.plan.name, len(self.slots), ports)
-            first = self.listeners[0].getsockname() if self.listeners else None
-            if first:
-                log.info("ready: try  curl http://127.0.0.1:%d/", first[1])
-
-    async def handle_exited(self, child: Child | None, code: int) -> None:
-        """A child exited: expected (stopping, replaced), recycled, crashed, or unloadable."""
-        assert child is not None
-        if self.stopping or child.retired:
-            return
-        if child.role == "balancer":
-            log.error("the balancer exited with %s; restarting it", code)
-            self.start_balancer()
-            await self._rejoin_all()
-            return
-        slot = self._slot_of(child)
-        if slot is None:
-            return
-        if code == ExitCode.APP_LOAD_ERROR:
-            log.error("worker %s cannot load the app (exit %d): stopping; see its error above",
-                      child.id, code)
-            self.exit_code = ExitCode.APP_LOAD_ERROR
-            await self.handle_signal(None, signal.SIGTERM)
-            return
-        if code == ExitCode.RECYCLE:
-            log.info("worker %s recycled; starting its successor", child.id)
-            self.start_worker(slot)
-            return
-        slot.crashes += 1
-        delay = min(MAX_BACKOFF, 0.1 * 2 ** (slot.crashes - 1))
-        log.warning("worker %s exited with %s; restarting in %.1f s", child.id, code, delay)
-        self.loop.call_later(delay, self.post, "respawn", None, slot.number)
-
-    async def handle_tick(self, _: Child | None, __: int) -> None:
-        """Once a second: kill workers that missed their watchdog or that the balancer
-        reports hung; their exits restart them like crashes."""
-        if self.stopping:
-            return
-        now = self.loop.time()
-        for slot in self.slots:
-            child = slot.child
-            if child is None or child.retired or not child.ready.done() or child.exited.done():
-                continue
-            if self.plan.watchdog_sec and now - child.last_ping > self.plan.watchdog_sec:
-                log.error("worker %s missed its watchdog (%.0f s): killing it", child.id,
-                          self.plan.watchdog_sec)
-                child.abort()
-        hung = await self.balancer_hung()
-        for worker_id in hung[self._hung_seen:]:
-            hung_slot = next((s for s in self.slots if s.id == worker_id), None)
-            victim = hung_slot.child if hung_slot is not None else None
-            if victim is not None and not victim.exited.done():
-                log.error("the balancer reports worker %s hung: killing it", worker_id)
-                victim.abort()
-        self._hung_seen = len(hung)
-        self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
-
-    async def handle_restart_file(self, _: Child | None, __: int) -> None:
-        """The restart file was touched: a rolling restart (refused if one is running)."""
-        log.info("%s touched: rolling restart", self.plan.restart_file)
-        self.reload()
-
-    def _watch_restart_file(self) -> None:
-        path = self.plan.restart_file
-        if path is None:
-            return
-        try:
-            self.restart_watch = FileWatcher(path, lambda: self.post("restart_file", None, 0))
-        except OSError as exc:
-            log.warning("the restart file %s is not watched: %s", path, exc)
-            return
-        log.info("touch %s for a rolling restart", path)
-
-    async def balancer_hung(self) -> list[str]:
-        from ripsvc.manager.control import balancer_query
-
-        try:
-            stats = await balancer_query(self, "stats")
-        except (aiohttp.ClientError, OSError, CommandError):
-            self._hung_seen = 0  # a restarted balancer starts a new list
-            return []
-        hung: list[str] = stats.get("hung", [])
-        if len(hung) < self._hung_seen:
-            self._hung_seen = 0
-        return hung
-
-    async def handle_respawn(self, _: Child | None, number: int) -> None:
-        """Restart the worker of slot `number` after its back-off."""
-        if not self.stopping:
-            self.start_worker(self.slots[number - 1])
-
-    async def handle_signal(self, _: Child | None, signum: int) -> None:
-        """SIGINT/SIGTERM: stop everything gracefully; SIGHUP: rolling restart."""
-        if signum == signal.SIGHUP:
-            self.reload()
-            return
-        if self.stopping:
-            return
-        self.stopping = True
-        log.info("stopping: the balancer finishes its requests, then the workers stop")
-        if self.reloading is not None:
-            self.reloading.cancel()
-        if self.balancer is not None:
-            self.balancer.terminate()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self.balancer.exited)
-        for slot in self.slots:
-            if slot.child is not None:
-                slot.child.terminate()
-
-    # -- rolling restart -----------------------------------------------------------------------
-    def reload(self) -> asyncio.Task[str | None] | None:
-        """Start a rolling restart; None if one is already running (it is not queued)."""
-        if self.reloading is not None and not self.reloading.done():
-            log.warning("a rolling restart is already in progress; this one is refused")
-            return None
-        self.reloading = self.loop.create_task(self._rolling_restart())
-        return self.reloading
-
-    async def _rolling_restart(self) -> str | None:
-        """Each worker in turn is replaced (see replace). Returns None when done, or why it
-        stopped (the old workers keep serving)."""
-        self.version += 1
-        log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
-        for slot in list(self.slots):
-            why = await self.replace(slot)
-            if why is not None:
-                log.error("rolling restart stopped: %s", why)
-                self.version -= 1
-                return why
-        log.info("rolling restart done")
-        return None
-
-    async def replace(self, slot: WorkerSlot) -> str | None:
-        """A successor on a fresh socket, READY, joined; then `slot`'s worker is drained and
-        stopped. Returns why it could not be done (the old worker keeps serving), or None."""
-        old = slot.child
-        if old is not None:
-            old.retired = True  # its exit from now on is ours to handle
-        fresh = self.new_slot(slot.number)
-        child = self.start_worker(fresh)
-        await asyncio.wait({child.ready, child.exited}, return_when=asyncio.FIRST_COMPLETED)
-        if not child.ready.done() or child.ready.cancelled():
-            fresh.sock.close()
-            fresh.path.unlink(missing_ok=True)
-            if old is not None:
-                old.retired = False
-                if old.exited.done() and not self.stopping:  # it left meanwhile
-                    self.start_worker(slot)
-            return (f"worker {child.id} exited with {child.exited.result()} before READY; "
-                    "the old workers keep serving")
-        await self.control("join", {"id": child.id, "socket": str(fresh.path),
-                                    "version": str(child.version)})
-        if slot in self.slots:
-            self.slots[self.slots.index(slot)] = fresh
-        if old is not None:
-            await self.control("drain", {"id": slot.id, "timeout": 30})
-            await self.control("leave", {"id": slot.id})
-            old.terminate()
-            await old.exited
-        slot.sock.close()
-        slot.path.unlink(missing_ok=True)
-        return None
-
-    async def handle_recycle_soon(self, child: Child | None, _: int) -> None:
-        """A worker reached a recycling limit and waits for a successor (--recycle-handoff):
-        replace it first, so capacity never dips. During a rolling restart it is left alone:
-        the restart replaces it anyway, and its hand-off timeout bounds the wait."""
-        assert child is not None
-        slot = self._slot_of(child)
-        if slot is None or child.retired or self.stopping:
-            return
-        if self.reloading is not None and not self.reloading.done():
-            return
-        log.info("worker %s asks to be recycled: starting its successor first", child.id)
-        task = self.loop.create_task(self.replace(slot))
-        self._replacing.add(task)
-        task.add_done_callback(self._replaced)
-
-    def _replaced(self, task: asyncio.Task[str | None]) -> None:
-        self._replacing.discard(task)
-        if not task.cancelled() and task.result() is not None:
-            log.error("recycling hand-off failed: %s", task.result())
-
-    # -- scaling -------------------------------------------------------------------------------
-    async def scale(self, workers: int) -> None:
-        """Start workers up to `workers`, or drain and stop the highest-numbered ones."""
-        while len(self.slots) < workers:
-            number = max((s.number for s in self.slots), default=0) + 1
-            slot = self.new_slot(number)
-            self.slots.append(slot)
-            self.start_worker(slot)
-        while len(self.slots) > workers:
-            slot = self.slots.pop()
-            child = slot.child
-            if child is not None:
-                child.retired = True
-                await self.control("drain", {"id": child.id, "timeout": 30})
-                await self.control("leave", {"id": child.id})
-                child.terminate()
-                await child.exited
-            slot.sock.close()
-            slot.path.unlink(missing_ok=True)
-
-    # -- helpers -------------------------------------------------------------------------------
-    def new_slot(self, number: int) -> WorkerSlot:
-        """A fresh socket for worker position `number`: id "N" the first time, "N.K" after."""
-        self._sockets_made += 1
-        taken = any(s.id == str(number) for s in self.slots)
-        ident = f"{number}.{self._sockets_made}" if taken else str(number)
+    def worker_socket(self, ident: str) -> Path:
         path = self.runtime / f"w{ident}.sock"
-        return WorkerSlot(number, ident, Bind(path=str(path)).open(), path)
+        self.worker_sockets[path] = Bind(path=str(path)).open()
+        return path
 
-    def _slot_of(self, child: Child) -> WorkerSlot | None:
-        return next((s for s in self.slots if s.child is child), None)
+    def release_socket(self, path: Path) -> None:
+        sock = self.worker_sockets.pop(path, None)
+        if sock is not None:
+            sock.close()
+        path.unlink(missing_ok=True)
 
-    def _everyone_ready(self) -> bool:
-        children = [s.child for s in self.slots] + [self.balancer]
-        return all(c is not None and c.ready.done() and not c.ready.cancelled()
-                   for c in children)
+    def start_worker(self, ident: str, socket_path: Path, args: list[str],
+                     env: dict[str, str]) -> Child:
+        argv = [sys.executable, "-m", "ripsvc.worker", *args]
+        sockets = [("worker", self.worker_sockets[socket_path])]
+        return self._track(Child("worker", ident, argv, sockets, self.runtime, self.post, env))
 
-    async def _rejoin_all(self) -> None:
-        assert self.balancer is not None
-        await self.balancer.ready
-        for slot in self.slots:
-            if slot.child is not None and slot.child.ready.done():
-                await self.control("join", {"id": slot.child.id, "socket": str(slot.path),
-                                            "version": str(slot.child.version)})
+    def _track(self, child: Child) -> Child:
+        self.children = [c for c in self.children if not c.exited.done()]
+        self.children.append(child)
+        return child
 
-    async def control(self, command: str, body: dict[str, object]) -> None:
-        """A command to the balancer's control socket; failures are logged, not raised."""
-        if self.balancer is None:
-            return
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(self.balancer.ready)
-        try:
-            connector = aiohttp.UnixConnector(path=str(self.control_path))
-            async with aiohttp.ClientSession(connector=connector) as session, \
-                    session.post(f"http://rip/{command}", json=body) as resp:
-                reply = await resp.json()
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
-            log.error("balancer control %s failed: %s", command, exc)
-            return
-        if not reply.get("ok"):
-            log.error("balancer control %s: %s", command, reply.get("error"))
-
-    def _cleanup(self) -> None:
-        if self.restart_watch is not None:
-            self.restart_watch.close()
-        for child in [s.child for s in self.slots] + [self.balancer]:
-            if child is not None:
-                child.kill()
-        for sock in self.listeners + [s.sock for s in self.slots]:
+    def close(self) -> None:
+        for child in self.children:
+            child.kill()
+        for sock in self.listeners + list(self.worker_sockets.values()):
             sock.close()
         for path in self.runtime.iterdir():
             path.unlink(missing_ok=True)

@@ -1,0 +1,74 @@
+"""What the manager needs from whoever runs its processes: systemd, or the embedded backend.
+
+A backend starts the balancer and workers, each with its sockets, and hands back a Handle whose
+futures say when the process is ready and when it exited; events (ready, exited, recycle_soon)
+are posted to the manager's queue. The manager's logic (core.py) uses nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ripsvc.sockets import Bind
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    app: str
+    name: str
+    workers: int
+    listen: list[Bind]
+    worker_args: list[str] = field(default_factory=list)
+    balancer_args: list[str] = field(default_factory=list)
+    restart_file: Path | None = None
+    watchdog_sec: float = 30.0
+
+
+Post = Callable[[str, Any, Any], None]
+
+
+class Handle(Protocol):
+    """One running process (a worker or the balancer)."""
+
+    role: str
+    id: str
+    pid: int
+    version: int
+    status: str
+    started: float
+    last_ping: float  # the loop time of its last WATCHDOG=1
+    retired: bool  # replaced or stopped on purpose: its exit is expected
+    ready: asyncio.Future[None]
+    exited: asyncio.Future[int]
+
+    def terminate(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Supervisor(Protocol):
+    runtime: Path  # the app's runtime directory (control sockets, worker sockets)
+
+    def open(self) -> None:
+        """Take the listening ports."""
+
+    def ports(self) -> list[str]: ...
+
+    def start_balancer(self, args: list[str]) -> Handle: ...
+
+    def worker_socket(self, ident: str) -> Path:
+        """A listening socket for a worker position; returns its path."""
+
+    def release_socket(self, path: Path) -> None: ...
+
+    def start_worker(self, ident: str, socket_path: Path, args: list[str],
+                     env: dict[str, str]) -> Handle: ...
+
+    def close(self) -> None:
+        """Kill what still runs, release every socket and the runtime directory."""
