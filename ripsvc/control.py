@@ -18,6 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ripsvc import logs
+
+log = logs.get("control")
+
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
@@ -65,6 +69,9 @@ def make_app(commands: dict[str, Handler]) -> web.Application:
             return ok(await handler(body))
         except CommandError as exc:
             return error(exc.code, str(exc), exc.status)
+        except Exception as exc:  # still one JSON shape for the client, and a log entry
+            log.exception("control command %s failed", name)
+            return error("internal", f"{type(exc).__name__}: {exc}", 500)
 
     app = web.Application()
     app.router.add_route("*", "/{command}", dispatch)

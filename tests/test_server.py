@@ -397,3 +397,29 @@ def test_rip_server_stop_and_restart_act_on_a_running_app(short_tmp):
         assert rip_server("stop", server.name).returncode == 1
     finally:
         server.close()
+
+
+def test_rolling_restarts_and_recycling_hand_offs_together(short_tmp):
+    """Reloads while workers keep asking to be recycled: no failed request, every reload done."""
+    from tests.support.procs import EXAMPLES
+
+    server = Server(short_tmp, str(EXAMPLES / "hello"), "w:2", "r:40,0s,0r",
+                    "--recycle-jitter", "0")
+    try:
+        server.wait_healthy(2)
+        load = Load(server.port)
+        try:
+            for _ in range(3):
+                done = ripctl("reload", server.name, "--wait")
+                assert done.returncode == 0, done.stderr + server.output()
+        finally:
+            load.finish()
+        assert load.errors == []
+        assert load.statuses() == {200}
+        assert "asks to be recycled" in server.output()
+        assert "Traceback" not in server.output()
+        server.wait_healthy(2)
+        status = json.loads(ripctl("status", server.name, "-j").stdout)
+        assert len(status["workers"]) == 2 and status["version"] == 4
+    finally:
+        server.close()

@@ -8,6 +8,7 @@ noticed through a pidfd on the event loop: no SIGCHLD handler, no thread, no pol
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from ripsvc.activation import spawn
 from ripsvc.manager.supervisor import Post
 
 log = logs.get("manager")
+_serial = itertools.count(1)
 
 
 
@@ -38,7 +40,7 @@ class Child:
         self.retired = False  # replaced or stopped on purpose: its exit is expected
         self.version = 0
         self.started = time.time()
-        self.notify_path = runtime / f"{role}-{ident}.notify"
+        self.notify_path = runtime / f"{role}-{ident}-{next(_serial)}.notify"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
         self.notify.setblocking(False)

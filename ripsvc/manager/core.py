@@ -60,6 +60,7 @@ class Manager:
         self._sockets_made = 0
         self._hung_seen = 0
         self._replacing: set[asyncio.Task[str | None]] = set()
+        self._ids_used: set[str] = set()
         self.restart_watch: FileWatcher | None = None
 
     def post(self, kind: str, child: Handle | None, value: Any) -> None:
@@ -217,6 +218,10 @@ class Manager:
         path = self.plan.restart_file
         if path is None:
             return
+        if not path.parent.is_dir():
+            log.info("%s does not exist: create it to restart by touching %s", path.parent,
+                     path.name)
+            return
         try:
             self.restart_watch = FileWatcher(path, lambda: self.post("restart_file", None, 0))
         except OSError as exc:
@@ -273,6 +278,8 @@ class Manager:
     async def _rolling_restart(self) -> str | None:
         """Each worker in turn is replaced (see replace). Returns None when done, or why it
         stopped (the old workers keep serving)."""
+        if self._replacing:  # recycling hand-offs under way finish first
+            await asyncio.wait(set(self._replacing))
         self.version += 1
         log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
         for slot in list(self.slots):
@@ -321,7 +328,7 @@ class Manager:
         assert child is not None
         slot = self._slot_of(child)
         if slot is None or child.retired or self.stopping:
-            return
+            return  # retired: a rolling restart or another hand-off is replacing it
         if self.reloading is not None and not self.reloading.done():
             return
         log.info("worker %s asks to be recycled: starting its successor first", child.id)
@@ -357,8 +364,10 @@ class Manager:
     def new_slot(self, number: int) -> WorkerSlot:
         """A fresh socket for worker position `number`: id "N" the first time, "N.K" after."""
         self._sockets_made += 1
-        taken = any(s.id == str(number) for s in self.slots)
-        ident = f"{number}.{self._sockets_made}" if taken else str(number)
+        ident = str(number)
+        if ident in self._ids_used:  # ids are never reused: an old holder may still drain
+            ident = f"{number}.{self._sockets_made}"
+        self._ids_used.add(ident)
         return WorkerSlot(number, ident, self.supervisor.worker_socket(ident))
 
     def _slot_of(self, child: Handle) -> WorkerSlot | None:
