@@ -58,7 +58,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import string
 import subprocess
@@ -73,6 +72,8 @@ from types import FrameType
 from typing import Any
 
 from worker import command_output, cpu_model, free_port, package_version, parse_wrk
+
+from ripsvc.ctlclient import UnixHTTPConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "bench" / "conf"
@@ -256,24 +257,6 @@ def stop_process(proc: Proc) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a Unix stream socket."""
-
-    def __init__(self, socket_path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def get_status(connection: http.client.HTTPConnection, path: str) -> int:

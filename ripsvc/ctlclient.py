@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 from typing import Any
 
@@ -17,15 +18,21 @@ class ControlError(Exception):
         self.exit_code = exit_code
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("rip", timeout=timeout)
-        self.path = path
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """A keep-alive HTTP/1.1 connection to a Unix socket (http.client does the framing)."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = os.fspath(path)
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        sock.connect(self.path)
+        try:
+            sock.connect(self.unix_path)
+        except OSError:
+            sock.close()
+            raise
         self.sock = sock
 
 
@@ -36,7 +43,7 @@ def call(app: str, command: str, body: dict[str, Any] | None = None,
         path = paths.manager_socket(app)
     except ValueError as exc:
         raise ControlError(str(exc), ExitCode.USAGE) from None
-    conn = _UnixConnection(str(path), timeout)
+    conn = UnixHTTPConnection(path, timeout)
     try:
         if body is None:
             conn.request("GET", f"/{command}")

@@ -30,6 +30,15 @@ async def app(scope, receive, send):
 '''
 
 
+def versioned_app(root: Path) -> Path:
+    """An app directory whose app serves the VERSION it read at import (v1 to begin with)."""
+    app = root / "versioned"
+    app.mkdir()
+    (app / "app.py").write_text(VERSIONED_APP)
+    (app / "VERSION").write_text("v1")
+    return app
+
+
 class Server:
     def __init__(self, workdir: Path, *tokens: str) -> None:
         self.port = free_port()
@@ -108,10 +117,7 @@ def test_serves_through_the_balancer_and_stops_cleanly(short_tmp):
 
 
 def test_rolling_restart_under_load_has_no_failed_request(short_tmp):
-    app = short_tmp / "versioned"
-    app.mkdir()
-    (app / "app.py").write_text(VERSIONED_APP)
-    (app / "VERSION").write_text("v1")
+    app = versioned_app(short_tmp)
     server = Server(short_tmp, str(app), "w:2", "r:0,0s,0r")
     results: list[tuple[float, int, bytes]] = []
     errors: list[str] = []
@@ -305,10 +311,7 @@ def test_recycling_under_load_fails_no_request(short_tmp):
 
 
 def test_a_broken_reload_keeps_the_old_workers_serving(short_tmp):
-    app = short_tmp / "versioned"
-    app.mkdir()
-    (app / "app.py").write_text(VERSIONED_APP)
-    (app / "VERSION").write_text("v1")
+    app = versioned_app(short_tmp)
     server = Server(short_tmp, str(app), "w:2")
     try:
         server.wait_healthy(2)
@@ -328,10 +331,8 @@ def test_a_broken_reload_keeps_the_old_workers_serving(short_tmp):
 
 
 def test_touching_the_restart_file_rolls_the_workers(short_tmp):
-    app = short_tmp / "versioned"
-    (app / "tmp").mkdir(parents=True)
-    (app / "app.py").write_text(VERSIONED_APP)
-    (app / "VERSION").write_text("v1")
+    app = versioned_app(short_tmp)
+    (app / "tmp").mkdir()
     server = Server(short_tmp, str(app), "w:2")
     try:
         server.wait_healthy(2)

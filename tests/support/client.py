@@ -1,4 +1,4 @@
-"""HTTP clients for the tests: http.client over a Unix socket, and raw bytes for edge cases."""
+"""HTTP clients for the tests: http.client over TCP or a Unix socket, raw bytes for edge cases."""
 
 from __future__ import annotations
 
@@ -7,19 +7,9 @@ import socket
 import time
 from dataclasses import dataclass
 
+from ripsvc.ctlclient import UnixHTTPConnection
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """A keep-alive HTTP/1.1 connection to a Unix socket (http.client does the framing)."""
-
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
+__all__ = ["UnixHTTPConnection", "control", "fetch", "get", "raw", "raw_tcp", "request", "tcp"]
 
 
 @dataclass
