@@ -36,13 +36,10 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def call(app: str, command: str, body: dict[str, Any] | None = None,
-         timeout: float = 600.0) -> Any:
-    """Send `command` to the manager of `app`; return its data or raise ControlError."""
-    try:
-        path = paths.manager_socket(app)
-    except ValueError as exc:
-        raise ControlError(str(exc), ExitCode.USAGE) from None
+def send(path: str | os.PathLike[str], command: str, body: dict[str, Any] | None = None,
+         timeout: float = 600.0) -> tuple[int, dict[str, Any]]:
+    """One command on a control socket (GET without a body, POST with JSON):
+    (HTTP status, decoded reply). Socket and decoding errors are raised as they come."""
     conn = UnixHTTPConnection(path, timeout)
     try:
         if body is None:
@@ -51,7 +48,20 @@ def call(app: str, command: str, body: dict[str, Any] | None = None,
             conn.request("POST", f"/{command}", body=json.dumps(body),
                          headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
-        reply = json.loads(resp.read())
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def call(app: str, command: str, body: dict[str, Any] | None = None,
+         timeout: float = 600.0) -> Any:
+    """Send `command` to the manager of `app`; return its data or raise ControlError."""
+    try:
+        path = paths.manager_socket(app)
+    except ValueError as exc:
+        raise ControlError(str(exc), ExitCode.USAGE) from None
+    try:
+        _, reply = send(path, command, body, timeout)
     except FileNotFoundError:
         raise ControlError(f"no app named {app!r} is running (no {path})") from None
     except ConnectionRefusedError:
@@ -60,8 +70,6 @@ def call(app: str, command: str, body: dict[str, Any] | None = None,
         raise ControlError(f"permission denied on {path} (root or group rip only)") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise ControlError(f"{app!r}: {exc}") from None
-    finally:
-        conn.close()
     if not reply.get("ok"):
         error = reply.get("error", {})
         raise ControlError(f"{app}: {error.get('message')} ({error.get('code')})")

@@ -10,6 +10,7 @@ import threading
 import time
 
 from tests.support.client import control, fetch, raw_tcp, request, tcp
+from tests.support.waiting import wait_for
 
 
 def in_background(fn, *args, **kwargs):
@@ -25,15 +26,6 @@ def in_background(fn, *args, **kwargs):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, result
-
-
-def wait_for(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def busy_count(stack) -> int:
@@ -98,8 +90,9 @@ def test_busy_worker_is_retried_on_another(start_stack, short_tmp):
     first, second = stack.workers
     # Keep worker 1 busy with a request that bypasses the balancer: it answers the
     # balancer's request with Rip-Worker-Busy, and the balancer retries on worker 2.
-    thread, _ = in_background(get, first.socket_path, "/slow?ms=1500")
-    time.sleep(0.3)
+    mark = short_tmp / "taken"
+    thread, _ = in_background(get, first.socket_path, f"/slow?ms=1500&mark={mark}")
+    wait_for(mark.exists, what="worker 1 busy")
     pids = {fetch(stack.port, "/pid").headers["x-pid"] for _ in range(4)}
     thread.join(10)
     assert pids == {str(second.pid)}

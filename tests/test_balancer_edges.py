@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.support.client import control, fetch, raw_tcp, request, tcp
+from tests.support.waiting import wait_for
 
 GOOD = b"GET /pid HTTP/1.1\r\nHost: x\r\n"
 
@@ -163,7 +164,8 @@ def test_no_access_log(start_stack):
     assert rid not in stack.balancer.output()
 
 
-def test_control_join_drain_leave(start_stack):
+def test_control_join_drain_leave(start_stack, short_tmp):
+    mark = short_tmp / "taken"
     stack = start_stack(workers=2)
     first, second = stack.workers
     status, reply = control(stack.control, "leave", {"id": "2"})
@@ -174,8 +176,8 @@ def test_control_join_drain_leave(start_stack):
     # Drain the worker serving a slow request: the reply waits for it to finish.
     start = time.monotonic()
     slow_conn = tcp(stack.port)
-    slow_conn.request("GET", "/slow?ms=800")
-    time.sleep(0.2)
+    slow_conn.request("GET", f"/slow?ms=800&mark={mark}")
+    wait_for(mark.exists)
     _, pool = control(stack.control, "pool")
     busy_id = next(w["id"] for w in pool["data"] if w["state"] == "busy")
     status, reply = control(stack.control, "drain", {"id": busy_id})
@@ -232,7 +234,7 @@ def test_slow_body_gets_408(start_stack):
     assert time.monotonic() - start < 2
 
 
-def test_sigterm_finishes_requests_in_flight_then_exits(start_stack):
+def test_sigterm_finishes_requests_in_flight_then_exits(start_stack, short_tmp):
     import signal
     import threading
 
@@ -240,9 +242,11 @@ def test_sigterm_finishes_requests_in_flight_then_exits(start_stack):
     idle = tcp(stack.port)
     assert request(idle, "GET", "/pid").status == 200
     result = {}
-    thread = threading.Thread(target=lambda: result.update(r=fetch(stack.port, "/slow?ms=800")))
+    mark = short_tmp / "taken"
+    thread = threading.Thread(
+        target=lambda: result.update(r=fetch(stack.port, f"/slow?ms=800&mark={mark}")))
     thread.start()
-    time.sleep(0.3)
+    wait_for(mark.exists)
     stack.balancer.signal(signal.SIGTERM)
     thread.join(10)
     assert result["r"].status == 200
@@ -273,7 +277,7 @@ def test_bad_forwarded_allow_ips_is_a_usage_error(short_tmp):
     assert "'not-an-ip' is not an IP address or CIDR network" in result.stderr
 
 
-def test_new_version_workers_are_preferred(start_stack):
+def test_new_version_workers_are_preferred(start_stack, short_tmp):
     stack = start_stack(workers=2)
     old, new = stack.workers
     control(stack.control, "leave", {"id": "1"})
@@ -283,8 +287,9 @@ def test_new_version_workers_are_preferred(start_stack):
     conn = tcp(stack.port)
     served = {request(conn, "GET", "/pid").headers["x-pid"] for _ in range(6)}
     assert served == {str(new.pid)}  # sequential requests: the new worker is always idle
+    mark = short_tmp / "taken"
     slow = tcp(stack.port)
-    slow.request("GET", "/slow?ms=600")
-    time.sleep(0.2)
+    slow.request("GET", f"/slow?ms=600&mark={mark}")
+    wait_for(mark.exists)
     assert fetch(stack.port, "/pid").headers["x-pid"] == str(old.pid)  # capacity still used
     assert slow.getresponse().status == 200

@@ -6,8 +6,9 @@ import http.client
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from ripsvc.ctlclient import UnixHTTPConnection
+from ripsvc.ctlclient import UnixHTTPConnection, send
 
 __all__ = ["UnixHTTPConnection", "control", "fetch", "get", "raw", "raw_tcp", "request", "tcp"]
 
@@ -89,19 +90,7 @@ def raw_tcp(port: int, data: bytes, timeout: float = 5.0, pause: float = 0.0,
         return b"".join(chunks)
 
 
-def control(path: str, command: str, body: dict[str, object] | None = None,
-            timeout: float = 30.0) -> tuple[int, dict[str, object]]:
+def control(path: str, command: str, body: dict[str, Any] | None = None,
+            timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
     """A command on a control socket: (HTTP status, decoded JSON reply)."""
-    import json
-
-    conn = UnixHTTPConnection(path, timeout=timeout)
-    try:
-        if body is None:
-            conn.request("GET", f"/{command}")
-        else:
-            conn.request("POST", f"/{command}", body=json.dumps(body),
-                         headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
+    return send(path, command, body, timeout)
