@@ -114,13 +114,42 @@ def ripctl_main(argv: list[str] | None = None) -> None:
     scale.add_argument("workers", type=int)
     stop = commands.add_parser("stop", help="stop the app gracefully")
     stop.add_argument("app")
+    logs_ = commands.add_parser("logs", help="the app's journal entries (every process)")
+    logs_.add_argument("app")
+    logs_.add_argument("-f", "--follow", action="store_true", help="wait for new entries")
+    logs_.add_argument("-n", "--lines", type=int, default=50, help="entries shown first (50)")
+    logs_.add_argument("-j", "--json", action="store_true", help="one JSON object per entry")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve_main(args.tokens)
     elif args.command == "check":
         sys.exit(check_main(args.target))
+    elif args.command == "logs":
+        sys.exit(logs_main(args))
     else:
         sys.exit(command_main(args))
+
+
+def logs_main(args: argparse.Namespace) -> int:
+    from ripsvc import journallog, paths
+
+    try:
+        paths.check_name(args.app)
+    except ValueError as exc:
+        print(f"ripctl: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
+    try:
+        shown = journallog.show(args.app, args.lines, args.follow, args.json)
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    except OSError as exc:
+        print(f"ripctl: cannot read the journal: {exc}", file=sys.stderr)
+        return ExitCode.FAILURE
+    if not shown:
+        print(f"ripctl: no journal entries for {args.app!r} (run it under systemd, or with "
+              "its output in the journal)", file=sys.stderr)
+        return ExitCode.FAILURE
+    return ExitCode.OK
 
 
 def command_main(args: argparse.Namespace) -> int:

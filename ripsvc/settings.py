@@ -132,7 +132,8 @@ def _networks(value: Any) -> str:
 
 
 def setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None,
-            token: str | None = None, kind: str = "", to: str = "", arg: str = "") -> Any:
+            token: str | tuple[str, ...] | None = None, kind: str = "", to: str = "",
+            arg: str = "") -> Any:
     """Declare one setting (see the module docstring). `to`/`arg`: the process and flag
     that receive it; `kind`: how the value is written, for the docs."""
     meta = {"parse": parse, "help": help, "flag": flag, "token": token, "kind": kind,
@@ -150,7 +151,8 @@ class Settings:
     workers: int = setting("half", _workers, "how many workers: N, auto (one per CPU), half, "
                            "2x, 3x", token="w:", kind="w:N|auto|half|2x|3x")
     listen: tuple[str, ...] = setting(("http:8000",), _listen, "where the balancer listens",
-                                      token="http:", kind="http:PORT, tcp:HOST:PORT")
+                                      token=("http:", "tcp:"),
+                                      kind="http:PORT, tcp:HOST:PORT")
     recycle: RecyclePolicy = setting(RecyclePolicy(), _recycle,  # noqa: RUF009 (frozen)
                                      "recycle a worker after that "
                                      "many requests, seconds or module reloads (0: never)",
@@ -237,7 +239,13 @@ class Settings:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 FLAGS = {f.metadata["flag"]: f for f in FIELDS.values() if f.metadata["flag"]}
-TOKENS = {f.metadata["token"]: f for f in FIELDS.values() if f.metadata["token"]}
+
+def _tokens(f: dataclasses.Field[Any]) -> tuple[str, ...]:
+    token = f.metadata["token"]
+    return (token,) if isinstance(token, str) else tuple(token or ())
+
+
+TOKENS = {token: f for f in FIELDS.values() for token in _tokens(f)}
 
 
 def _store(values: dict[str, Any], problems: list[str], where: str, name: str,

@@ -59,3 +59,35 @@ def test_balancer_access_log_entries_carry_fields(start_worker, short_tmp):
         assert entry["METHOD"] == "GET" and entry["PATH"] == "/ping"
         assert float(entry["DURATION_MS"]) >= 0
         assert entry["SYSLOG_IDENTIFIER"] == "rip-balancer"
+
+
+def test_ripctl_logs_shows_every_process_of_the_app(short_tmp):
+    import json as jsonlib
+
+    from tests.test_cli import free_port
+
+    port = free_port()
+    name = "jlogs"
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    def use() -> None:
+        for _ in range(3):
+            assert fetch(port, "/ping").status == 200
+
+    ripctl = [sys.executable, "-c", "from ripsvc.cli import ripctl_main; ripctl_main()"]
+    (short_tmp / "after.json").write_text(jsonlib.dumps([*ripctl, "logs", name, "-n", "500"]))
+    run_under_journal(
+        short_tmp,
+        [sys.executable, "-c", "from ripsvc.cli import serve_main; serve_main()",
+         str(EXAMPLES / "hello"), "w:1", f"tcp:127.0.0.1:{port}", "--name", name],
+        ready=listening, action=use)
+    out = (short_tmp / "after.out").read_text()
+    assert (short_tmp / "after.rc").read_text() == "0", out
+    lines = out.splitlines()
+    assert any("rip-server[" in ln and "ready: jlogs with 1 workers" in ln for ln in lines), out
+    assert any("rip-worker[" in ln and "worker=1" in ln and "serving" in ln for ln in lines), out
+    access = [ln for ln in lines if "rip-balancer[" in ln and "GET /ping" in ln]
+    assert len(access) == 3 and all("status=200" in ln for ln in access), out

@@ -6,11 +6,13 @@ Inside its own mount namespace (so the host's /run and journal are untouched) it
 on /run and /var/log/journal, starts systemd-journald, connects the command's stdout and stderr
 to journald's stdout stream exactly as systemd does for StandardOutput=journal (and sets
 JOURNAL_STREAM), waits for the command, and exports the journal as JSON lines to
-OUTDIR/journal.json. The command gets SIGTERM when OUTDIR/stop appears.
+OUTDIR/journal.json. The command gets SIGTERM when OUTDIR/stop appears. If OUTDIR/after.json
+holds an argv, that command then runs inside too (its output in after.out, code in after.rc).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -65,6 +67,12 @@ def main() -> None:
             time.sleep(0.02)
         (outdir / "exit").write_text(str(proc.returncode))
         time.sleep(0.2)  # journald reads the stream asynchronously
+        after = outdir / "after.json"  # a command to run inside, against this journal
+        if after.exists():
+            done = subprocess.run(json.loads(after.read_text()), capture_output=True,
+                                  text=True, timeout=60)
+            (outdir / "after.out").write_text(done.stdout + done.stderr)
+            (outdir / "after.rc").write_text(str(done.returncode))
         with open(outdir / "journal.json", "wb") as out:
             subprocess.run(["journalctl", "-D", "/run/log/journal", "-o", "json", "--no-pager"],
                            stdout=out, check=True)
