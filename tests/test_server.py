@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from ripsvc import paths
 from ripsvc.exitcodes import ExitCode
 from tests.support.client import fetch
 from tests.test_cli import free_port
@@ -84,9 +86,14 @@ class Server:
         return [int(pid) for pid in out.split()]
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc.poll() is None:  # a graceful stop first: it removes its runtime directory
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(paths.app_dir(self.name), ignore_errors=True)
         self.out.close()
 
 
