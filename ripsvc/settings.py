@@ -134,10 +134,11 @@ def _networks(value: Any) -> str:
 def setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None,
             token: str | tuple[str, ...] | None = None, kind: str = "", to: str = "",
             arg: str = "") -> Any:
-    """Declare one setting (see the module docstring). `to`/`arg`: the process and flag
-    that receive it; `kind`: how the value is written, for the docs."""
+    """Declare one setting (see the module docstring). `to`/`arg`: the process and the flag
+    that receive it (the same flag as rip-server's unless said); `kind`: how the value is
+    written, for the docs."""
     meta = {"parse": parse, "help": help, "flag": flag, "token": token, "kind": kind,
-            "to": to, "arg": arg}
+            "to": to, "arg": arg or flag}
     return field(default=default, metadata=meta)
 
 
@@ -160,11 +161,11 @@ class Settings:
                                      to="worker", arg="--recycle")
     recycle_jitter: float = setting(0.1, _jitter, "lower each worker's request and age limits "
                                     "by up to this share", flag="--recycle-jitter",
-                                    kind="share or %", to="worker", arg="--recycle-jitter")
+                                    kind="share or %", to="worker")
     reload: str = setting("process", _choice("none", "process", "module"),
                           "none, process (rolling restarts) or module (re-import changed "
                           "modules before a request)", flag="--reload",
-                          kind="none|process|module", to="worker", arg="--reload")
+                          kind="none|process|module", to="worker")
     restart_file: str = setting("tmp/restart.txt", _path_or_empty, "with reload = process: "
                                 "touching this file (relative to the app's directory) starts a "
                                 "rolling restart; \"\" turns it off", flag="--restart-file",
@@ -174,47 +175,40 @@ class Settings:
                                   flag="--watchdog-sec", kind="seconds")
     graceful_timeout: float = setting(30.0, _seconds, "how long a request in flight may take "
                                       "to finish when stopping", flag="--graceful-timeout",
-                                      kind="seconds", to="both", arg="--graceful-timeout")
+                                      kind="seconds", to="both")
     max_body: int = setting(100 << 20, _size, "largest request body (413 beyond)",
-                            flag="--max-body", kind="size", to="both", arg="--max-body")
+                            flag="--max-body", kind="size", to="both")
     max_queue: int = setting(1024, _count, "requests that may wait for a worker (503 beyond)",
-                             flag="--max-queue", kind="count", to="balancer",
-                             arg="--max-queue")
+                             flag="--max-queue", kind="count", to="balancer")
     queue_timeout_ms: int = setting(5000, _count, "longest wait for a worker, in ms (504 "
                                     "beyond)", flag="--queue-timeout-ms", kind="ms",
-                                    to="balancer", arg="--queue-timeout-ms")
+                                    to="balancer")
     connect_timeout: float = setting(2.0, _seconds, "time to connect to a worker",
-                                     flag="--connect-timeout", kind="seconds", to="balancer",
-                                     arg="--connect-timeout")
+                                     flag="--connect-timeout", kind="seconds", to="balancer")
     response_timeout: float = setting(60.0, _seconds, "a worker silent this long is hung "
                                       "(504)", flag="--response-timeout", kind="seconds",
-                                      to="balancer", arg="--response-timeout")
+                                      to="balancer")
     header_timeout: float = setting(10.0, _seconds, "time for a client to send its request "
                                     "headers (408)", flag="--header-timeout", kind="seconds",
-                                    to="balancer", arg="--header-timeout")
+                                    to="balancer")
     body_timeout: float = setting(60.0, _seconds, "longest pause while a client sends its "
                                   "body (408)", flag="--body-timeout", kind="seconds",
-                                  to="balancer", arg="--body-timeout")
+                                  to="balancer")
     keepalive_timeout: float = setting(75.0, _seconds, "idle keep-alive connections close "
                                        "after this", flag="--keepalive-timeout",
-                                       kind="seconds", to="balancer",
-                                       arg="--keepalive-timeout")
+                                       kind="seconds", to="balancer")
     status_path: str = setting("/status", _text, "the balancer's health endpoint",
-                               flag="--status-path", kind="path", to="balancer",
-                               arg="--status-path")
+                               flag="--status-path", kind="path", to="balancer")
     server_path: str = setting("/server", _text, "the balancer's liveness endpoint",
-                               flag="--server-path", kind="path", to="balancer",
-                               arg="--server-path")
+                               flag="--server-path", kind="path", to="balancer")
     access_log: bool = setting(True, _bool, "one log line per request (--no-access-log turns "
-                               "it off)", flag="--no-access-log", kind="bool", to="balancer",
-                               arg="--no-access-log")
+                               "it off)", flag="--no-access-log", kind="bool", to="balancer")
     json_logging: bool = setting(False, _bool, "access log lines as JSON",
-                                 flag="--json-logging", kind="bool", to="balancer",
-                                 arg="--json-logging")
+                                 flag="--json-logging", kind="bool", to="balancer")
     forwarded_allow_ips: str = setting("", _networks, "proxies (IPs, CIDR) whose "
                                        "X-Forwarded-* and X-Request-Id are kept",
                                        flag="--forwarded-allow-ips", kind="CIDR list",
-                                       to="balancer", arg="--forwarded-allow-ips")
+                                       to="balancer")
 
     # -- what the processes get ----------------------------------------------------------------
     def args_for(self, role: str) -> list[str]:

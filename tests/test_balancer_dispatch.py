@@ -10,22 +10,7 @@ import threading
 import time
 
 from tests.support.client import control, fetch, raw_tcp, request, tcp
-from tests.support.waiting import wait_for
-
-
-def in_background(fn, *args, **kwargs):
-    result: dict[str, object] = {}
-
-    def run():
-        try:
-            result["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # reported by the caller's assertions
-            result["error"] = exc
-        result["at"] = time.monotonic()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, result
+from tests.support.waiting import in_background, wait_for
 
 
 def busy_count(stack) -> int:

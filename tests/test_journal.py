@@ -64,7 +64,7 @@ def test_balancer_access_log_entries_carry_fields(start_worker, short_tmp):
 def test_ripctl_logs_shows_every_process_of_the_app(short_tmp):
     import json as jsonlib
 
-    from tests.test_cli import free_port
+    from tests.support.waiting import free_port
 
     port = free_port()
     name = "jlogs"

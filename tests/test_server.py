@@ -16,7 +16,7 @@ from pathlib import Path
 from ripsvc import paths
 from ripsvc.exitcodes import ExitCode
 from tests.support.client import fetch
-from tests.test_cli import free_port
+from tests.support.waiting import free_port
 
 VERSIONED_APP = '''
 from pathlib import Path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import signal
-import threading
 import time
 
 import pytest
@@ -12,24 +11,11 @@ import pytest
 from ripsvc.exitcodes import ExitCode
 from tests.support.client import UnixHTTPConnection, get, request
 from tests.support.procs import EXAMPLES, TEST_APPS
+from tests.support.waiting import in_background
 
 HELLO = str(EXAMPLES / "hello")
 WSGI = str(EXAMPLES / "hello_wsgi")
 AIOHTTP = str(EXAMPLES / "hello_aiohttp")
-
-
-def in_background(fn, *args):
-    result: dict[str, object] = {}
-
-    def run():
-        try:
-            result["value"] = fn(*args)
-        except BaseException as exc:  # reported by the caller's assertion
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, result
 
 
 def wait_busy(worker, timeout=5.0):

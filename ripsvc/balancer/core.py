@@ -100,22 +100,19 @@ class Balancer:
             return
         slot.upstream = upstream
         if exchange.client.closed and exchange.slot is slot:
-            self.release(slot)
+            self.pool.release(slot)
             return
         upstream.send(exchange)
-
-    def release(self, slot: Slot) -> None:
-        self.pool.release(slot)
 
     def upstream_done(self, exchange: Exchange, slot: Slot, response: Response) -> None:
         if response.busy:
             # The worker is busy with a request from elsewhere: it did not take this one.
             self.stats["worker_busy"] += 1
-            self.release(slot)
+            self.pool.release(slot)
             self._retry_or_fail(exchange, 503, "worker busy", replay_ok=True)
             return
         slot.served += 1
-        self.release(slot)
+        self.pool.release(slot)
         if response.streaming:
             exchange.client.stream_end(exchange)
         else:
