@@ -30,12 +30,14 @@ if TYPE_CHECKING:
 CONFIG_DIR = Path("/etc/rip")
 
 
-def plan_from(settings: Settings) -> ServePlan:
+def plan_from(settings: Settings, config_dir: Path | None = None) -> ServePlan:
+    """What the manager runs; a relative app path is relative to `config_dir` (the app
+    file's directory) or else to the current directory."""
     from ripsvc.manager.supervisor import ServePlan
 
     restart_file = None
     if settings.reload == "process" and settings.restart_file:
-        restart_file = parse_spec(settings.app).directory / settings.restart_file
+        restart_file = parse_spec(settings.app, cwd=config_dir).directory / settings.restart_file
     return ServePlan(app=settings.app, name=settings.name, workers=settings.workers,
                      listen=settings.binds(), worker_args=settings.args_for("worker"),
                      balancer_args=settings.args_for("balancer"), restart_file=restart_file,
@@ -207,3 +209,7 @@ def check_main(target: str) -> int:
     print(f"{path}: ok ({settings.name}: {settings.app}, {settings.workers} workers, "
           f"listening on {', '.join(settings.listen)})")
     return ExitCode.OK
+
+
+if __name__ == "__main__":  # python -m ripsvc.cli: ripctl, for units that name the interpreter
+    ripctl_main()

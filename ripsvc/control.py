@@ -94,7 +94,7 @@ def bind_socket(path: str) -> socket.socket:
         sock.bind(path)
     finally:
         os.umask(old)
-    if gid is not None:
+    if gid is not None and os.stat(path).st_gid != gid:  # under systemd it is our group
         os.chown(path, -1, gid)
     sock.listen(64)
     return sock

@@ -7,8 +7,10 @@ here is a silent no-op.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import Callable
 
 from systemd import daemon
 
@@ -69,3 +71,20 @@ def watchdog_interval() -> float | None:
     except ValueError:
         return None
     return value / 2_000_000 if value > 0 else None
+
+
+def start_watchdog(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Ping WATCHDOG=1 from the event loop at half the timeout, so a stalled loop is noticed
+    by its supervisor (systemd's WatchdogSec=, or the embedded manager). Returns a function
+    that stops the pings; a no-op without a watchdog."""
+    interval = watchdog_interval()
+    if interval is None or "NOTIFY_SOCKET" not in os.environ:
+        return lambda: None
+    pending: list[asyncio.TimerHandle] = []
+
+    def ping() -> None:
+        notify("WATCHDOG=1")
+        pending[0] = loop.call_later(interval, ping)
+
+    pending.append(loop.call_later(0, ping))
+    return lambda: pending[0].cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,34 @@ def _path_or_empty(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a path")
     return value
+
+
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def _user(value: Any) -> str:
+    if not isinstance(value, str) or not _USER.match(value):
+        raise ValueError(f"{value!r} is not a user name")
+    return value
+
+
+def _absolute(value: Any) -> str:
+    text = str(value)
+    if not isinstance(value, str) or not os.path.isabs(text) or any(c in text for c in " \n\\"):
+        raise ValueError(f"{value!r} is not an absolute path (without spaces)")
+    return os.path.normpath(text)
+
+
+def _absolute_or_empty(value: Any) -> str:
+    return "" if value == "" else _absolute(value)
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"{value!r} is not a list of paths")
+    return tuple(_absolute(item.strip() if isinstance(item, str) else item) for item in items
+                 if item != "")
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -209,6 +238,15 @@ class Settings:
                                        "X-Forwarded-* and X-Request-Id are kept",
                                        flag="--forwarded-allow-ips", kind="CIDR list",
                                        to="balancer")
+    # Under systemd: settings of the units rather than of the processes.
+    user: str = setting("rip", _user, "under systemd: the unprivileged user the balancer and "
+                        "workers run as", kind="user")
+    read_write_paths: tuple[str, ...] = setting((), _paths, "under systemd: paths the workers "
+                                                "may write (the rest of the system is "
+                                                "read-only to them)", kind="paths")
+    environment_file: str = setting("", _absolute_or_empty, "under systemd: a file of VAR=value "
+                                    "lines for the workers (systemd's EnvironmentFile=)",
+                                    kind="path")
 
     # -- what the processes get ----------------------------------------------------------------
     def args_for(self, role: str) -> list[str]:

@@ -112,6 +112,7 @@ class Balancer:
             self._retry_or_fail(exchange, 503, "worker busy", replay_ok=True)
             return
         slot.served += 1
+        self.stats["answered"] += 1
         self.pool.release(slot)
         if response.streaming:
             exchange.client.stream_end(exchange)

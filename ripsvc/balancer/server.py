@@ -80,8 +80,10 @@ async def run(plan: Plan) -> ExitCode:
              plan.control or ("passed socket" if control_sock else "none"))
     sd.notify("READY=1", f"STATUS=listening on {', '.join(balancer.ports)}",
               f"MAINPID={os.getpid()}")
+    stop_watchdog = sd.start_watchdog(loop)
 
     await stopping.wait()
+    stop_watchdog()
     sd.notify("STOPPING=1")
     log.info("stopping: no new connections; finishing requests in flight")
     for server in servers:

@@ -2,7 +2,7 @@
 
 One loop (STYLE.md): signals, process events, control commands and a health tick are put on
 one queue and each is handled by a `handle_<event>` method, in order. Processes and sockets
-come from a supervisor backend (`supervisor.py`): `embedded.py` today, systemd's next; the
+come from a supervisor backend (`supervisor.py`): `embedded.py` and `systemd.py`; the
 logic in this module does not change with it.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ripsvc import logs
+from ripsvc import logs, sd
 from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.control import serve_control
@@ -59,6 +59,7 @@ class Manager:
         self.reloading: asyncio.Task[str | None] | None = None
         self._sockets_made = 0
         self._hung_seen = 0
+        self._requests = 0
         self._replacing: set[asyncio.Task[str | None]] = set()
         self._ids_used: set[str] = set()
         self.restart_watch: FileWatcher | None = None
@@ -100,7 +101,7 @@ class Manager:
         control_runner = None
         try:
             control_runner = await serve_control(self)
-            self.supervisor.open()
+            await self.supervisor.open()
             self.start_balancer()
             for number in range(1, self.plan.workers + 1):
                 slot = self.new_slot(number)
@@ -108,16 +109,18 @@ class Manager:
                 self.start_worker(slot)
             self._watch_restart_file()
             self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
+            stop_watchdog = sd.start_watchdog(self.loop)
             while not (self.stopping and self._all_gone()):
                 kind, child, value = await self.events.get()
                 try:
                     await getattr(self, f"handle_{kind}")(child, value)
                 except Exception:  # one failed event must not take the app down
                     log.exception("handling %s of %s failed", kind, child)
+            stop_watchdog()
         finally:
             if control_runner is not None:
                 await control_runner.cleanup()
-            self._cleanup()
+            await self._cleanup()
         return self.exit_code
 
     def _all_gone(self) -> bool:
@@ -131,7 +134,8 @@ class Manager:
         self.balancer = self.supervisor.start_balancer(args)
 
     def start_worker(self, slot: WorkerSlot) -> Handle:
-        args = [self.plan.app, "--name", self.plan.name, "--id", slot.id, "--recycle-handoff",
+        handoff = ["--recycle-handoff"] if self.supervisor.recycle_handoff else []
+        args = [self.plan.app, "--name", self.plan.name, "--id", slot.id, *handoff,
                 *self.plan.worker_args]
         env = {"WATCHDOG_USEC": str(int(self.plan.watchdog_sec * 1e6))} \
             if self.plan.watchdog_sec else {}
@@ -156,6 +160,7 @@ class Manager:
                      ", ".join(ports))
             if ports:
                 log.info("ready: try  curl http://127.0.0.1:%s/", ports[0].rpartition(":")[2])
+            sd.notify("READY=1", f"STATUS={self.status_line()}")
 
     async def handle_exited(self, child: Handle | None, code: int) -> None:
         """A child exited: expected (stopping, replaced), recycled, crashed, or unloadable."""
@@ -195,6 +200,8 @@ class Manager:
             child = slot.child
             if child is None or child.retired or not child.ready.done() or child.exited.done():
                 continue
+            if self.supervisor.own_watchdog:
+                break
             if self.plan.watchdog_sec and now - child.last_ping > self.plan.watchdog_sec:
                 log.error("worker %s missed its watchdog (%.0f s): killing it", child.id,
                           self.plan.watchdog_sec)
@@ -207,6 +214,8 @@ class Manager:
                 log.error("the balancer reports worker %s hung: killing it", worker_id)
                 victim.abort()
         self._hung_seen = len(hung)
+        if self.started:
+            sd.notify(f"STATUS={self.status_line(self._requests)}")
         self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
 
     async def handle_restart_file(self, _: Handle | None, __: int) -> None:
@@ -237,6 +246,7 @@ class Manager:
         except (aiohttp.ClientError, OSError, CommandError):
             self._hung_seen = 0  # a restarted balancer starts a new list
             return []
+        self._requests = int(stats.get("counters", {}).get("answered", self._requests))
         hung: list[str] = stats.get("hung", [])
         if len(hung) < self._hung_seen:
             self._hung_seen = 0
@@ -255,6 +265,7 @@ class Manager:
         if self.stopping:
             return
         self.stopping = True
+        sd.notify("STOPPING=1")
         log.info("stopping: the balancer finishes its requests, then the workers stop")
         if self.reloading is not None:
             self.reloading.cancel()
@@ -272,7 +283,10 @@ class Manager:
         if self.reloading is not None and not self.reloading.done():
             log.warning("a rolling restart is already in progress; this one is refused")
             return None
+        sd.notify("RELOADING=1")
         self.reloading = self.loop.create_task(self._rolling_restart())
+        self.reloading.add_done_callback(
+            lambda _: sd.notify("READY=1", f"STATUS={self.status_line(self._requests)}"))
         return self.reloading
 
     async def _rolling_restart(self) -> str | None:
@@ -380,7 +394,9 @@ class Manager:
 
     async def _rejoin_all(self) -> None:
         assert self.balancer is not None
-        await self.balancer.ready
+        await asyncio.wait([self.balancer.ready])
+        if self.balancer.ready.cancelled():
+            return  # it exited before READY: its own exit event restarts it again
         for slot in self.slots:
             if slot.child is not None and slot.child.ready.done():
                 await self.control("join", {"id": slot.child.id, "socket": str(slot.path),
@@ -403,7 +419,14 @@ class Manager:
         if not reply.get("ok"):
             log.error("balancer control %s: %s", command, reply.get("error"))
 
-    def _cleanup(self) -> None:
+    def status_line(self, requests: int = 0) -> str:
+        """systemd's one-line status: "4/4 workers ready, v3, 12034 requests"."""
+        ready = sum(1 for s in self.slots if s.child is not None and s.child.ready.done()
+                    and not s.child.ready.cancelled() and not s.child.exited.done())
+        return (f"{ready}/{len(self.slots)} workers ready, v{self.version}, "
+                f"{requests} requests")
+
+    async def _cleanup(self) -> None:
         if self.restart_watch is not None:
             self.restart_watch.close()
-        self.supervisor.close()
+        await self.supervisor.close()

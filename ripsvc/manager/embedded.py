@@ -42,6 +42,9 @@ def claim_runtime_dir(name: str) -> Path:
 
 
 class EmbeddedSupervisor:
+    own_watchdog = False  # the manager reads WATCHDOG=1 on each child's notify socket
+    recycle_handoff = True
+
     def __init__(self, plan: ServePlan, post: Post) -> None:
         self.plan = plan
         self.post = post
@@ -50,7 +53,7 @@ class EmbeddedSupervisor:
         self.worker_sockets: dict[Path, socket.socket] = {}
         self.children: list[Child] = []
 
-    def open(self) -> None:
+    async def open(self) -> None:
         self.listeners = [bind.open() for bind in self.plan.listen]
 
     def ports(self) -> list[str]:
@@ -83,7 +86,7 @@ class EmbeddedSupervisor:
         self.children.append(child)
         return child
 
-    def close(self) -> None:
+    async def close(self) -> None:
         for child in self.children:
             child.kill()
         for sock in self.listeners + list(self.worker_sockets.values()):

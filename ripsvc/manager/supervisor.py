@@ -54,9 +54,11 @@ class Handle(Protocol):
 
 class Supervisor(Protocol):
     runtime: Path  # the app's runtime directory (control sockets, worker sockets)
+    own_watchdog: bool  # the backend kills workers that miss their watchdog (else the manager)
+    recycle_handoff: bool  # workers may announce a recycle and wait for their successor
 
-    def open(self) -> None:
-        """Take the listening ports."""
+    async def open(self) -> None:
+        """Take the listening ports (or find them), before anything starts."""
 
     def ports(self) -> list[str]: ...
 
@@ -70,5 +72,5 @@ class Supervisor(Protocol):
     def start_worker(self, ident: str, socket_path: Path, args: list[str],
                      env: dict[str, str]) -> Handle: ...
 
-    def close(self) -> None:
-        """Kill what still runs, release every socket and the runtime directory."""
+    async def close(self) -> None:
+        """Stop what still runs, release every socket and the runtime directory."""

@@ -70,7 +70,8 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     sd.notify("READY=1", f"STATUS={worker.status_line()}", f"MAINPID={os.getpid()}")
     if bind is not None:
         log.info("ready: try  %s", _curl_hint(sockets[-1]))
-    timers = _start_timers(worker)
+    stop_watchdog = sd.start_watchdog(loop)
+    status_timer = _start_status(worker)
 
     await worker.stopping.wait()
     for server in servers:
@@ -80,8 +81,9 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     except TimeoutError:
         log.warning("the request in flight did not finish within %.1f s; stopping anyway",
                     options.graceful_timeout)
-    for timer in timers:
-        timer.cancel()
+    stop_watchdog()
+    if status_timer:
+        status_timer[0].cancel()
     if aio_server is not None:
         await aio_server.shutdown(1.0)
     for conn in list(worker.connections):
@@ -100,19 +102,12 @@ def _curl_hint(sock: socket.socket) -> str:
     return f"curl http://{describe(sock)}/"
 
 
-def _start_timers(worker: Worker) -> list[asyncio.TimerHandle]:
-    """Watchdog and status pings: both run on the event loop, so they stop when it stalls."""
+def _start_status(worker: Worker) -> list[asyncio.TimerHandle]:
+    """STATUS= whenever the worker's one-line summary changes (checked every few seconds)."""
     loop = worker.loop
     timers: list[asyncio.TimerHandle] = []
     if "NOTIFY_SOCKET" not in os.environ:
         return timers
-    interval = sd.watchdog_interval()
-    if interval:
-        def ping() -> None:
-            sd.notify("WATCHDOG=1")
-            timers[0] = loop.call_later(interval, ping)
-
-        timers.append(loop.call_later(0, ping))
     last = [""]
 
     def status() -> None:
@@ -120,7 +115,7 @@ def _start_timers(worker: Worker) -> list[asyncio.TimerHandle]:
         if line != last[0]:
             last[0] = line
             sd.notify(f"STATUS={line}")
-        timers[-1] = loop.call_later(STATUS_INTERVAL, status)
+        timers[0] = loop.call_later(STATUS_INTERVAL, status)
 
     timers.append(loop.call_later(STATUS_INTERVAL, status))
     return timers

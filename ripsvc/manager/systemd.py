@@ -1,0 +1,347 @@
+"""The systemd backend: the app's balancer and workers are units, driven over D-Bus.
+
+The manager's logic (core.py) is the embedded mode's; only its processes differ. Each worker
+is an instance `rip-worker@APP:ID` of a template with a per-instance socket unit; the balancer
+is `rip-balancer@APP` on the ports of `rip-balancer@APP.socket` (rip-generator). Through
+`org.freedesktop.systemd1` (dbus-fast, asyncio):
+- StartUnit/StopUnit jobs, and JobRemoved to know when one finished; for Type=notify units
+  "done" means READY=1 arrived. The signal may come before the call's reply, so one future per
+  job path is created by whichever comes first.
+- PropertiesChanged of each unit: an ActiveState leaving "active" is an exit (ExecMainStatus
+  gives the code). systemd restarts crashed and recycled workers itself (Restart=); the
+  manager's StartUnit for the successor joins that restart.
+- KillUnit for SIGABRT (a hung worker) and SIGKILL.
+We subscribe before the first job, and never poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from dbus_fast import BusType, Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from ripsvc import logs, units
+from ripsvc.manager.supervisor import Post, ServePlan
+from ripsvc.settings import Settings
+
+log = logs.get("manager")
+
+SD, SD_PATH = "org.freedesktop.systemd1", "/org/freedesktop/systemd1"
+MANAGER, UNIT, SERVICE, SOCKET = (f"{SD}.Manager", f"{SD}.Unit", f"{SD}.Service",
+                                  f"{SD}.Socket")
+PROPERTIES = "org.freedesktop.DBus.Properties"
+JOB_TIMEOUT = 180.0
+CLD_EXITED = 1  # ExecMainCode: exited normally; otherwise killed by the signal in ExecMainStatus
+
+
+class SystemdError(RuntimeError):
+    pass
+
+
+class Systemd:
+    """A small client of systemd's manager object, for one asyncio loop."""
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+        self.jobs: dict[str, asyncio.Future[str]] = {}
+        self.watchers: dict[str, Any] = {}  # unit object path → callback(interface, changed)
+        bus.add_message_handler(self._on_message)
+
+    @classmethod
+    async def connect(cls, address: str | None = None) -> Systemd:
+        bus = await (MessageBus(bus_address=address) if address
+                     else MessageBus(bus_type=BusType.SYSTEM)).connect()
+        client = cls(bus)
+        await client.call("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
+                          [f"type='signal',sender='{SD}',path='{SD_PATH}',"
+                           f"interface='{MANAGER}',member='JobRemoved'"],
+                          destination="org.freedesktop.DBus")
+        await client.call("/org/freedesktop/DBus", "org.freedesktop.DBus", "AddMatch", "s",
+                          [f"type='signal',sender='{SD}',interface='{PROPERTIES}',"
+                           f"member='PropertiesChanged',path_namespace='{SD_PATH}/unit'"],
+                          destination="org.freedesktop.DBus")
+        await client.call(SD_PATH, MANAGER, "Subscribe")
+        return client
+
+    def _on_message(self, msg: Message) -> None:
+        if msg.message_type != MessageType.SIGNAL:
+            return
+        if msg.member == "JobRemoved" and msg.interface == MANAGER:
+            _id, job, _unit, result = msg.body
+            future = self._job(job)
+            if not future.done():
+                future.set_result(result)
+        elif msg.member == "PropertiesChanged" and msg.path in self.watchers:
+            interface, changed, _invalidated = msg.body
+            self.watchers[msg.path](interface, {k: v.value for k, v in changed.items()})
+
+    def _job(self, path: str) -> asyncio.Future[str]:
+        if path not in self.jobs:
+            self.jobs[path] = asyncio.get_running_loop().create_future()
+        return self.jobs[path]
+
+    async def call(self, path: str, interface: str, member: str, signature: str = "",
+                   body: list[Any] | None = None, destination: str = SD) -> list[Any]:
+        reply = await self.bus.call(Message(destination=destination, path=path,
+                                            interface=interface, member=member,
+                                            signature=signature, body=body or []))
+        assert reply is not None
+        if reply.message_type == MessageType.ERROR:
+            detail = reply.body[0] if reply.body else ""
+            raise SystemdError(f"{member} {body or ''}: {reply.error_name}: {detail}")
+        return list(reply.body)
+
+    async def job(self, method: str, unit: str, mode: str = "replace") -> str:
+        """StartUnit/StopUnit/RestartUnit; returns the job's result ("done", "failed", …)."""
+        (path,) = await self.call(SD_PATH, MANAGER, method, "ss", [unit, mode])
+        try:
+            return await asyncio.wait_for(self._job(path), JOB_TIMEOUT)
+        finally:
+            self.jobs.pop(path, None)
+
+    async def unit_path(self, unit: str) -> str:
+        (path,) = await self.call(SD_PATH, MANAGER, "LoadUnit", "s", [unit])
+        return str(path)
+
+    async def get(self, path: str, interface: str, name: str) -> Any:
+        (variant,) = await self.call(path, PROPERTIES, "Get", "ss", [interface, name])
+        return variant.value
+
+    async def kill(self, unit: str, who: str, signum: int) -> None:
+        await self.call(SD_PATH, MANAGER, "KillUnit", "ssi", [unit, who, signum])
+
+    async def reset_failed(self, unit: str) -> None:
+        with contextlib.suppress(SystemdError):  # not loaded, or not failed
+            await self.call(SD_PATH, MANAGER, "ResetFailedUnit", "s", [unit])
+
+    async def units_matching(self, pattern: str) -> list[str]:
+        (found,) = await self.call(SD_PATH, MANAGER, "ListUnitsByPatterns", "asas",
+                                   [[], [pattern]])
+        return [str(row[0]) for row in found]
+
+    def close(self) -> None:
+        self.bus.disconnect()
+
+
+class UnitHandle:
+    """One running unit of the app (the balancer or a worker), as the manager sees a process:
+    ready once its start job is done; exited when its ActiveState leaves "active"."""
+
+    def __init__(self, backend: SystemdSupervisor, role: str, ident: str, unit: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.backend = backend
+        self.role = role
+        self.id = ident
+        self.unit = unit
+        self.pid = 0
+        self.version = 0
+        self.status = ""
+        self.started = time.time()
+        self.last_ping = loop.time()
+        self.retired = False
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self.path = ""
+
+    async def start(self) -> None:
+        sd = self.backend.sd
+        try:
+            self.path = await sd.unit_path(self.unit)
+            sd.watchers[self.path] = self._changed
+            result = await sd.job("StartUnit", self.unit)
+            if result == "done":
+                self.pid = int(await sd.get(self.path, SERVICE, "MainPID"))
+                self.status = str(await sd.get(self.path, SERVICE, "StatusText"))
+                if not self.ready.done():
+                    self.ready.set_result(None)
+                    self.backend.post("ready", self, 0)
+            else:
+                log.error("%s: start job %s", self.unit, result)
+                await self._exit()
+        except (SystemdError, TimeoutError) as exc:
+            log.error("%s: cannot start: %s", self.unit, exc)
+            await self._exit(1)
+
+    def _changed(self, interface: str, changed: dict[str, Any]) -> None:
+        if interface == SERVICE:
+            self.status = str(changed.get("StatusText", self.status))
+            self.pid = int(changed.get("MainPID", self.pid))
+            return
+        state = changed.get("ActiveState")
+        sub = changed.get("SubState")
+        if not self.ready.done() or self.exited.done():
+            return
+        if state in ("inactive", "failed") or sub == "auto-restart":
+            self.backend.spawn(self._exit())
+
+    async def _exit(self, code: int | None = None) -> None:
+        if self.exited.done():
+            return
+        if code is None:
+            sd = self.backend.sd
+            try:
+                how = int(await sd.get(self.path, SERVICE, "ExecMainCode"))
+                status = int(await sd.get(self.path, SERVICE, "ExecMainStatus"))
+                code = status if how == CLD_EXITED else -status
+            except SystemdError:
+                code = 1
+        if self.exited.done():
+            return
+        if self.backend.sd.watchers.get(self.path) == self._changed:
+            del self.backend.sd.watchers[self.path]
+        if not self.ready.done():
+            self.ready.cancel()
+        self.exited.set_result(code)
+        self.backend.post("exited", self, code)
+
+    def terminate(self) -> None:
+        self.retired = True
+        self.backend.spawn(self.backend.stop_unit(self.unit))
+
+    def abort(self) -> None:
+        """SIGABRT, as systemd's own watchdog does; Restart= brings the worker back."""
+        self.backend.spawn(self.backend.sd.kill(self.unit, "main", signal.SIGABRT))
+
+    def kill(self) -> None:
+        self.backend.spawn(self.backend.sd.kill(self.unit, "all", signal.SIGKILL))
+
+    def __repr__(self) -> str:
+        return f"{self.unit} (pid {self.pid})"
+
+
+class SystemdSupervisor:
+    """Supervisor (supervisor.py) whose processes are the app's units."""
+
+    own_watchdog = True  # WatchdogSec= in the units: systemd kills a worker that misses it
+    recycle_handoff = False  # a recycled worker exits and systemd restarts it on its socket
+
+    def __init__(self, plan: ServePlan, post: Post, settings: Settings, config_dir: Path,
+                 python: str, bus_address: str | None = None) -> None:
+        self.plan = plan
+        self.post = post
+        self.settings = settings
+        self.name = plan.name
+        self.python = python
+        self.app_arg, self.directory = units.app_command(settings, config_dir)
+        self.runtime = Path("/run/rip") / plan.name  # rip@APP's RuntimeDirectory=
+        self.bus_address = bus_address
+        self.dropin_root = units.INSTANCE_DIR
+        self._sd: Systemd | None = None
+        self._ports: list[str] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._instances: dict[Path, str] = {}  # worker socket path → instance id
+
+    @property
+    def sd(self) -> Systemd:
+        assert self._sd is not None, "open() first"
+        return self._sd
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("systemd: %s", task.exception())
+
+    async def open(self) -> None:
+        """Connect and subscribe; stop what a previous manager of this app left behind."""
+        self._sd = await Systemd.connect(self.bus_address)
+        leftovers = await self.sd.units_matching(f"rip-worker@{self.name}:*")
+        for unit in leftovers:
+            log.warning("stopping %s, left by an earlier run", unit)
+            await self.stop_unit(unit)
+        for stale in self.dropin_root.glob(f"rip-worker@{self.name}:*.d"):
+            self._remove_dropin(stale)
+        socket_path = await self.sd.unit_path(f"rip-balancer@{self.name}.socket")
+        listen = await self.sd.get(socket_path, SOCKET, "Listen")
+        self._ports = [str(address) for _kind, address in listen]
+
+    def ports(self) -> list[str]:
+        return self._ports
+
+    def start_balancer(self, args: list[str]) -> UnitHandle:
+        # The balancer's command line is the generator's (the same settings, read from
+        # /etc/rip/APP.toml); `args` are what the embedded backend would run.
+        handle = UnitHandle(self, "balancer", "0", f"rip-balancer@{self.name}.service")
+        self.spawn(handle.start())
+        return handle
+
+    def worker_socket(self, ident: str) -> Path:
+        path = units.worker_socket_path(self.name, ident)
+        self._instances[path] = ident
+        return path
+
+    def release_socket(self, path: Path) -> None:
+        ident = self._instances.pop(path, None)
+        if ident is not None:
+            self.spawn(self._release(ident))
+
+    async def _release(self, ident: str) -> None:
+        unit = units.worker_unit(self.name, ident)
+        await self.stop_unit(f"{unit}.service")
+        await self.stop_unit(f"{unit}.socket")
+        for kind in ("service", "socket"):
+            self._remove_dropin(self.dropin_root / f"{unit}.{kind}.d")
+
+    def start_worker(self, ident: str, socket_path: Path, args: list[str],
+                     env: dict[str, str]) -> UnitHandle:
+        env = dict(env)
+        watchdog = int(env.pop("WATCHDOG_USEC", "0")) / 1e6
+        argv = [self.app_arg, *args[1:]]  # args[0] is the app as the embedded mode gives it
+        dropins = units.worker_dropins(self.settings, ident, argv, env, self.python,
+                                       self.directory, watchdog)
+        for unit_file, text in dropins.items():
+            target = self.dropin_root / f"{unit_file}.d" / units.DROPIN
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists() or target.read_text() != text:
+                target.write_text(text)
+        unit = units.worker_unit(self.name, ident)
+        handle = UnitHandle(self, "worker", ident, f"{unit}.service")
+        self.spawn(self._start_worker(handle))
+        return handle
+
+    async def _start_worker(self, handle: UnitHandle) -> None:
+        await self.sd.reset_failed(handle.unit)  # a failed unit would refuse to start
+        await handle.start()
+
+    async def stop_unit(self, unit: str) -> None:
+        try:
+            await self.sd.job("StopUnit", unit)
+        except SystemdError as exc:
+            if "NoSuchUnit" not in str(exc):
+                raise
+        await self.sd.reset_failed(unit)
+
+    @staticmethod
+    def _remove_dropin(directory: Path) -> None:
+        (directory / units.DROPIN).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+    async def close(self) -> None:
+        """Stop every unit of the app still running (a manager that exits takes its app
+        down; PartOf= covers only `systemctl stop`), remove the drop-ins, disconnect."""
+        if self._sd is None:
+            return
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        try:
+            await self.stop_unit(f"rip-balancer@{self.name}.service")
+            for unit in await self.sd.units_matching(f"rip-worker@{self.name}:*"):
+                await self.stop_unit(unit)
+        except SystemdError as exc:
+            log.error("stopping the app's units: %s", exc)
+        for stale in self.dropin_root.glob(f"rip-worker@{self.name}:*.d"):
+            self._remove_dropin(stale)
+        self.sd.close()
+

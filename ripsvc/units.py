@@ -1,0 +1,161 @@
+"""The systemd units of rip-server, rendered with jinja2 from the templates in `units/`.
+
+Three kinds, written by three parties:
+- the static templates (`rip@.service`, `rip-balancer@.service`, `rip-worker@.service`,
+  `rip-worker@.socket`) and the generator executable, rendered once at install time with the
+  interpreter's path (`python -m ripsvc.units DEST`: the package, the test suite);
+- per app, from `/etc/rip/APP.toml`: the balancer's socket unit and the drop-ins of the
+  manager and balancer instances, written by `rip-generator` (ripsvc/generator.py);
+- per worker instance (`rip-worker@APP:ID`): drop-ins with the app's command line, user and
+  paths, written by the app's manager before it starts the instance. systemd offers no
+  drop-in directory shared by the instances of one app only, so the manager writes them; a
+  unit not loaded yet picks them up without a daemon-reload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ripsvc.apploader import parse_spec
+from ripsvc.settings import Settings
+from ripsvc.sockets import Bind
+
+TEMPLATES = Path(__file__).with_name("units")
+STATIC = ("rip@.service", "rip-balancer@.service", "rip-worker@.service", "rip-worker@.socket")
+GENERATOR = "rip-generator"
+DROPIN = "50-rip.conf"  # the name of every drop-in we write
+INSTANCE_DIR = Path("/run/systemd/system")  # where the manager writes worker drop-ins
+
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                          undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                          autoescape=False)
+_SAFE = re.compile(r"^[A-Za-z0-9_./:=,@+-]+$")
+
+
+def quote(arg: str) -> str:
+    """One word of an ExecStart= line: specifiers (%) and variables ($) taken literally."""
+    if "\n" in arg or "\0" in arg:
+        raise ValueError(f"{arg!r}: a unit setting cannot hold a newline")
+    text = arg.replace("%", "%%").replace("$", "$$")
+    if _SAFE.match(arg):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def command_line(argv: list[str]) -> str:
+    return " ".join(quote(arg) for arg in argv)
+
+
+def render(template: str, **values: Any) -> str:
+    return _env.get_template(template).render(**values)
+
+
+# -- installed once -------------------------------------------------------------------------
+def static_units(python: str) -> dict[str, str]:
+    """The unit templates and the generator, for an interpreter that has ripsvc."""
+    units = {name: render(f"{name}.j2", python=python,
+                          ripctl=command_line([python, "-m", "ripsvc.cli"]))
+             for name in STATIC}
+    units[GENERATOR] = (f"#!{python}\n"
+                        "# rip-generator: per-app units from /etc/rip/*.toml (ripsvc.generator)\n"
+                        "from ripsvc.generator import main\n\nmain()\n")
+    return units
+
+
+def install(unit_dir: Path, generator_dir: Path, python: str) -> list[Path]:
+    written = []
+    for name, text in static_units(python).items():
+        target = generator_dir / name if name == GENERATOR else unit_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(0o755 if name == GENERATOR else 0o644)
+        written.append(target)
+    return written
+
+
+# -- per app (the generator) -----------------------------------------------------------------
+def listen_stream(bind: Bind) -> str:
+    if bind.path is not None:
+        return bind.path
+    assert bind.host is not None
+    host = f"[{bind.host}]" if ":" in bind.host else bind.host
+    return f"{host}:{bind.port}"
+
+
+def app_units(settings: Settings, source: Path, python: str) -> dict[str, str]:
+    """Relative path → text of everything the generator writes for one valid app."""
+    name = settings.name
+    common = {"name": name, "source": str(source), "python": python}
+    balancer_args = command_line([*settings.args_for("balancer"),
+                                  "--graceful-timeout", str(settings.graceful_timeout)])
+    return {
+        f"rip-balancer@{name}.socket": render(
+            "app-balancer.socket.j2", listen=[listen_stream(b) for b in settings.binds()],
+            **common),
+        f"rip@{name}.service.d/{DROPIN}": render("app-manager.conf.j2", **common),
+        f"rip-balancer@{name}.service.d/{DROPIN}": render(
+            "app-balancer.conf.j2", user=settings.user, args=balancer_args,
+            stop_timeout=f"{settings.graceful_timeout + 10:g}s", **common),
+    }
+
+
+# -- per worker instance (the manager) -------------------------------------------------------
+def worker_unit(app: str, ident: str) -> str:
+    return f"rip-worker@{app}:{ident}"
+
+
+def worker_socket_path(app: str, ident: str) -> Path:
+    """The ListenStream= of rip-worker@.socket for this instance."""
+    return Path("/run/rip/workers") / f"{app}:{ident}.sock"
+
+
+def app_command(settings: Settings, config_dir: Path) -> tuple[str, Path]:
+    """The app argument for a worker whose working directory is the second value: a path
+    made absolute (relative ones are relative to the app's config file), or module:attr."""
+    spec = parse_spec(settings.app, cwd=config_dir)
+    location, sep, attr = settings.app.rpartition(":") if ":" in settings.app \
+        else (settings.app, "", "")
+    if spec.module == "app" and (config_dir / location).resolve() == spec.directory:
+        return str(spec.directory) + (f":{attr}" if sep else ""), spec.directory
+    if location.endswith(".py") or "/" in location:
+        return str(spec.directory / f"{spec.module}.py") + (f":{attr}" if sep else ""), \
+            spec.directory
+    return settings.app, spec.directory
+
+
+def worker_dropins(settings: Settings, ident: str, args: list[str], env: dict[str, str],
+                   python: str, directory: Path, watchdog_sec: float) -> dict[str, str]:
+    """Unit file name → drop-in text for one worker instance (service and socket)."""
+    unit = worker_unit(settings.name, ident)
+    service = render(
+        "worker-instance.conf.j2", name=settings.name, python=python, user=settings.user,
+        args=command_line(args), directory=quote(str(directory)),
+        watchdog=f"{watchdog_sec:g}s" if watchdog_sec else "0",
+        stop_timeout=f"{settings.graceful_timeout + 10:g}s",
+        environment=[(k, quote(v)) for k, v in sorted(env.items())],
+        environment_file=settings.environment_file,
+        read_write_paths=settings.read_write_paths)
+    return {f"{unit}.service": service,
+            f"{unit}.socket": render("worker-socket.conf.j2", name=settings.name)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m ripsvc.units",
+                                description="Install rip-server's unit templates and generator.")
+    p.add_argument("unit_dir", type=Path, help="e.g. /lib/systemd/system")
+    p.add_argument("generator_dir", type=Path, help="e.g. /lib/systemd/system-generators")
+    p.add_argument("--python", default=sys.executable,
+                   help="the interpreter the units run (default: this one)")
+    args = p.parse_args(argv)
+    for path in install(args.unit_dir, args.generator_dir, args.python):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+#!/bin/bash
+# PID 1 of a test box's private namespaces (tests/support/sysbox.py): prepare the mounts, then
+# exec systemd with a minimal target. Everything systemd or the tests write lands on tmpfs; the
+# host's /tmp, /run, journal, /etc/passwd and units are never touched (../shared/SYSTEMD-TESTING.md).
+set -eu
+target=rip-test.target
+mount -t proc -o nosuid,nodev,noexec proc /proc
+mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys   # no host sysctl changes
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys 2>/dev/null || mount -o remount,bind,ro /sys
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup        # rooted at our cgroup ns
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp                    # PrivateTmp= lives here
+mount -t tmpfs -o mode=755 tmpfs /etc/systemd/system                   # hides host enablement
+mount -t tmpfs -o mode=2755 tmpfs /var/log/journal
+# rip's own directories: the mount points are created once on the host (empty, as the package
+# would), their contents stay in the box.
+for d in /etc/rip /var/lib/rip /var/log/rip /var/cache/rip /var/lib/private; do
+  mkdir -p "$d" && mount -t tmpfs -o mode=755 tmpfs "$d"
+done
+chmod 700 /var/lib/private
+# the unprivileged `rip` user of the units, as sysusers.d would create it: in the box only
+mkdir -p /run/rip-test
+for f in passwd group shadow gshadow; do cp -a /etc/$f /run/rip-test/$f; done
+grep -q '^rip:' /run/rip-test/group || echo 'rip:x:990:' >> /run/rip-test/group
+grep -q '^rip:' /run/rip-test/passwd ||
+  echo 'rip:x:990:990:rip-server:/var/lib/rip:/usr/sbin/nologin' >> /run/rip-test/passwd
+for f in passwd group shadow gshadow; do mount --bind /run/rip-test/$f /etc/$f; done
+mkdir -p /run/systemd/journald.conf.d /run/systemd/system-generators
+printf '[Journal]\nStorage=volatile\nReadKMsg=no\nRateLimitBurst=0\n' > /run/systemd/journald.conf.d/rip-test.conf
+for g in /lib/systemd/system-generators/*; do ln -sf /dev/null "/run/systemd/system-generators/${g##*/}"; done
+cd /etc/systemd/system
+for u in /lib/systemd/system/{sysinit,sockets,timers}.target.wants/*; do
+  n=${u##*/}
+  case "$n" in systemd-journald.service|systemd-journald.socket|systemd-journald-dev-log.socket|dbus.socket) continue;; esac
+  ln -sf /dev/null "$n"
+done
+for n in systemd-tmpfiles-clean.service systemd-remount-fs.service systemd-update-utmp-runlevel.service \
+         systemd-journald-audit.socket tmp.mount systemd-sysusers.service; do ln -sf /dev/null "$n"; done
+cat > $target <<'UNIT'
+[Unit]
+Description=rip test box (dbus + journald only)
+Requires=dbus.socket dbus.service systemd-journald.service
+After=dbus.socket dbus.service systemd-journald.service
+AllowIsolate=yes
+UNIT
+mkdir -p $target.wants
+cd /
+exec /lib/systemd/systemd --system --unit=$target --log-target=journal --show-status=no
