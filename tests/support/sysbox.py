@@ -13,6 +13,7 @@ journal, rip's state) and boots a target that starts only journald and D-Bus. Se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -99,10 +100,8 @@ class SystemdBox:
         while self.cgroup.exists() and time.monotonic() < deadline:
             for path in sorted(self.cgroup.rglob("*"), key=lambda p: -len(p.parts)):
                 if path.is_dir():
-                    try:
+                    with contextlib.suppress(OSError):
                         path.rmdir()
-                    except OSError:
-                        pass
             try:
                 self.cgroup.rmdir()
             except OSError:

@@ -1,0 +1,271 @@
+"""rip-server under a real systemd: generator, units, the manager's D-Bus backend, journald.
+
+One box (tests/support/sysbox.py) is booted for the module: systemd as PID 1 of private
+namespaces with only journald and D-Bus, the project's unit templates and generator installed
+from the working tree with this interpreter. Requires root (CI runs as root); skipped otherwise,
+which RIP_FORBID_SKIPS=1 (.ci/run) turns into a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ripsvc import units
+from tests.support.sysbox import SystemdBox, available
+
+HERE = Path(__file__).parent
+APP_SOURCE = HERE / "apps" / "sysapp"
+LOADGEN = HERE / "support" / "loadgen.py"
+APP_DIR = "/var/lib/rip/test-apps/sysapp"  # inside the box (a tmpfs there)
+PORT = 8080
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+
+
+def app_file(workers: int = 2, port: int = PORT, extra: str = "") -> str:
+    return (f'app = "{APP_DIR}"\nworkers = {workers}\nlisten = ["http:{port}"]\n'
+            f'watchdog_sec = "3s"\ngraceful_timeout = "10s"\n{extra}')
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[SystemdBox]:
+    console = Path(tempfile.mkdtemp(prefix="rip-box-")) / "console.log"
+    box = SystemdBox(f"t{int(time.time() * 1000) % 10**8}", console=console).boot()
+    try:
+        for name, text in units.static_units(sys.executable).items():
+            if name == units.GENERATOR:
+                box.write(f"/run/systemd/system-generators/{name}", text, 0o755)
+            else:
+                box.write(f"/etc/systemd/system/{name}", text)
+        box.copy(APP_SOURCE / "app.py", f"{APP_DIR}/app.py")
+        box.write(f"{APP_DIR}/VERSION", "v1\n")
+        box.write("/etc/rip/hello.toml", app_file())
+        box.run("systemctl", "daemon-reload")
+        yield box
+    finally:
+        box.stop()
+        shutil.rmtree(console.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def hello(box: SystemdBox) -> SystemdBox:
+    """rip@hello started (systemctl start returns once it is ready)."""
+    started = time.monotonic()
+    box.run("systemctl", "start", "rip@hello", timeout=60)
+    print(f"systemctl start rip@hello: {time.monotonic() - started:.2f} s")
+    return box
+
+
+def get(box: SystemdBox, path: str, port: int = PORT) -> tuple[int, str]:
+    out = box.run("curl", "-s", "-o", "-", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}",
+                  net_only=True, check=False).stdout
+    body, _, code = out.rpartition("\n")
+    return int(code or 0), body
+
+
+class Load:
+    """Bounded GET load from inside the box's network (tests/support/loadgen.py)."""
+
+    def __init__(self, box: SystemdBox, path: str, clients: int = 4) -> None:
+        self.stop_file = Path(tempfile.mkdtemp(prefix="rip-load-")) / "stop"
+        self.proc = subprocess.Popen(
+            box.command(sys.executable, str(LOADGEN), f"http://127.0.0.1:{PORT}{path}",
+                        str(self.stop_file), "--clients", str(clients), "--max-seconds", "90",
+                        net_only=True), stdout=subprocess.PIPE, text=True)
+
+    def finish(self) -> dict[str, object]:
+        self.stop_file.write_text("")
+        out, _ = self.proc.communicate(timeout=60)
+        shutil.rmtree(self.stop_file.parent, ignore_errors=True)
+        result: dict[str, object] = json.loads(out)
+        print("load:", result)
+        return result
+
+
+def worker_units(box: SystemdBox, app: str = "hello") -> list[str]:
+    out = box.run("systemctl", "list-units", f"rip-worker@{app}:*.service", "--state=active",
+                  "--plain", "--no-legend").stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def wait_until(check, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not reached within {timeout} s")
+
+
+# -- the generator -------------------------------------------------------------------------
+def test_generator_writes_units_for_valid_apps_only(box: SystemdBox) -> None:
+    box.write("/etc/rip/other.toml", app_file(port=8081, extra='user = "rip"\n'))
+    box.write("/etc/rip/broken.toml", 'app = "/nonexistent"\nworkers = "-3"\n')
+    try:
+        box.run("systemctl", "daemon-reload")
+        out = box.path("/run/systemd/generator")
+        generated = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+        for app in ("hello", "other"):
+            assert f"rip-balancer@{app}.socket" in generated
+            assert f"rip@{app}.service.d/50-rip.conf" in generated
+            assert f"rip-balancer@{app}.service.d/50-rip.conf" in generated
+        assert not [g for g in generated if "broken" in g]  # nothing half-configured
+        report = box.path("/run/rip/generator.log").read_text()
+        assert "/etc/rip/broken.toml: workers: '-3' is not a worker count" in report
+        assert "/nonexistent does not exist" in report
+        assert "hello" not in report
+        socket = box.show("rip-balancer@other.socket", "Listen", "UnitFileState")
+        assert socket == {"Listen": "0.0.0.0:8081 (Stream)", "UnitFileState": "generated"}
+        refused = box.run("systemctl", "start", "rip@broken", check=False)
+        assert refused.returncode != 0
+        assert "Assertion failed" in box.run("systemctl", "status", "rip@broken",
+                                             check=False).stdout
+    finally:
+        for name in ("other", "broken"):
+            box.path(f"/etc/rip/{name}.toml").unlink()
+        box.run("systemctl", "daemon-reload")
+
+
+def test_generator_is_fast_for_twenty_apps(box: SystemdBox) -> None:
+    for n in range(20):
+        box.write(f"/etc/rip/app{n}.toml", app_file(port=9000 + n))
+    try:
+        generator = f"/run/systemd/system-generators/{units.GENERATOR}"
+        times = []
+        for _ in range(5):
+            box.run("rm", "-rf", "/run/gen-test")
+            box.run("mkdir", "-p", "/run/gen-test")
+            started = time.perf_counter()
+            box.run(generator, "/run/gen-test", "/run/gen-test", "/run/gen-test")
+            times.append(time.perf_counter() - started)
+        written = list(box.path("/run/gen-test").glob("rip-balancer@app*.socket"))
+        assert len(written) == 20
+        best = min(times)
+        print(f"rip-generator for 21 apps: best {best * 1000:.0f} ms "
+              f"(runs: {', '.join(f'{t * 1000:.0f}' for t in times)} ms, incl. nsenter)")
+        assert best < 0.5, "far slower than the 100 ms a generator should take"
+    finally:
+        for n in range(20):
+            box.path(f"/etc/rip/app{n}.toml").unlink()
+        box.run("rm", "-rf", "/run/gen-test")
+
+
+# -- the app under systemd -------------------------------------------------------------------
+def test_start_blocks_until_ready_then_serves(hello: SystemdBox) -> None:
+    assert hello.show("rip@hello.service", "ActiveState")["ActiveState"] == "active"
+    assert sorted(worker_units(hello)) == ["rip-worker@hello:1.service",
+                                           "rip-worker@hello:2.service"]
+    assert get(hello, "/version") == (200, "v1")
+    status = hello.show("rip@hello.service", "StatusText")["StatusText"]
+    assert status.startswith("2/2 workers ready, v1")
+    user = hello.show("rip-worker@hello:1.service", "User")["User"]
+    assert user == "rip"
+
+
+def test_systemctl_reload_under_load_fails_no_request(hello: SystemdBox) -> None:
+    hello.write(f"{APP_DIR}/VERSION", "v2\n")
+    load = Load(hello, "/version")
+    time.sleep(1)
+    started = time.monotonic()
+    hello.run("systemctl", "reload", "rip@hello", timeout=90)
+    print(f"systemctl reload: {time.monotonic() - started:.2f} s")
+    time.sleep(0.5)
+    result = load.finish()
+    assert result["failed"] == 0, result["errors"]
+    assert int(result["ok"]) > 50  # type: ignore[call-overload]
+    assert {get(hello, "/version")[1] for _ in range(8)} == {"v2"}
+    assert len(worker_units(hello)) == 2
+
+
+def test_ripctl_reload_wait_under_load(hello: SystemdBox) -> None:
+    hello.write(f"{APP_DIR}/VERSION", "v3\n")
+    load = Load(hello, "/version")
+    time.sleep(0.5)
+    out = hello.run(sys.executable, "-m", "ripsvc.cli", "reload", "hello", "--wait",
+                    timeout=90)
+    result = load.finish()
+    assert result["failed"] == 0, (result["errors"], out.stdout, out.stderr)
+    assert {get(hello, "/version")[1] for _ in range(8)} == {"v3"}
+    status = json.loads(hello.run(sys.executable, "-m", "ripsvc.cli", "status", "hello",
+                                  "--json").stdout)
+    print("ripctl status:", status)
+
+
+def test_kill_9_of_a_worker_is_restarted_by_systemd_and_rejoined(hello: SystemdBox) -> None:
+    unit = sorted(worker_units(hello))[0]
+    pid = int(hello.show(unit, "MainPID")["MainPID"])
+    restarts = int(hello.show(unit, "NRestarts")["NRestarts"])
+    load = Load(hello, "/version")
+    time.sleep(0.5)
+    hello.run("kill", "-9", str(pid))
+    wait_until(lambda: int(hello.show(unit, "NRestarts")["NRestarts"]) > restarts, what="restart")
+    wait_until(lambda: hello.show(unit, "SubState")["SubState"] == "running", what="running")
+    time.sleep(1.5)
+    result = load.finish()
+    assert result["failed"] == 0, result["errors"]
+    new_pid = int(hello.show(unit, "MainPID")["MainPID"])
+    assert new_pid not in (0, pid)
+    pids = {get(hello, "/pid")[1] for _ in range(12)}
+    assert str(new_pid) in pids  # the restarted worker serves again
+
+
+def test_hung_worker_is_killed_by_the_watchdog(hello: SystemdBox) -> None:
+    before = {u: int(hello.show(u, "NRestarts")["NRestarts"]) for u in worker_units(hello)}
+    code, _ = get(hello, "/hang?s=20")  # the balancer answers 5xx when the worker dies
+    assert code >= 500
+    journal = hello.journal("-u", "rip-worker@*")
+    assert any("Watchdog timeout" in e.get("MESSAGE", "") for e in journal)
+    wait_until(lambda: any(int(hello.show(u, "NRestarts")["NRestarts"]) > n
+                           for u, n in before.items()), what="a watchdog restart")
+    assert get(hello, "/version")[0] == 200
+
+
+def test_journal_has_structured_access_log(hello: SystemdBox) -> None:
+    assert get(hello, "/version?from=journal-test")[0] == 200
+    time.sleep(1.5)  # the access log is buffered briefly
+    entries = [e for e in hello.journal("-u", "rip-balancer@hello.service")
+               if e.get("PATH") == "/version?from=journal-test"]
+    assert entries, "no access-log entry in the balancer's journal"
+    entry = entries[-1]
+    assert entry["APP"] == "hello" and entry["STATUS"] == "200"
+    assert entry["REQUEST_ID"] and float(entry["DURATION_MS"]) >= 0
+    assert entry["WORKER"].startswith(("1", "2"))
+
+
+def test_security_exposure_of_balancer_and_worker(hello: SystemdBox) -> None:
+    scores = {}
+    for unit in ("rip-balancer@hello.service", sorted(worker_units(hello))[0],
+                 "rip@hello.service"):
+        out = hello.run("systemd-analyze", "security", "--no-pager", unit, check=False).stdout
+        line = next(line for line in out.splitlines() if "Overall exposure level" in line)
+        scores[unit] = float(line.rsplit(":", 1)[1].split()[0])
+    print("systemd-analyze security:", scores)
+    assert scores["rip-balancer@hello.service"] <= 2.5
+    assert max(v for k, v in scores.items() if k.startswith("rip-worker")) <= 2.5
+
+
+def test_stop_drains_and_leaves_nothing(hello: SystemdBox) -> None:
+    slow = subprocess.Popen(hello.command("curl", "-s", "-o", "-", "-w", "\n%{http_code}",
+                                          f"http://127.0.0.1:{PORT}/slow?ms=1500",
+                                          net_only=True), stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    hello.run("systemctl", "stop", "rip@hello", timeout=60)
+    out, _ = slow.communicate(timeout=30)
+    assert out.endswith("\n200"), out  # the request in flight finished
+    left = hello.run("systemctl", "list-units", "rip@*", "rip-balancer@*", "rip-worker@*",
+                     "--state=active", "--plain",
+                     "--no-legend").stdout
+    assert left.strip() == ""
+    procs = hello.run("ps", "-u", "rip", "-o", "pid=", check=False).stdout
+    assert procs.strip() == ""
+    assert not list(hello.path("/run/systemd/system").glob("rip-worker@*"))
