@@ -14,10 +14,9 @@ mount -t tmpfs -o mode=755 tmpfs /etc/systemd/system                   # hides h
 mount -t tmpfs -o mode=2755 tmpfs /var/log/journal
 # rip's own directories: the mount points are created once on the host (empty, as the package
 # would), their contents stay in the box.
-for d in /etc/rip /var/lib/rip /var/log/rip /var/cache/rip /var/lib/private; do
+for d in /etc/rip /var/lib/rip /var/log/rip /var/cache/rip; do
   mkdir -p "$d" && mount -t tmpfs -o mode=755 tmpfs "$d"
 done
-chmod 700 /var/lib/private
 # the unprivileged `rip` user of the units, as sysusers.d would create it: in the box only
 mkdir -p /run/rip-test
 for f in passwd group shadow gshadow; do cp -a /etc/$f /run/rip-test/$f; done
