@@ -5,7 +5,7 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 # python3-venv for the virtualenv; a compiler, headers and libsystemd for systemd-python.
-APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev curl
+APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev curl procps dbus
 STAMP := $(VENV)/.installed
 # The same tests against Debian 12's own python3-* packages, which the .deb depends on.
 DEBIAN_VENV := .venv-debian
