@@ -121,11 +121,8 @@ def app_command(settings: Settings, config_dir: Path) -> tuple[str, Path]:
     spec = parse_spec(settings.app, cwd=config_dir)
     location, sep, attr = settings.app.rpartition(":") if ":" in settings.app \
         else (settings.app, "", "")
-    if spec.module == "app" and (config_dir / location).resolve() == spec.directory:
-        return str(spec.directory) + (f":{attr}" if sep else ""), spec.directory
-    if location.endswith(".py") or "/" in location:
-        return str(spec.directory / f"{spec.module}.py") + (f":{attr}" if sep else ""), \
-            spec.directory
+    if spec.module == "app" or location.endswith(".py") or "/" in location:  # a path
+        return str((config_dir / location).resolve()) + sep + attr, spec.directory
     return settings.app, spec.directory
 
 

@@ -196,13 +196,13 @@ class Manager:
         if self.stopping:
             return
         now = self.loop.time()
-        for slot in self.slots:
+        watched = [] if self.supervisor.own_watchdog or not self.plan.watchdog_sec \
+            else self.slots
+        for slot in watched:
             child = slot.child
             if child is None or child.retired or not child.ready.done() or child.exited.done():
                 continue
-            if self.supervisor.own_watchdog:
-                break
-            if self.plan.watchdog_sec and now - child.last_ping > self.plan.watchdog_sec:
+            if now - child.last_ping > self.plan.watchdog_sec:
                 log.error("worker %s missed its watchdog (%.0f s): killing it", child.id,
                           self.plan.watchdog_sec)
                 child.abort()
@@ -215,7 +215,7 @@ class Manager:
                 victim.abort()
         self._hung_seen = len(hung)
         if self.started:
-            sd.notify(f"STATUS={self.status_line(self._requests)}")
+            sd.notify(f"STATUS={self.status_line()}")
         self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
 
     async def handle_restart_file(self, _: Handle | None, __: int) -> None:
@@ -286,7 +286,7 @@ class Manager:
         sd.notify("RELOADING=1")
         self.reloading = self.loop.create_task(self._rolling_restart())
         self.reloading.add_done_callback(
-            lambda _: sd.notify("READY=1", f"STATUS={self.status_line(self._requests)}"))
+            lambda _: sd.notify("READY=1", f"STATUS={self.status_line()}"))
         return self.reloading
 
     async def _rolling_restart(self) -> str | None:
@@ -419,12 +419,13 @@ class Manager:
         if not reply.get("ok"):
             log.error("balancer control %s: %s", command, reply.get("error"))
 
-    def status_line(self, requests: int = 0) -> str:
-        """systemd's one-line status: "4/4 workers ready, v3, 12034 requests"."""
+    def status_line(self) -> str:
+        """systemd's one-line status: "4/4 workers ready, v3, 12034 requests" (the count as
+        of the last health tick)."""
         ready = sum(1 for s in self.slots if s.child is not None and s.child.ready.done()
                     and not s.child.ready.cancelled() and not s.child.exited.done())
         return (f"{ready}/{len(self.slots)} workers ready, v{self.version}, "
-                f"{requests} requests")
+                f"{self._requests} requests")
 
     async def _cleanup(self) -> None:
         if self.restart_watch is not None:

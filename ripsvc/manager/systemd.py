@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ class Systemd:
     def __init__(self, bus: MessageBus) -> None:
         self.bus = bus
         self.jobs: dict[str, asyncio.Future[str]] = {}
-        self.watchers: dict[str, Any] = {}  # unit object path → callback(interface, changed)
+        # unit object path → callback(interface, changed properties)
+        self.watchers: dict[str, Callable[[str, dict[str, Any]], None]] = {}
         bus.add_message_handler(self._on_message)
 
     @classmethod

@@ -71,7 +71,7 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     if bind is not None:
         log.info("ready: try  %s", _curl_hint(sockets[-1]))
     stop_watchdog = sd.start_watchdog(loop)
-    status_timer = _start_status(worker)
+    stop_status = _start_status(worker)
 
     await worker.stopping.wait()
     for server in servers:
@@ -82,8 +82,7 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
         log.warning("the request in flight did not finish within %.1f s; stopping anyway",
                     options.graceful_timeout)
     stop_watchdog()
-    if status_timer:
-        status_timer[0].cancel()
+    stop_status()
     if aio_server is not None:
         await aio_server.shutdown(1.0)
     for conn in list(worker.connections):
@@ -102,20 +101,21 @@ def _curl_hint(sock: socket.socket) -> str:
     return f"curl http://{describe(sock)}/"
 
 
-def _start_status(worker: Worker) -> list[asyncio.TimerHandle]:
-    """STATUS= whenever the worker's one-line summary changes (checked every few seconds)."""
+def _start_status(worker: Worker) -> Callable[[], None]:
+    """STATUS= whenever the worker's one-line summary changes (checked every few seconds);
+    returns a function that stops it."""
     loop = worker.loop
-    timers: list[asyncio.TimerHandle] = []
     if "NOTIFY_SOCKET" not in os.environ:
-        return timers
+        return lambda: None
     last = [""]
+    pending: list[asyncio.TimerHandle] = []
 
     def status() -> None:
         line = worker.status_line()
         if line != last[0]:
             last[0] = line
             sd.notify(f"STATUS={line}")
-        timers[0] = loop.call_later(STATUS_INTERVAL, status)
+        pending[0] = loop.call_later(STATUS_INTERVAL, status)
 
-    timers.append(loop.call_later(STATUS_INTERVAL, status))
-    return timers
+    pending.append(loop.call_later(STATUS_INTERVAL, status))
+    return lambda: pending[0].cancel()
