@@ -121,7 +121,25 @@ def ripctl_main(argv: list[str] | None = None) -> None:
     logs_.add_argument("-f", "--follow", action="store_true", help="wait for new entries")
     logs_.add_argument("-n", "--lines", type=int, default=50, help="entries shown first (50)")
     logs_.add_argument("-j", "--json", action="store_true", help="one JSON object per entry")
-    args = parser.parse_args(argv)
+    install = commands.add_parser(
+        "install", allow_abbrev=False,
+        usage="ripctl install APP --app PATH [--enable] [--now] [--force] [rip-server tokens…]",
+        help="write /etc/rip/APP.toml from rip-server tokens, daemon-reload")
+    install.add_argument("app")
+    install.add_argument("--app", dest="app_path", required=True,
+                         help="a directory with app.py, file.py[:attr] or module:attr")
+    install.add_argument("--enable", action="store_true", help="start it at boot")
+    install.add_argument("--now", action="store_true", help="start it now")
+    install.add_argument("--force", action="store_true", help="replace an existing file")
+    # install's other arguments are rip-server's settings (w:4 http:8080 --max-body 10M …)
+    args, tokens = parser.parse_known_args(argv)
+    if tokens and args.command != "install":
+        parser.error(f"unrecognized arguments: {' '.join(tokens)}")
+    if args.command == "install":
+        from ripsvc import install as installer
+
+        sys.exit(installer.main(args.app, args.app_path, tokens, args.enable, args.now,
+                                args.force, CONFIG_DIR))
     if args.command == "serve":
         serve_main(args.tokens)
     elif args.command == "check":

@@ -239,14 +239,16 @@ class Settings:
                                        flag="--forwarded-allow-ips", kind="CIDR list",
                                        to="balancer")
     # Under systemd: settings of the units rather than of the processes.
-    user: str = setting("rip", _user, "under systemd: the unprivileged user the balancer and "
-                        "workers run as", kind="user")
+    user: str = setting("rip", _user, "under systemd: the unprivileged user the workers (the "
+                        "app's code) run as; the balancer is always user rip",
+                        flag="--user", kind="user")
     read_write_paths: tuple[str, ...] = setting((), _paths, "under systemd: paths the workers "
                                                 "may write (the rest of the system is "
-                                                "read-only to them)", kind="paths")
+                                                "read-only to them)", flag="--read-write-paths",
+                                                kind="paths")
     environment_file: str = setting("", _absolute_or_empty, "under systemd: a file of VAR=value "
                                     "lines for the workers (systemd's EnvironmentFile=)",
-                                    kind="path")
+                                    flag="--environment-file", kind="path")
 
     # -- what the processes get ----------------------------------------------------------------
     def args_for(self, role: str) -> list[str]:

@@ -147,6 +147,7 @@ class UnitHandle:
         self.started = time.time()
         self.last_ping = loop.time()
         self.retired = False
+        self.restarting = False  # systemd was restarting it when we were asked to start it
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
         self.path = ""
@@ -156,19 +157,28 @@ class UnitHandle:
         try:
             self.path = await sd.unit_path(self.unit)
             sd.watchers[self.path] = self._changed
+            if await sd.get(self.path, UNIT, "SubState") == "auto-restart":
+                # systemd restarts it itself (Restart=): wait for that; a StartUnit now would
+                # replace the restart that systemd counts (NRestarts) and paces (RestartSec=)
+                self.restarting = True
+                return
             result = await sd.job("StartUnit", self.unit)
-            if result == "done":
-                self.pid = int(await sd.get(self.path, SERVICE, "MainPID"))
-                self.status = str(await sd.get(self.path, SERVICE, "StatusText"))
-                if not self.ready.done():
-                    self.ready.set_result(None)
-                    self.backend.post("ready", self, 0)
-            else:
+            if result != "done":
                 log.error("%s: start job %s", self.unit, result)
                 await self._exit()
+                return
+            await self._ready()
         except (SystemdError, TimeoutError) as exc:
             log.error("%s: cannot start: %s", self.unit, exc)
             await self._exit(1)
+
+    async def _ready(self) -> None:
+        sd = self.backend.sd
+        self.pid = int(await sd.get(self.path, SERVICE, "MainPID"))
+        self.status = str(await sd.get(self.path, SERVICE, "StatusText"))
+        if not self.ready.done() and not self.exited.done():
+            self.ready.set_result(None)
+            self.backend.post("ready", self, 0)
 
     def _changed(self, interface: str, changed: dict[str, Any]) -> None:
         if interface == SERVICE:
@@ -176,10 +186,16 @@ class UnitHandle:
             self.pid = int(changed.get("MainPID", self.pid))
             return
         state = changed.get("ActiveState")
-        sub = changed.get("SubState")
-        if not self.ready.done() or self.exited.done():
+        gone = state in ("inactive", "failed")
+        if self.exited.done():
             return
-        if state in ("inactive", "failed") or sub == "auto-restart":
+        if not self.ready.done():  # only a restart by systemd is watched before READY
+            if self.restarting and state == "active":
+                self.backend.spawn(self._ready())
+            elif self.restarting and gone:
+                self.backend.spawn(self._exit())
+            return
+        if gone or changed.get("SubState") == "auto-restart":
             self.backend.spawn(self._exit())
 
     async def _exit(self, code: int | None = None) -> None:

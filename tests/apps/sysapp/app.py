@@ -4,6 +4,9 @@
 /pid          → the worker's pid
 /slow?ms=N    → answers after N ms
 /hang?s=N     → blocks the event loop for N seconds (a hung worker)
+/env?name=V   → the environment variable V ("-" if unset)
+/write?path=P → writes P: "written", or the error
+/user         → the worker's user id
 """
 
 import asyncio
@@ -28,7 +31,16 @@ async def app(scope, receive, send):
         await asyncio.sleep(int(query.get("ms", "100")) / 1000)
     elif path == "/hang":
         time.sleep(float(query.get("s", "10")))
-    body = {"/version": VERSION, "/pid": str(os.getpid()).encode()}.get(path, b"ok")
+    body = {"/version": VERSION, "/pid": str(os.getpid()).encode(),
+            "/user": str(os.getuid()).encode()}.get(path, b"ok")
+    if path == "/env":
+        body = os.environ.get(query["name"], "-").encode()
+    elif path == "/write":
+        try:
+            Path(query["path"]).write_text("x")
+            body = b"written"
+        except OSError as exc:
+            body = str(exc).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"), (b"x-pid", str(os.getpid()).encode())]})
     await send({"type": "http.response.body", "body": body})
