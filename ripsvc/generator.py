@@ -44,6 +44,10 @@ def generate(config_dir: Path, out: Path, python: str) -> list[str]:
             target = out / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
+        # the app's ports open with its manager (and stay open across its restarts)
+        wants = out / f"rip@{name}.service.wants"
+        wants.mkdir(exist_ok=True)
+        (wants / f"rip-balancer@{name}.socket").symlink_to(f"../rip-balancer@{name}.socket")
     return problems
 
 

@@ -3,7 +3,8 @@
 Three kinds, written by three parties:
 - the static templates (`rip@.service`, `rip-balancer@.service`, `rip-worker@.service`,
   `rip-worker@.socket`) and the generator executable, rendered once at install time with the
-  interpreter's path (`python -m ripsvc.units DEST`: the package, the test suite);
+  interpreter's path, and the sysusers.d entry of the user `rip` (`python -m ripsvc.units
+  UNIT_DIR GENERATOR_DIR [--sysusers-dir DIR]`: the package, the test suite);
 - per app, from `/etc/rip/APP.toml`: the balancer's socket unit and the drop-ins of the
   manager and balancer instances, written by `rip-generator` (ripsvc/generator.py);
 - per worker instance (`rip-worker@APP:ID`): drop-ins with the app's command line, user and
@@ -29,6 +30,7 @@ from ripsvc.sockets import Bind
 TEMPLATES = Path(__file__).with_name("units")
 STATIC = ("rip@.service", "rip-balancer@.service", "rip-worker@.service", "rip-worker@.socket")
 GENERATOR = "rip-generator"
+SYSUSERS = "rip-server.sysusers"  # installed as sysusers.d/rip-server.conf: the user `rip`
 DROPIN = "50-rip.conf"  # the name of every drop-in we write
 INSTANCE_DIR = Path("/run/systemd/system")  # where the manager writes worker drop-ins
 
@@ -68,10 +70,16 @@ def static_units(python: str) -> dict[str, str]:
     return units
 
 
-def install(unit_dir: Path, generator_dir: Path, python: str) -> list[Path]:
+def install(unit_dir: Path, generator_dir: Path, python: str,
+            sysusers_dir: Path | None = None) -> list[Path]:
     written = []
-    for name, text in static_units(python).items():
-        target = generator_dir / name if name == GENERATOR else unit_dir / name
+    files = static_units(python)
+    if sysusers_dir is not None:
+        files[SYSUSERS] = (TEMPLATES / SYSUSERS).read_text()
+    for name, text in files.items():
+        target = {GENERATOR: generator_dir / name,
+                  SYSUSERS: (sysusers_dir or unit_dir) / "rip-server.conf"}.get(
+                      name, unit_dir / name)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         target.chmod(0o755 if name == GENERATOR else 0o644)
@@ -149,8 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("generator_dir", type=Path, help="e.g. /lib/systemd/system-generators")
     p.add_argument("--python", default=sys.executable,
                    help="the interpreter the units run (default: this one)")
+    p.add_argument("--sysusers-dir", type=Path,
+                   help="also install the user `rip` there, e.g. /usr/lib/sysusers.d")
     args = p.parse_args(argv)
-    for path in install(args.unit_dir, args.generator_dir, args.python):
+    for path in install(args.unit_dir, args.generator_dir, args.python, args.sysusers_dir):
         print(path)
 
 

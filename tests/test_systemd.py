@@ -9,6 +9,7 @@ which RIP_FORBID_SKIPS=1 (.ci/run) turns into a failure.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def test_generator_writes_units_for_valid_apps_only(box: SystemdBox) -> None:
             assert f"rip-balancer@{app}.socket" in generated
             assert f"rip@{app}.service.d/50-rip.conf" in generated
             assert f"rip-balancer@{app}.service.d/50-rip.conf" in generated
+            wants = out / f"rip@{app}.service.wants" / f"rip-balancer@{app}.socket"
+            assert os.readlink(wants) == f"../rip-balancer@{app}.socket"
         assert not [g for g in generated if "broken" in g]  # nothing half-configured
         report = box.path("/run/rip/generator.log").read_text()
         assert "/etc/rip/broken.toml: workers: '-3' is not a worker count" in report
@@ -117,6 +120,7 @@ def test_generator_writes_units_for_valid_apps_only(box: SystemdBox) -> None:
         assert "hello" not in report
         socket = box.show("rip-balancer@other.socket", "Listen", "UnitFileState")
         assert socket == {"Listen": "0.0.0.0:8081 (Stream)", "UnitFileState": "generated"}
+        assert "rip-balancer@other.socket" in box.show("rip@other.service", "Wants")["Wants"]
         refused = box.run("systemctl", "start", "rip@broken", check=False)
         assert refused.returncode != 0
         assert "Assertion failed" in box.run("systemctl", "status", "rip@broken",
@@ -215,6 +219,21 @@ def test_kill_9_of_a_worker_is_restarted_by_systemd_and_rejoined(hello: SystemdB
     assert new_pid not in (0, pid)
     pids = {get(hello, "/pid")[1] for _ in range(12)}
     assert str(new_pid) in pids  # the restarted worker serves again
+
+
+def test_a_crash_looping_worker_never_leaves_its_socket_dead(hello: SystemdBox) -> None:
+    """Eight crashes within seconds: more than systemd's default start limit (5 in 10 s),
+    which would stop the service and its socket for good."""
+    unit = sorted(worker_units(hello))[-1]
+    for _ in range(8):
+        pid = hello.show(unit, "MainPID")["MainPID"]
+        hello.run("kill", "-9", pid)
+        wait_for(lambda: hello.show(unit, "MainPID")["MainPID"] not in ("0", pid)  # noqa: B023
+                 and hello.show(unit, "SubState")["SubState"] == "running", 20,
+                 "the worker back")
+    socket = unit.replace(".service", ".socket")
+    assert hello.show(socket, "ActiveState")["ActiveState"] == "active"
+    assert {get(hello, "/version")[0] for _ in range(6)} == {200}
 
 
 def test_hung_worker_is_killed_by_the_watchdog(hello: SystemdBox) -> None:

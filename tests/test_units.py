@@ -1,0 +1,43 @@
+"""Installing the unit templates, the generator and the user `rip` (no systemd needed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ripsvc import units
+
+
+def test_install_renders_the_interpreter_into_every_unit(tmp_path: Path) -> None:
+    written = units.install(tmp_path / "system", tmp_path / "generators", "/opt/py/bin/python",
+                            tmp_path / "sysusers.d")
+    names = sorted(str(p.relative_to(tmp_path)) for p in written)
+    assert names == ["generators/rip-generator", "system/rip-balancer@.service",
+                     "system/rip-worker@.service", "system/rip-worker@.socket",
+                     "system/rip@.service", "sysusers.d/rip-server.conf"]
+    generator = tmp_path / "generators" / "rip-generator"
+    assert generator.read_text().startswith("#!/opt/py/bin/python\n")
+    assert os.access(generator, os.X_OK)
+    for unit in ("rip@.service", "rip-balancer@.service", "rip-worker@.service"):
+        text = (tmp_path / "system" / unit).read_text()
+        assert "ExecStart=/opt/py/bin/python -m ripsvc." in text
+        assert "{{" not in text and "{%" not in text
+
+
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="no systemd-sysusers")
+def test_the_sysusers_entry_creates_the_user_of_the_units(tmp_path: Path) -> None:
+    units.install(tmp_path / "system", tmp_path / "gen", sys.executable, tmp_path / "sysusers")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    subprocess.run(["systemd-sysusers", f"--root={root}",
+                    str(tmp_path / "sysusers" / "rip-server.conf")], check=True,
+                   capture_output=True)
+    user = next(line for line in (root / "etc" / "passwd").read_text().splitlines()
+                if line.startswith("rip:"))
+    assert user.endswith(":/var/lib/rip:/usr/sbin/nologin")
+    assert "User=rip" in (tmp_path / "system" / "rip-balancer@.service").read_text()
