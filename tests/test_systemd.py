@@ -77,10 +77,10 @@ def get(box: SystemdBox, path: str, port: int = PORT) -> tuple[int, str]:
 class Load:
     """Bounded GET load from inside the box's network (tests/support/loadgen.py)."""
 
-    def __init__(self, box: SystemdBox, path: str, clients: int = 4) -> None:
+    def __init__(self, box: SystemdBox, path: str, clients: int = 4, port: int = PORT) -> None:
         self.stop_file = Path(tempfile.mkdtemp(prefix="rip-load-")) / "stop"
         self.proc = subprocess.Popen(
-            box.command(sys.executable, str(LOADGEN), f"http://127.0.0.1:{PORT}{path}",
+            box.command(sys.executable, str(LOADGEN), f"http://127.0.0.1:{port}{path}",
                         str(self.stop_file), "--clients", str(clients), "--max-seconds", "90",
                         net_only=True), stdout=subprocess.PIPE, text=True)
 
@@ -136,19 +136,18 @@ def test_generator_is_fast_for_twenty_apps(box: SystemdBox) -> None:
         box.write(f"/etc/rip/app{n}.toml", app_file(port=9000 + n))
     try:
         generator = f"/run/systemd/system-generators/{units.GENERATOR}"
-        times = []
-        for _ in range(5):
-            box.run("rm", "-rf", "/run/gen-test")
-            box.run("mkdir", "-p", "/run/gen-test")
-            started = time.perf_counter()
-            box.run(generator, "/run/gen-test", "/run/gen-test", "/run/gen-test")
-            times.append(time.perf_counter() - started)
+        # timed inside the box (no nsenter), as systemd runs it: a fresh directory each time
+        script = ("for i in 1 2 3 4 5; do rm -rf /run/gen-test; mkdir /run/gen-test; "
+                  "s=$(date +%s%N); " + generator + " /run/gen-test /run/gen-test "
+                  "/run/gen-test; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); done")
+        times = [int(ms) for ms in box.run("bash", "-c", script).stdout.split()]
         written = list(box.path("/run/gen-test").glob("rip-balancer@app*.socket"))
         assert len(written) == 20
-        best = min(times)
-        print(f"rip-generator for 21 apps: best {best * 1000:.0f} ms "
-              f"(runs: {', '.join(f'{t * 1000:.0f}' for t in times)} ms, incl. nsenter)")
-        assert best < 0.5, "far slower than the 100 ms a generator should take"
+        print(f"rip-generator for 21 apps: best {min(times)} ms (runs: {times} ms)")
+        # The goal is 100 ms. On these 2-core VMs the best of five runs is 89 to 118 ms, ~60 % of
+        # it the interpreter's start and importing jinja2, so the check catches a regression
+        # (work per app, an import too many) rather than the machine's noise.
+        assert min(times) < 150
     finally:
         for n in range(20):
             box.path(f"/etc/rip/app{n}.toml").unlink()
@@ -321,6 +320,31 @@ def test_ripctl_install_scale_logs_and_app_overrides(box: SystemdBox) -> None:
         box.path("/etc/rip/shop.toml").unlink()
         box.run("systemctl", "daemon-reload")
     assert worker_units(box, "shop") == []
+
+
+def test_recycled_workers_are_restarted_by_systemd_without_a_failed_request(
+        box: SystemdBox) -> None:
+    """r:40 — each worker exits with 75 after 40 requests; systemd restarts it on its socket."""
+    box.write("/etc/rip/recy.toml", app_file(port=8083, extra='recycle = "r:40,0s,0r"\n'
+                                             'recycle_jitter = 0\n'))
+    box.run("systemctl", "daemon-reload")
+    try:
+        box.run("systemctl", "start", "rip@recy", timeout=60)
+        units_ = worker_units(box, "recy")
+        load = Load(box, "/pid", clients=2, port=8083)
+        wait_for(lambda: sum(restarts_by_systemd(box, u) for u in units_) >= 4, 60,
+                 "four recycling restarts")
+        result = load.finish()
+        assert result["failed"] == 0, result["errors"]
+        assert len(result["bodies"]) >= 4  # type: ignore[arg-type]  # pids: new processes
+        exits = [e for u in units_ for e in box.journal("-u", u)
+                 if "status=75" in e.get("MESSAGE", "")]
+        assert exits, "no worker exited with 75 (recycle)"
+        assert sorted(worker_units(box, "recy")) == sorted(units_)  # same units, restarted
+    finally:
+        box.run("systemctl", "stop", "rip@recy", timeout=60)
+        box.path("/etc/rip/recy.toml").unlink()
+        box.run("systemctl", "daemon-reload")
 
 
 def test_a_crashed_manager_is_restarted_and_takes_its_app_back(hello: SystemdBox) -> None:
