@@ -16,7 +16,9 @@ Three kinds, written by three parties:
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,10 +66,31 @@ def static_units(python: str) -> dict[str, str]:
     units = {name: render(f"{name}.j2", python=python,
                           ripctl=command_line([python, "-m", "ripsvc.cli"]))
              for name in STATIC}
-    units[GENERATOR] = (f"#!{python}\n"
-                        "# rip-generator: per-app units from /etc/rip/*.toml (ripsvc.generator)\n"
-                        "from ripsvc.generator import main\n\nmain()\n")
+    units[GENERATOR] = render(f"{GENERATOR}.j2", python=python,
+                              sys_path=repr(module_path(python)))
     return units
+
+
+_PATH_QUERY = """import json, os, sys
+paths = [p for p in sys.path if os.path.isabs(p)]
+try:
+    import ripsvc
+except ImportError:  # not installed yet (a package build): its directory is on sys.path later
+    pass
+else:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(ripsvc.__file__)))
+    paths = [here] + [p for p in paths if p != here]
+print(json.dumps(paths))
+"""
+
+
+def module_path(python: str) -> list[str]:
+    """The sys.path of `python` after its site processing (PYTHON* variables ignored), with
+    the directory of ripsvc first (an editable install adds it through an import hook)."""
+    done = subprocess.run([python, "-E", "-c", _PATH_QUERY], capture_output=True, text=True,
+                          check=True, cwd="/")
+    paths: list[str] = json.loads(done.stdout)
+    return paths
 
 
 def install(unit_dir: Path, generator_dir: Path, python: str,

@@ -137,17 +137,17 @@ def test_generator_is_fast_for_twenty_apps(box: SystemdBox) -> None:
     try:
         generator = f"/run/systemd/system-generators/{units.GENERATOR}"
         # timed inside the box (no nsenter), as systemd runs it: a fresh directory each time
-        script = ("for i in 1 2 3 4 5; do rm -rf /run/gen-test; mkdir /run/gen-test; "
+        script = ("for i in $(seq 10); do rm -rf /run/gen-test; mkdir /run/gen-test; "
                   "s=$(date +%s%N); " + generator + " /run/gen-test /run/gen-test "
                   "/run/gen-test; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); done")
         times = [int(ms) for ms in box.run("bash", "-c", script).stdout.split()]
         written = list(box.path("/run/gen-test").glob("rip-balancer@app*.socket"))
         assert len(written) == 20
-        print(f"rip-generator for 21 apps: best {min(times)} ms (runs: {times} ms)")
-        # The goal is 100 ms. On these 2-core VMs the best of five runs is 89 to 118 ms, ~60 % of
-        # it the interpreter's start and importing jinja2, so the check catches a regression
-        # (work per app, an import too many) rather than the machine's noise.
-        assert min(times) < 150
+        print(f"rip-generator for 21 apps: best of ten {min(times)} ms (runs: {times} ms)")
+        # The goal: < 100 ms. These 2-core VMs are noisy (one run may take 160 ms), so the
+        # best of ten is checked: 76 to 88 ms here, of which the work is ≈15 ms and the rest the
+        # interpreter's start and the imports of jinja2 and the settings code.
+        assert min(times) < 100
     finally:
         for n in range(20):
             box.path(f"/etc/rip/app{n}.toml").unlink()

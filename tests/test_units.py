@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -14,19 +15,34 @@ from ripsvc import units
 
 
 def test_install_renders_the_interpreter_into_every_unit(tmp_path: Path) -> None:
-    written = units.install(tmp_path / "system", tmp_path / "generators", "/opt/py/bin/python",
+    python = sys.executable
+    written = units.install(tmp_path / "system", tmp_path / "generators", python,
                             tmp_path / "sysusers.d")
     names = sorted(str(p.relative_to(tmp_path)) for p in written)
     assert names == ["generators/rip-generator", "system/rip-balancer@.service",
                      "system/rip-worker@.service", "system/rip-worker@.socket",
                      "system/rip@.service", "sysusers.d/rip-server.conf"]
-    generator = tmp_path / "generators" / "rip-generator"
-    assert generator.read_text().startswith("#!/opt/py/bin/python\n")
-    assert os.access(generator, os.X_OK)
     for unit in ("rip@.service", "rip-balancer@.service", "rip-worker@.service"):
         text = (tmp_path / "system" / unit).read_text()
-        assert "ExecStart=/opt/py/bin/python -m ripsvc." in text
+        assert f"ExecStart={python} -m ripsvc." in text
         assert "{{" not in text and "{%" not in text
+
+
+def test_the_generator_starts_without_site_and_finds_its_modules(tmp_path: Path) -> None:
+    units.install(tmp_path / "system", tmp_path / "generators", sys.executable)
+    generator = tmp_path / "generators" / "rip-generator"
+    assert os.access(generator, os.X_OK)
+    lines = generator.read_text().splitlines()
+    assert lines[0] == f"#!{sys.executable} -S"
+    path = ast.literal_eval(next(line for line in lines if line.startswith("sys.path[:] = "))
+                            .removeprefix("sys.path[:] = "))
+    assert all(os.path.isabs(p) for p in path)
+    # what the script does before `from ripsvc.generator import main`, in a fresh -S python
+    probe = (f"import sys; sys.path[:] = {path!r}; import ripsvc.generator, jinja2; "
+             "print('site' in sys.modules)")
+    done = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True,
+                          check=True, cwd=tmp_path)
+    assert done.stdout.strip() == "False"
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="no systemd-sysusers")
