@@ -202,6 +202,25 @@ def restarts_by_systemd(box: SystemdBox, unit: str) -> int:
                if "Scheduled restart job" in e.get("MESSAGE", ""))
 
 
+def test_a_failed_rolling_restart_fails_systemctl_reload_and_keeps_serving(
+        hello: SystemdBox) -> None:
+    app = hello.path(f"{APP_DIR}/app.py")
+    good = app.read_text()
+    app.write_text(good + "\nthis is not python\n")
+    try:
+        load = Load(hello, "/version")
+        failed = hello.run("systemctl", "reload", "rip@hello", check=False, timeout=90)
+        result = load.finish()
+        assert failed.returncode != 0  # ExecReload= failed: systemd says so
+        assert result["failed"] == 0, result["errors"]
+        assert hello.show("rip@hello.service", "ActiveState")["ActiveState"] == "active"
+        assert len(worker_units(hello)) == 2 and get(hello, "/version")[0] == 200
+        entries = hello.journal("-u", "rip@hello.service")
+        assert any("rolling restart stopped" in e.get("MESSAGE", "") for e in entries)
+    finally:
+        app.write_text(good)
+
+
 def test_kill_9_of_a_worker_is_restarted_by_systemd_and_rejoined(hello: SystemdBox) -> None:
     unit = sorted(worker_units(hello))[0]
     pid = int(hello.show(unit, "MainPID")["MainPID"])
@@ -287,7 +306,7 @@ def test_ripctl_install_scale_logs_and_app_overrides(box: SystemdBox) -> None:
     box.run("chmod", "1777", "/var/lib/rip/test-shop/data")
     shop_port = "8082"
     done = ripctl(box, "install", "shop", "--app", APP_DIR, "--now", "--enable", "w:1",
-                  f"http:{shop_port}", "--user", "nobody",
+                  f"http:{shop_port}", "http:80", "--user", "nobody",
                   "--read-write-paths", "/var/lib/rip/test-shop/data",
                   "--environment-file", "/var/lib/rip/test-shop/secrets.env")
     assert "rip@shop: started, enabled at boot" in done.stdout
@@ -297,6 +316,7 @@ def test_ripctl_install_scale_logs_and_app_overrides(box: SystemdBox) -> None:
         assert get(box, "/env?name=SHOP_SECRET", port) == (200, "s3cret")
         nobody = box.run("id", "-u", "nobody").stdout.strip()
         assert get(box, "/user", port) == (200, nobody)
+        assert get(box, "/user", 80) == (200, nobody)  # a privileged port, no root needed
         assert get(box, "/write?path=/var/lib/rip/test-shop/data/f", port) == (200, "written")
         code, body = get(box, f"/write?path={APP_DIR}/f", port)
         assert code == 200 and "Read-only file system" in body  # ProtectSystem=strict
