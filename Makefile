@@ -14,7 +14,13 @@ DEBIAN_PACKAGES := python3-aiohttp python3-httptools python3-uvloop python3-syst
 DEBIAN_STAMP := $(DEBIAN_VENV)/.installed
 PORT ?= 8000
 
-.PHONY: run test lint unit unit-debian deps bench clean
+# The .deb: built from a copy of the tree with packaging/debian as debian/.
+DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-jinja2 \
+	python3-setuptools lintian
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ripsvc/__init__.py)
+DEB := build/deb/rip-server_$(VERSION)_all.deb
+
+.PHONY: run test lint unit unit-debian deps bench clean deb
 
 deps: $(STAMP)
 
@@ -53,9 +59,21 @@ unit-debian: $(DEBIAN_STAMP)
 
 test: lint unit unit-debian
 
+deb:
+	scripts/apt-ensure $(DEB_BUILD_PACKAGES)
+	rm -rf build/deb && mkdir -p build/deb/rip-server-$(VERSION)
+	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
+		--exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache \
+		--exclude=.ruff_cache --exclude=./packaging . | tar -x -C build/deb/rip-server-$(VERSION)
+	cp -rL packaging/debian build/deb/rip-server-$(VERSION)/debian
+	@# Debian's own interpreter and tools, whatever else PATH holds (pyenv, a venv)
+	cd build/deb/rip-server-$(VERSION) && \
+		env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	@echo "make deb: $(DEB)"
+
 bench: deps
 	scripts/apt-ensure wrk
 	$(BIN)/python bench/worker.py
 
 clean:
-	rm -rf $(VENV) $(DEBIAN_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEBIAN_VENV) .pytest_cache .mypy_cache .ruff_cache build

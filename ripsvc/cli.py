@@ -97,7 +97,8 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-def ripctl_main(argv: list[str] | None = None) -> None:
+def ripctl_parser() -> argparse.ArgumentParser:
+    """ripctl's command line (also the source of its man page, ripsvc/manpages.py)."""
     parser = argparse.ArgumentParser(prog="ripctl", description="Control rip-server apps.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run an app in the foreground (= rip-server)")
@@ -131,6 +132,11 @@ def ripctl_main(argv: list[str] | None = None) -> None:
     install.add_argument("--enable", action="store_true", help="start it at boot")
     install.add_argument("--now", action="store_true", help="start it now")
     install.add_argument("--force", action="store_true", help="replace an existing file")
+    return parser
+
+
+def ripctl_main(argv: list[str] | None = None) -> None:
+    parser = ripctl_parser()
     # install's other arguments are rip-server's settings (w:4 http:8080 --max-body 10M …)
     args, tokens = parser.parse_known_args(argv)
     if tokens and args.command != "install":
