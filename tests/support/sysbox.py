@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 STAGE2 = Path(__file__).with_name("sysbox_stage2.sh")
+STAGE2_ROOTFS = Path(__file__).with_name("sysbox_stage2_rootfs.sh")
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")  # this host runs cgroups in hybrid mode
 SIGRTMIN_4 = signal.SIGRTMIN + 4  # systemd: poweroff (exit, in a container)
 
@@ -43,8 +44,12 @@ def available() -> str | None:
 
 
 class SystemdBox:
-    def __init__(self, name: str, console: Path | None = None) -> None:
+    def __init__(self, name: str, console: Path | None = None,
+                 rootfs: Path | None = None) -> None:
+        """`rootfs`: boot that root filesystem's own systemd (multi-user.target) instead of
+        the host's with the minimal target."""
         self.name = name
+        self.rootfs = rootfs
         base = CGROUP_ROOT if CGROUP_ROOT.is_dir() else Path("/sys/fs/cgroup")
         self.cgroup = base / f"rip-test-{name}"
         self.console = console
@@ -57,9 +62,10 @@ class SystemdBox:
         log = open(self.console, "wb") if self.console else subprocess.DEVNULL  # noqa: SIM115
         # the launcher enters its own cgroup first, so the box's cgroup namespace is rooted
         # there and parallel boxes never meet
+        stage2 = f"{STAGE2_ROOTFS} {self.rootfs}" if self.rootfs else str(STAGE2)
         script = (f"echo $$ > {self.cgroup}/cgroup.procs; exec unshare --pid --fork --mount "
                   "--propagation private --cgroup --uts --ipc --net env -i container=rip-test "
-                  f"PATH=/usr/sbin:/usr/bin:/sbin:/bin {STAGE2}")
+                  f"PATH=/usr/sbin:/usr/bin:/sbin:/bin {stage2}")
         self.launcher = subprocess.Popen(["bash", "-c", script], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, start_new_session=True)
         if log is not subprocess.DEVNULL:
@@ -115,15 +121,17 @@ class SystemdBox:
         self.stop()
 
     # -- inside --------------------------------------------------------------------------
-    def command(self, *argv: str, net_only: bool = False) -> list[str]:
-        """An argv that runs `argv` inside the box (all namespaces, or only its network)."""
-        which = ["-n"] if net_only else ["-a"]
+    def command(self, *argv: str, net_only: bool = False, host_net: bool = False) -> list[str]:
+        """An argv that runs `argv` inside the box: in all its namespaces, only in its
+        network (net_only), or in all but its network (host_net: apt reaching a mirror)."""
+        which = ["-n"] if net_only else ["-m", "-u", "-i", "-p", "-C", "-r", "-w"] \
+            if host_net else ["-a"]
         return ["nsenter", "-t", str(self.pid), *which, *argv]
 
     def run(self, *argv: str, check: bool = True, timeout: float = 60.0,
-            net_only: bool = False) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self.command(*argv, net_only=net_only), capture_output=True,
-                                text=True, timeout=timeout)
+            net_only: bool = False, host_net: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self.command(*argv, net_only=net_only, host_net=host_net),
+                                capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise BoxError(f"{' '.join(argv)} exited with {result.returncode}:\n"
                            f"{result.stdout}{result.stderr}")
