@@ -29,6 +29,7 @@ from tests.support.waiting import wait_for
 ROOT = Path(__file__).parent.parent
 DEB = ROOT / "build" / "deb" / f"rip-server_{__version__}_all.deb"
 LOADGEN = Path(__file__).parent / "support" / "loadgen.py"
+TRY_DEBIAN = ROOT / "scripts" / "try-debian"
 EXAMPLE = "/usr/share/rip-server/examples/hello"
 PORT = 8080
 APT = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y", "-qq",
@@ -102,22 +103,19 @@ def active_rip_units(box: SystemdBox) -> str:
                    "--state=active", "--plain", "--no-legend").stdout.strip()
 
 
-def test_1_install_resolves_from_the_archive_and_starts_nothing(debian: SystemdBox) -> None:
+def test_1_install_starts_nothing_then_the_example_serves_and_logs(debian: SystemdBox) -> None:
+    """What scripts/try-debian does (the Vagrantfile runs it too), checked step by step."""
     started = time.monotonic()
     debian.run(*APT, "install", f"/root/{DEB.name}", host_net=True, timeout=600)
     print(f"apt install: {time.monotonic() - started:.1f} s")
     assert debian.run("id", "-u", "rip").stdout.strip().isdigit()
-    assert active_rip_units(debian) == ""
+    assert active_rip_units(debian) == ""  # installing starts nothing
     assert rip_processes(debian) == []
     assert debian.path("/usr/share/man/man8/ripctl.8.gz").exists()
-
-
-def test_2_an_app_starts_serves_and_logs_to_the_journal(debian: SystemdBox) -> None:
-    example = debian.path("/etc/rip/hello.toml.example").read_text()
-    debian.write("/etc/rip/hello.toml", example)
-    assert "ok" in debian.run("ripctl", "check", "hello").stdout
-    debian.run("systemctl", "daemon-reload")
-    debian.run("systemctl", "start", "rip@hello", timeout=90)
+    # the rest of the script: the example becomes rip@hello, started
+    shutil.copy(TRY_DEBIAN, debian.path("/root/try-debian"))
+    done = debian.run("/root/try-debian", f"/root/{DEB.name}", host_net=True, timeout=600)
+    assert "rip@hello is serving" in done.stdout
     code, body = get(debian, "/ping")
     assert code == 200 and body.startswith("pong")
     wait_for(lambda: any(e.get("PATH") == "/ping" and e.get("STATUS") == "200"
@@ -128,7 +126,7 @@ def test_2_an_app_starts_serves_and_logs_to_the_journal(debian: SystemdBox) -> N
     assert len(workers) == 4  # two workers: their services and sockets
 
 
-def test_3_ripctl_reload_under_load_fails_no_request(debian: SystemdBox) -> None:
+def test_2_ripctl_reload_under_load_fails_no_request(debian: SystemdBox) -> None:
     debian.write(f"{EXAMPLE}/VERSION", "2\n")
     load = Load(debian, "/version")
     time.sleep(0.5)
@@ -138,7 +136,7 @@ def test_3_ripctl_reload_under_load_fails_no_request(debian: SystemdBox) -> None
     assert {get(debian, "/version")[1].strip() for _ in range(6)} == {"2"}
 
 
-def test_4_an_upgrade_under_load_fails_no_request(debian: SystemdBox) -> None:
+def test_3_an_upgrade_under_load_fails_no_request(debian: SystemdBox) -> None:
     load = Load(debian, "/version")
     time.sleep(0.5)
     debian.run(*APT, "install", "--reinstall", f"/root/{DEB.name}", host_net=True, timeout=600)
@@ -151,7 +149,7 @@ def test_4_an_upgrade_under_load_fails_no_request(debian: SystemdBox) -> None:
     assert get(debian, "/ping")[0] == 200
 
 
-def test_5_remove_stops_everything_and_purge_leaves_no_state(debian: SystemdBox) -> None:
+def test_4_remove_stops_everything_and_purge_leaves_no_state(debian: SystemdBox) -> None:
     debian.run(*APT, "remove", "rip-server", host_net=True, timeout=300)
     assert active_rip_units(debian) == ""
     wait_for(lambda: rip_processes(debian) == [], 10, "no rip process")
