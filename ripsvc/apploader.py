@@ -56,6 +56,15 @@ class AppSpec:
         return f"{self.module}:{self.attr} (in {self.directory})"
 
 
+def absolute_spec(text: str, cwd: Path) -> str:
+    """The app string with a path in it made absolute (relative to `cwd`); module:attr as is.
+    For a file that is read elsewhere (/etc/rip/APP.toml) or a process started elsewhere."""
+    location, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
+    if location.endswith(".py") or "/" in location or (cwd / location).is_dir():
+        return str((cwd / location).resolve()) + sep + attr
+    return text
+
+
 def parse_spec(text: str, cwd: Path | None = None) -> AppSpec:
     """Turn the operator's app string into an AppSpec; raise BadImportString if it is none."""
     cwd = cwd or Path.cwd()

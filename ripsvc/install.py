@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ripsvc import paths
+from ripsvc.apploader import absolute_spec
 from ripsvc.exitcodes import ExitCode
 from ripsvc.settings import FIELDS, Settings, SettingsError, resolve
 
@@ -54,7 +55,7 @@ def install(name: str, app: str, tokens: list[str], config_dir: Path,
     target = config_dir / f"{name}.toml"
     if target.exists() and not force:
         raise InstallError(f"{target} exists; edit it, or use --force to replace it")
-    settings = resolve([_absolute(app), "--name", name, *tokens], env={})
+    settings = resolve([absolute_spec(app, Path.cwd()), "--name", name, *tokens], env={})
     # Written beside the target under the same name, read back, then moved in place: the
     # generator never sees a half-written or unreadable file.
     staging = config_dir / ".ripctl-install"
@@ -70,14 +71,6 @@ def install(name: str, app: str, tokens: list[str], config_dir: Path,
         partial.unlink(missing_ok=True)
         staging.rmdir()
     return target
-
-
-def _absolute(app: str) -> str:
-    """A path made absolute (the file is read from /etc/rip); module:attr unchanged."""
-    location, sep, attr = app.rpartition(":") if ":" in app else (app, "", "")
-    if location.endswith(".py") or "/" in location or Path(location).is_dir():
-        return str(Path(location).resolve()) + sep + attr
-    return app
 
 
 def main(name: str, app: str, tokens: list[str], enable: bool, now: bool, force: bool,

@@ -25,7 +25,7 @@ from typing import Any
 
 import jinja2
 
-from ripsvc.apploader import parse_spec
+from ripsvc.apploader import absolute_spec, parse_spec
 from ripsvc.settings import Settings
 from ripsvc.sockets import Bind
 
@@ -150,11 +150,7 @@ def app_command(settings: Settings, config_dir: Path) -> tuple[str, Path]:
     """The app argument for a worker whose working directory is the second value: a path
     made absolute (relative ones are relative to the app's config file), or module:attr."""
     spec = parse_spec(settings.app, cwd=config_dir)
-    location, sep, attr = settings.app.rpartition(":") if ":" in settings.app \
-        else (settings.app, "", "")
-    if spec.module == "app" or location.endswith(".py") or "/" in location:  # a path
-        return str((config_dir / location).resolve()) + sep + attr, spec.directory
-    return settings.app, spec.directory
+    return absolute_spec(settings.app, config_dir), spec.directory
 
 
 def worker_dropins(settings: Settings, ident: str, args: list[str], env: dict[str, str],
