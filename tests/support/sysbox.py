@@ -6,7 +6,7 @@
 
 The box shares the host's filesystem (so the project's venv and examples work unchanged) but has
 its own pid, mount, cgroup, uts, ipc and network namespaces; sysbox_stage2.sh puts tmpfs on
-every directory systemd or rip would write (/run, /tmp, /etc/systemd/system, /etc/rip, the
+every directory systemd or rip would write (/run, /tmp, /var/tmp, /etc/systemd/system, /etc/rip, the
 journal, rip's state) and boots a target that starts only journald and D-Bus. See
 ../shared/SYSTEMD-TESTING.md for the measured facts behind each step.
 """

@@ -10,6 +10,7 @@ mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys 2>/dev/null || mount -o remo
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup        # rooted at our cgroup ns
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp                    # PrivateTmp= lives here
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp                # and here (systemd-private-*)
 mount -t tmpfs -o mode=755 tmpfs /etc/systemd/system                   # hides host enablement
 mount -t tmpfs -o mode=2755 tmpfs /var/log/journal
 # rip's own directories: the mount points are created once on the host (empty, as the package
