@@ -5,12 +5,15 @@ PYTHON ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 # python3-venv for the virtualenv; a compiler, headers and libsystemd for systemd-python.
-APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev curl procps dbus
+# haproxy (a real PROXY-protocol peer) and mkcert (a certificate source) for the edge tests.
+APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev curl procps dbus \
+	haproxy mkcert
 STAMP := $(VENV)/.installed
 # The same tests against Debian 12's own python3-* packages, which the .deb depends on.
 DEBIAN_VENV := .venv-debian
 DEBIAN_PACKAGES := python3-aiohttp python3-httptools python3-uvloop python3-systemd \
-	python3-dbus-fast python3-jinja2 python3-pyroute2 python3-venv
+	python3-dbus-fast python3-jinja2 python3-pyroute2 python3-cryptography \
+	python3-prometheus-client python3-venv
 DEBIAN_STAMP := $(DEBIAN_VENV)/.installed
 PORT ?= 8000
 

@@ -15,6 +15,9 @@ configuration files (rendered from bench/conf/) and logs in a temporary director
     nginx-uvicorn    nginx -> 2 uvicorn processes over keep-alive upstreams (several in flight)
     rip-server       the balancer alone, answering its own /server endpoint
     nginx-static     nginx alone, `return 200 "ok\\n"`
+    rip-https        rip with the balancer serving HTTPS (a self-signed EC P-256 certificate)
+    nginx-https-gunicorn  nginx serving HTTPS (the same certificate) -> 2 gunicorn sync workers
+    *-close          the two above with `Connection: close`: a TLS handshake per request
 
 Every run is `wrk -t2 -c50 --latency` for --duration seconds after --warmup seconds that are
 not recorded. The machine is small and noisy, so the configurations alternate within each
@@ -58,6 +61,7 @@ import re
 import resource
 import shutil
 import signal
+import ssl
 import statistics
 import string
 import subprocess
@@ -200,6 +204,11 @@ class Config:
     description: str
     path: str  # what wrk requests
     start: Callable[[Stack], Proc]  # starts the stack, returns its front (listening on port)
+    scheme: str = "http"
+    close: bool = False  # wrk sends Connection: close: a new connection for every request
+
+    def url(self, port: int) -> str:
+        return f"{self.scheme}://127.0.0.1:{port}{self.path}"
 
 
 @dataclass
@@ -236,8 +245,11 @@ TARGETS = (
     Target("rip >= 0.8x nginx -> uvicorn", "rip", "nginx-uvicorn", 0.8),
     Target("rip >= 12,000 requests/s", "rip", None, 12_000.0),
     Target("rip /server >= 0.4x nginx static", "rip-server", "nginx-static", 0.4),
+    Target("rip HTTPS >= 2x nginx HTTPS -> gunicorn (keep-alive)", "rip-https",
+           "nginx-https-gunicorn", 2.0),
 )
-INFO_RATIOS = (("rip-nolog", "rip"),)  # without / with the access log
+INFO_RATIOS = (("rip-nolog", "rip"),  # without / with the access log
+               ("rip-https-close", "nginx-https-gunicorn-close"))  # a handshake per request
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -297,6 +309,21 @@ def over_unix(path: Path) -> Callable[[], http.client.HTTPConnection]:
     return lambda: UnixHTTPConnection(path, timeout=1.0)
 
 
+def over_tls(port: int) -> Callable[[], http.client.HTTPConnection]:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # our own throwaway certificate
+    return lambda: http.client.HTTPSConnection("127.0.0.1", port, timeout=1.0, context=context)
+
+
+def certificate(stack: Stack) -> tuple[Path, Path]:
+    """A self-signed certificate for this stack (what rip makes when none is configured)."""
+    from ripsvc import tls
+
+    found = tls.resolve("", "", ["localhost"], stack.dir / "certs", mkcert=None)
+    return found.cert, found.key
+
+
 def over_tcp(port: int) -> Callable[[], http.client.HTTPConnection]:
     return lambda: http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
 
@@ -322,12 +349,16 @@ def start_rip_workers(stack: Stack) -> list[Path]:
     return sockets
 
 
-def start_balancer(stack: Stack, workers: list[Path], *, access_log: bool) -> Proc:
+def start_balancer(stack: Stack, workers: list[Path], *, access_log: bool,
+                   tls: bool = False) -> Proc:
     stack.port = free_port()
     command = [
         ".venv/bin/python", "-m", "ripsvc.balancer", "--app", "hello",
         "--listen", f"tcp:127.0.0.1:{stack.port}", "--control", str(stack.dir / "ctl.sock"),
     ]
+    if tls:
+        cert, key = certificate(stack)
+        command += ["--tls-port", str(stack.port), "--cert", str(cert), "--key", str(key)]
     for n, path in enumerate(workers, 1):
         command += ["--worker", f"{n}={path}"]
     if not access_log:
@@ -366,6 +397,9 @@ def start_nginx(stack: Stack, site: str) -> Proc:
     """nginx with bench/conf/nginx.conf around bench/conf/nginx-SITE.conf."""
     stack.port = free_port()
     values: dict[str, str | int] = {"dir": str(stack.dir), "port": stack.port}
+    if site.startswith("https"):
+        cert, key = certificate(stack)
+        values.update(cert=str(cert), key=str(key))
     # As root, nginx's workers would run as nobody, who cannot enter our 0700 directory.
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = stack.dir / "nginx.conf"
@@ -418,6 +452,15 @@ def nginx_static(stack: Stack) -> Proc:
     return start_nginx(stack, "static")
 
 
+def rip_https(stack: Stack) -> Proc:
+    return start_balancer(stack, start_rip_workers(stack), access_log=True, tls=True)
+
+
+def nginx_https_gunicorn(stack: Stack) -> Proc:
+    start_gunicorn(stack)
+    return start_nginx(stack, "https-gunicorn")
+
+
 CONFIGS = (
     Config("rip", "balancer + 2 rip workers (ASGI examples/hello), access log to a file",
            "/ping", rip),
@@ -433,6 +476,14 @@ CONFIGS = (
            "/server", rip_server),
     Config("nginx-static", 'nginx alone (access log to a file): return 200 "ok\\n"', "/ping",
            nginx_static),
+    Config("rip-https", "rip, the balancer serving HTTPS (TLS 1.3, self-signed P-256), "
+           "keep-alive clients", "/ping", rip_https, scheme="https"),
+    Config("nginx-https-gunicorn", "nginx serving HTTPS (the same certificate) -> 2 gunicorn "
+           "sync workers, keep-alive clients", "/ping", nginx_https_gunicorn, scheme="https"),
+    Config("rip-https-close", "rip-https with Connection: close (a handshake per request)",
+           "/ping", rip_https, scheme="https", close=True),
+    Config("nginx-https-gunicorn-close", "nginx-https-gunicorn with Connection: close",
+           "/ping", nginx_https_gunicorn, scheme="https", close=True),
 )
 RIP = CONFIGS[0]
 
@@ -443,7 +494,8 @@ def launched(config: Config, directory: Path, tools: dict[str, str]) -> Iterator
     stack = Stack(config.name, directory, tools)
     try:
         front = config.start(stack)
-        wait_ready(front, over_tcp(stack.port), config.path)
+        connect = over_tls(stack.port) if config.scheme == "https" else over_tcp(stack.port)
+        wait_ready(front, connect, config.path)
         yield stack
     finally:
         stack.stop()
@@ -451,16 +503,16 @@ def launched(config: Config, directory: Path, tools: dict[str, str]) -> Iterator
 
 # -- measuring --------------------------------------------------------------------------------
 
-def wrk_command(settings: Settings, url: str, seconds: int) -> list[str]:
+def wrk_command(settings: Settings, url: str, seconds: int, close: bool = False) -> list[str]:
     return [
         "wrk", f"-t{settings.threads}", f"-c{settings.connections}", f"-d{seconds}s",
-        "--latency", url,
+        "--latency", *(["-H", "Connection: close"] if close else []), url,
     ]
 
 
-def run_wrk(settings: Settings, url: str, seconds: int) -> str:
+def run_wrk(settings: Settings, url: str, seconds: int, close: bool = False) -> str:
     result = subprocess.run(
-        wrk_command(settings, url, seconds), capture_output=True, text=True,
+        wrk_command(settings, url, seconds, close), capture_output=True, text=True,
         timeout=seconds + 30, check=False,
     )
     if result.returncode != 0:
@@ -561,11 +613,11 @@ def measure(config: Config, round_: int, settings: Settings, tools: dict[str, st
     directory.mkdir()
     try:
         with launched(config, directory, tools) as stack:
-            url = f"http://127.0.0.1:{stack.port}{config.path}"
+            url = config.url(stack.port)
             if settings.warmup > 0:
-                run_wrk(settings, url, settings.warmup)
+                run_wrk(settings, url, settings.warmup, config.close)
             with CpuMeter(stack) as meter:
-                text = run_wrk(settings, url, settings.duration)
+                text = run_wrk(settings, url, settings.duration, config.close)
             stack.check_alive()
         run = parse_wrk(text, config.name, round_)
         # Counted once stopped: the balancer buffers its access log and flushes it on exit.

@@ -41,7 +41,8 @@ def plan_from(settings: Settings, config_dir: Path | None = None) -> ServePlan:
     return ServePlan(app=settings.app, name=settings.name, workers=settings.workers,
                      listen=settings.binds(), worker_args=settings.args_for("worker"),
                      balancer_args=settings.args_for("balancer"), restart_file=restart_file,
-                     watchdog_sec=settings.watchdog_sec)
+                     watchdog_sec=settings.watchdog_sec, hosts=settings.hosts,
+                     cert=settings.cert, key=settings.key)
 
 
 def serve_main(argv: list[str] | None = None) -> None:
@@ -85,7 +86,8 @@ def act_on_running(action: str, app: str | None) -> int:
             return ExitCode.USAGE if running else ExitCode.FAILURE
         app = running[0]
     command = "stop" if action == "stop" else "reload"
-    return command_main(argparse.Namespace(command=command, app=app, wait=True, json=False))
+    return command_main(argparse.Namespace(command=command, app=app, wait=True, json=False,
+                                           tls=False))
 
 
 def settings_help() -> str:
@@ -112,6 +114,12 @@ def ripctl_parser() -> argparse.ArgumentParser:
     reload.add_argument("app")
     reload.add_argument("--wait", action="store_true",
                         help="return when it is done; exit 1 if it failed")
+    reload.add_argument("--tls", action="store_true",
+                        help="only load the renewed certificate files (no restart)")
+    hosts = commands.add_parser("hosts", help="the host names the app answers (others: 404)")
+    hosts.add_argument("app")
+    hosts.add_argument("action", nargs="?", choices=["list", "add", "remove"], default="list")
+    hosts.add_argument("host", nargs="?", help="a name, *.example.com or an IP address")
     scale = commands.add_parser("scale", help="run N workers")
     scale.add_argument("app")
     scale.add_argument("workers", type=int)
@@ -182,18 +190,36 @@ def command_main(args: argparse.Namespace) -> int:
     """One command to a running app's manager; errors are one line and a non-zero exit."""
     from ripsvc.ctlclient import ControlError, call
 
-    body: dict[str, object] = {}
-    if args.command == "reload":
-        body = {"wait": args.wait}
-    elif args.command == "scale":
+    body: dict[str, object] | None = {}
+    command, method = args.command, ""
+    if command == "reload":
+        body = {"wait": args.wait, "tls": args.tls}
+    elif command == "scale":
         body = {"workers": args.workers}
+    elif command == "status":
+        body = None
+    elif command == "hosts":
+        if (args.action == "list") != (args.host is None):
+            print("ripctl: usage: ripctl hosts APP [list | add HOST | remove HOST]",
+                  file=sys.stderr)
+            return ExitCode.USAGE
+        command = "registry"
+        method = {"list": "GET", "add": "POST", "remove": "DELETE"}[args.action]
+        body = None if args.host is None else {"host": args.host}
     try:
-        data = call(args.app, args.command, body if args.command != "status" else None)
+        data = call(args.app, command, body, method=method)
     except ControlError as exc:
         print(f"ripctl: {exc}", file=sys.stderr)
         return exc.exit_code
     if args.command == "status":
         print(json.dumps(data, indent=2) if args.json else format_status(data))
+    elif args.command == "hosts":
+        for name in data["configured"]:
+            print(name)
+        for name in data["added"]:
+            print(f"{name}\t(added)")
+    elif args.command == "reload" and args.tls:
+        print(f"{args.app}: certificate reloaded")
     elif args.command == "reload":
         print(f"{args.app}: rolling restart " + ("done" if args.wait else "started") +
               f" (version {data['version']})")
@@ -211,9 +237,15 @@ def format_status(data: dict[str, Any]) -> str:
              + (" (rolling restart in progress)" if data["reloading"] else "")]
     lines.append(f"  {'id':<8} {'pid':>7}  {'state':<9} {'version':>7} {'requests':>9} "
                  f"{'uptime':>9}")
+    kernel = data.get("kernel", {})
     for w in data["workers"]:
+        queued = kernel.get(f"worker:{w['id']}", {}).get("queued", "-")
         lines.append(f"  {w['id']:<8} {w['pid']:>7}  {w['state']:<9} {w['version']:>7} "
-                     f"{w['requests']:>9} {w['uptime']:>8.1f}s")
+                     f"{w['requests']:>9} {w['uptime']:>8.1f}s  accept queue {queued}")
+    ports = [(name, q) for name, q in kernel.items() if name.startswith("port:")]
+    if ports:
+        lines.append("  listening: " + ", ".join(
+            f"{name[5:]} (accept queue {q['queued']}/{q['backlog']})" for name, q in ports))
     return "\n".join(lines)
 
 

@@ -48,8 +48,11 @@ def require(body: dict[str, Any], name: str, kind: type = str) -> Any:
     return value
 
 
-def make_app(commands: dict[str, Handler]) -> web.Application:
-    """One route per command: GET for queries (no body), POST with a JSON object otherwise."""
+def make_app(commands: dict[str, Handler],
+             raw: dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]
+             | None = None) -> web.Application:
+    """One route per command: GET for queries (no body), POST with a JSON object otherwise.
+    `raw`: paths answered in another format (Prometheus text at /metrics)."""
 
     async def dispatch(request: web.Request) -> web.Response:
         name = request.match_info["command"]
@@ -74,6 +77,8 @@ def make_app(commands: dict[str, Handler]) -> web.Application:
             return error("internal", f"{type(exc).__name__}: {exc}", 500)
 
     app = web.Application()
+    for path, handler in (raw or {}).items():
+        app.router.add_route("*", path, handler)
     app.router.add_route("*", "/{command}", dispatch)
     return app
 

@@ -37,15 +37,15 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def send(path: str | os.PathLike[str], command: str, body: dict[str, Any] | None = None,
-         timeout: float = 600.0) -> tuple[int, dict[str, Any]]:
-    """One command on a control socket (GET without a body, POST with JSON):
-    (HTTP status, decoded reply). Socket and decoding errors are raised as they come."""
+         timeout: float = 600.0, method: str = "") -> tuple[int, dict[str, Any]]:
+    """One command on a control socket (GET without a body, POST with JSON, unless `method`
+    says otherwise): (HTTP status, decoded reply). Socket and decoding errors are raised."""
     conn = UnixHTTPConnection(path, timeout)
     try:
         if body is None:
-            conn.request("GET", f"/{command}")
+            conn.request(method or "GET", f"/{command}")
         else:
-            conn.request("POST", f"/{command}", body=json.dumps(body),
+            conn.request(method or "POST", f"/{command}", body=json.dumps(body),
                          headers={"Content-Type": "application/json"})
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())
@@ -54,14 +54,14 @@ def send(path: str | os.PathLike[str], command: str, body: dict[str, Any] | None
 
 
 def call(app: str, command: str, body: dict[str, Any] | None = None,
-         timeout: float = 600.0) -> Any:
+         timeout: float = 600.0, method: str = "") -> Any:
     """Send `command` to the manager of `app`; return its data or raise ControlError."""
     try:
         path = paths.manager_socket(app)
     except ValueError as exc:
         raise ControlError(str(exc), ExitCode.USAGE) from None
     try:
-        _, reply = send(path, command, body, timeout)
+        _, reply = send(path, command, body, timeout, method)
     except FileNotFoundError:
         raise ControlError(f"no app named {app!r} is running (no {path})") from None
     except ConnectionRefusedError:

@@ -30,3 +30,17 @@ def app_dir(name: str) -> Path:
 
 def manager_socket(name: str) -> Path:
     return app_dir(name) / "manager.sock"
+
+
+def state_dir(name: str) -> Path:
+    """Where an app keeps what outlives it (host registry, generated certificates):
+    systemd's StateDirectory= (/var/lib/rip/APP) under systemd, the same for root, else the
+    user's state directory."""
+    check_name(name)
+    given = os.environ.get("STATE_DIRECTORY")
+    if given:
+        return Path(given.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/rip") / name
+    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(xdg) / "rip" / name

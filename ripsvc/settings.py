@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ripsvc import hosts
 from ripsvc.apploader import AppLoadError, parse_spec
 from ripsvc.balancer.options import parse_networks
 from ripsvc.recycle import RecyclePolicy
@@ -61,13 +62,41 @@ def _listen(value: Any) -> tuple[str, ...]:
     result = []
     for item in items:
         text = str(item).strip()
-        if text.startswith("https:") or text.isdigit():
-            raise ValueError(f"{text!r}: HTTPS is not available yet; use http:PORT")
+        if not (text.startswith(("http:", "https:", "tcp:")) or text.isdigit()
+                or text == "https"):
+            raise ValueError(f"{text!r} is not a listen address (http:PORT, https:PORT, PORT, "
+                             "https or tcp:HOST:PORT)")
         Bind.parse(text)
-        if not text.startswith(("http:", "tcp:")):
-            raise ValueError(f"{text!r} is not a listen address (http:PORT or tcp:HOST:PORT)")
         result.append(text)
+    ports = [bind.port for bind in map(Bind.parse, result)]
+    if len(set(ports)) != len(ports):
+        raise ValueError(f"{value!r}: a port is listed twice")
     return tuple(result)
+
+
+def _hosts(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"{value!r} is not a list of host names")
+    return tuple(dict.fromkeys(hosts.normalize(str(item)) for item in items
+                               if str(item).strip()))
+
+
+def _redirect_port(value: Any) -> int:
+    """`auto`: 80 (or, without systemd, the next free port from 5000); 0: no redirect."""
+    if value == "auto":
+        return -1
+    text = str(value)
+    if isinstance(value, bool) or not text.isdigit() or not 0 <= int(text) < 65536:
+        raise ValueError(f"{value!r} is not a port (0..65535, 0: off) or auto")
+    return int(text)
+
+
+def _port_or_off(value: Any) -> int:
+    text = str(value)
+    if isinstance(value, bool) or not text.isdigit() or not 0 <= int(text) < 65536:
+        raise ValueError(f"{value!r} is not a port (1..65535, 0: off)")
+    return int(text)
 
 
 def _path_or_empty(value: Any) -> str:
@@ -180,9 +209,11 @@ class Settings:
                         "directory's name)", flag="--name", kind="text")
     workers: int = setting("half", _workers, "how many workers: N, auto (one per CPU), half, "
                            "2x, 3x", token="w:", kind="w:N|auto|half|2x|3x")
-    listen: tuple[str, ...] = setting(("http:8000",), _listen, "where the balancer listens",
-                                      token=("http:", "tcp:"),
-                                      kind="http:PORT, tcp:HOST:PORT")
+    listen: tuple[str, ...] = setting(("http:8000",), _listen, "where the balancer listens: "
+                                      "plain HTTP, or HTTPS on https:PORT, a bare PORT, or "
+                                      "`https` (443, else the next free port from 5000)",
+                                      token=("http:", "https:", "tcp:"),
+                                      kind="http:PORT, https:PORT, PORT, tcp:HOST:PORT")
     recycle: RecyclePolicy = setting(RecyclePolicy(), _recycle,  # noqa: RUF009 (frozen)
                                      "recycle a worker after that "
                                      "many requests, seconds or module reloads (0: never)",
@@ -238,6 +269,28 @@ class Settings:
                                        "X-Forwarded-* and X-Request-Id are kept",
                                        flag="--forwarded-allow-ips", kind="CIDR list",
                                        to="balancer")
+    hosts: tuple[str, ...] = setting((), _hosts, "host names served besides localhost, "
+                                     "127.0.0.1 and ::1 (`*.example.com` for subdomains, `*` "
+                                     "for any); other hosts get 404", flag="--hosts",
+                                     kind="names", to="balancer")
+    cert: str = setting("", _absolute_or_empty, "HTTPS certificate chain (PEM); without it: "
+                        "mkcert if installed, else a self-signed certificate",
+                        flag="--cert", kind="path")
+    key: str = setting("", _absolute_or_empty, "the certificate's private key (PEM)",
+                       flag="--key", kind="path")
+    redirect_port: int = setting("auto", _redirect_port, "with HTTPS on: this plain-HTTP port "
+                                 "answers 301 to HTTPS (auto: 80; 0: off)",
+                                 flag="--redirect-port", kind="port|auto")
+    hsts: bool = setting(False, _bool, "send Strict-Transport-Security on HTTPS responses",
+                         flag="--hsts", kind="bool", to="balancer")
+    hsts_max_age: int = setting(31536000, _count, "HSTS max-age in seconds",
+                                flag="--hsts-max-age", kind="seconds", to="balancer")
+    proxy_protocol: bool = setting(False, _bool, "every listener expects a PROXY protocol v1 "
+                                   "or v2 header (behind HAProxy or a cloud load balancer)",
+                                   flag="--proxy-protocol", kind="bool", to="balancer")
+    metrics_port: int = setting(0, _port_or_off, "serve Prometheus /metrics on "
+                                "127.0.0.1:PORT (0: only on the control socket)",
+                                flag="--metrics-port", kind="port", to="balancer")
     # Under systemd: settings of the units rather than of the processes.
     user: str = setting("rip", _user, "under systemd: the unprivileged user the workers (the "
                         "app's code) run as; the balancer is always user rip",
@@ -264,11 +317,24 @@ class Settings:
                 if value != f.default:
                     args.append(meta["arg"])
             elif value != f.default:
-                args += [meta["arg"], str(value)]
+                shown = ",".join(value) if isinstance(value, tuple) else str(value)
+                args += [meta["arg"], shown]
         return args
 
     def binds(self) -> list[Bind]:
-        return [Bind.parse(text) for text in self.listen]
+        """The listening addresses, with the redirect port when HTTPS is on."""
+        binds = [Bind.parse(text) for text in self.listen]
+        if any(b.tls for b in binds) and self.redirect_port != 0:
+            auto = self.redirect_port < 0
+            port = 80 if auto else self.redirect_port
+            if all(b.port != port for b in binds):
+                host = next(b.host for b in binds if b.tls)  # the interface HTTPS is on
+                binds.append(Bind(host=host, port=port, fallback=auto, redirect=True))
+        return binds
+
+    @property
+    def tls(self) -> bool:
+        return any(Bind.parse(text).tls for text in self.listen)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -353,8 +419,8 @@ def from_command_line(args: Iterable[str], values: dict[str, Any], problems: lis
         prefix = next((t for t in TOKENS if token.startswith(t)), None)
         if prefix is not None:
             _store(values, problems, where, TOKENS[prefix].name, token)
-        elif token.startswith("https:") or token.isdigit():
-            problems.append(f"{where}: {token!r}: HTTPS is not available yet; use http:PORT")
+        elif token.isdigit() or token == "https":
+            _store(values, problems, where, "listen", token)
         elif "app" not in values and (app_exists(token) or ":" in token):
             _store(values, problems, where, "app", token)
         else:
@@ -391,6 +457,8 @@ def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
                 values[name] = f.metadata["parse"](f.default)
             except ValueError as exc:  # a declaration bug; tests check every default
                 problems.append(f"default of {name}: {exc}")
+    if bool(values.get("cert")) != bool(values.get("key")):
+        problems.append("cert, key: give both the certificate and its key, or neither")
     if problems:
         raise SettingsError(problems)
     return Settings(**values)

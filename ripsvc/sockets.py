@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+#: Where a port that cannot be had falls back to (the seeds' rule: 443/80, else 5000 and up).
+FALLBACK_FIRST = 5000
+FALLBACK_LAST = 5099
 
 
 class SocketError(RuntimeError):
@@ -19,15 +24,29 @@ class Bind:
     path: str | None = None
     host: str | None = None
     port: int = 0
+    tls: bool = False  # HTTPS on this port
+    #: Without systemd, a port that is taken or privileged falls back to the next free one
+    #: from 5000 (`https` without a port; the automatic redirect port).
+    fallback: bool = False
+    redirect: bool = False  # plain HTTP that only answers 301 to HTTPS
 
     @classmethod
     def parse(cls, text: str) -> Bind:
-        """`PATH` (Unix socket), `tcp:HOST:PORT`, or `http:PORT` (every IPv4 interface)."""
-        if text.startswith("http:"):
-            port = text[5:]
+        """`PATH` (Unix socket), `tcp:HOST:PORT`, `http:[HOST:]PORT` (HOST: every IPv4
+        interface unless given), `https:[HOST:]PORT` or a bare `PORT` (HTTPS), `https` (443,
+        else the next free port from 5000)."""
+        if text == "https":
+            return cls(host="0.0.0.0", port=443, tls=True, fallback=True)
+        if text.isdigit():
+            text = f"https:{text}"
+        scheme, sep, rest = text.partition(":")
+        if sep and scheme in ("http", "https"):
+            host, _, port = rest.rpartition(":")
             if not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"{text!r}: expected http:PORT with PORT in 1..65535")
-            return cls(host="0.0.0.0", port=int(port))
+                raise ValueError(f"{text!r}: expected {scheme}:[HOST:]PORT with PORT in "
+                                 "1..65535")
+            return cls(host=host.strip("[]") or "0.0.0.0", port=int(port),
+                       tls=scheme == "https")
         if text.startswith("tcp:"):
             host, sep, port = text[4:].rpartition(":")
             if not sep or not port.isdigit():
@@ -38,15 +57,43 @@ class Bind:
         return cls(path=text)
 
     def open(self) -> socket.socket:
+        """Bind and listen; a `fallback` address that is taken (EADDRINUSE) or privileged
+        (EACCES) moves to the next free port from 5000."""
         if self.path is not None:
             return _bind_unix(self.path)
+        try:
+            return self._bind_tcp(self.port)
+        except OSError as exc:
+            if not self.fallback or exc.errno not in (errno.EACCES, errno.EADDRINUSE):
+                raise
+        for port in range(FALLBACK_FIRST, FALLBACK_LAST + 1):
+            try:
+                return self._bind_tcp(port)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        raise SocketError(f"port {self.port} cannot be had and none of "
+                          f"{FALLBACK_FIRST}..{FALLBACK_LAST} is free")
+
+    def _bind_tcp(self, port: int) -> socket.socket:
         assert self.host is not None
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(1024)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, port))
+            sock.listen(BACKLOG)
+        except OSError:
+            sock.close()
+            raise
         return sock
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "redirect" if self.redirect else "http"
+
+    def at_port(self, port: int) -> Bind:
+        return replace(self, port=port, fallback=False)
 
 
 def _bind_unix(path: str) -> socket.socket:
@@ -59,8 +106,20 @@ def _bind_unix(path: str) -> socket.socket:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
-    sock.listen(1024)
+    sock.listen(BACKLOG)
     return sock
+
+
+#: asyncio listens again on a socket it is given, with a backlog of 100 unless told: that
+#: would shrink systemd's Backlog= (and ours). The kernel caps it at net.core.somaxconn.
+BACKLOG = 4096
+
+
+def local_port(sock: socket.socket) -> int:
+    """The TCP port a socket is bound to (0 for a Unix socket)."""
+    if sock.family == socket.AF_UNIX:
+        return 0
+    return int(sock.getsockname()[1])
 
 
 def describe(sock: socket.socket) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import jinja2
 
+from ripsvc import edge
 from ripsvc.apploader import absolute_spec, parse_spec
 from ripsvc.settings import Settings
 from ripsvc.sockets import Bind
@@ -123,7 +124,11 @@ def app_units(settings: Settings, source: Path, python: str) -> dict[str, str]:
     """Relative path → text of everything the generator writes for one valid app."""
     name = settings.name
     common = {"name": name, "source": str(source), "python": python}
-    balancer_args = command_line([*settings.args_for("balancer"),
+    # The manager (root) puts the certificate in its runtime directory and keeps the host
+    # registry in its state directory (rip@.service's RuntimeDirectory= and StateDirectory=).
+    edge_args = edge.balancer_args(settings.binds(), Path("/run/rip") / name,
+                                   Path("/var/lib/rip") / name)
+    balancer_args = command_line([*settings.args_for("balancer"), *edge_args,
                                   "--graceful-timeout", str(settings.graceful_timeout)])
     return {
         f"rip-balancer@{name}.socket": render(

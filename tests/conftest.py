@@ -11,6 +11,22 @@ import pytest
 from tests.support.procs import TEST_APPS, BalancerProcess, WorkerProcess
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_directory() -> Iterator[Path]:
+    """rip-server run as root keeps its state in /var/lib/rip/APP: the tests' apps keep
+    theirs here instead (STATE_DIRECTORY is how systemd names it, and how paths.state_dir
+    finds it)."""
+    path = Path(tempfile.mkdtemp(prefix="rip-state-"))
+    old = os.environ.get("STATE_DIRECTORY")
+    os.environ["STATE_DIRECTORY"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("STATE_DIRECTORY", None)
+    else:
+        os.environ["STATE_DIRECTORY"] = old
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temporary directory with a short path (Unix socket paths must stay under 108 bytes)."""
@@ -63,14 +79,16 @@ def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
               worker_args: tuple[str, ...] = ("--recycle", "r:0,0s,0r"),
               args: tuple[str, ...] = ()) -> Stack:
         started = []
+        stack = len([p for p in procs if isinstance(p, BalancerProcess)])  # several per test
+        prefix = f"s{stack}" if stack else ""
         for n in range(workers):
-            worker = WorkerProcess(short_tmp, app, worker_args, name=f"w{n + 1}")
+            worker = WorkerProcess(short_tmp, app, worker_args, name=f"{prefix}w{n + 1}")
             procs.append(worker)
             started.append(worker)
         for worker in started:
             worker.wait_ready()
         joins = [f"--worker={n + 1}={w.socket_path}" for n, w in enumerate(started)]
-        balancer = BalancerProcess(short_tmp, [*joins, *args])
+        balancer = BalancerProcess(short_tmp, [*joins, *args], name=f"{prefix}balancer")
         procs.append(balancer)
         balancer.wait_ready()
         return Stack(balancer, started)

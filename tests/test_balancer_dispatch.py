@@ -138,7 +138,7 @@ def test_hung_worker_gets_504_within_the_timeout_and_is_reported(start_stack):
 def test_slow_uploader_does_not_hold_the_worker(start_stack):
     stack = start_stack(workers=1)
     body = b"u" * 100_000
-    head = (b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    head = (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body))
     thread, upload = in_background(raw_tcp, stack.port, head + body[:1000], pause=1.5,
                                    rest=body[1000:])
@@ -154,7 +154,7 @@ def test_slow_reader_does_not_hold_the_worker(start_stack):
     stack = start_stack(workers=1)
     size = 16 << 20  # far beyond socket buffers: the balancer holds it, not the worker
     sock = socket.create_connection(("127.0.0.1", stack.port))
-    sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+    sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % size)
     time.sleep(0.5)
     for _ in range(5):
         reply = fetch(stack.port, "/pid")
@@ -226,7 +226,7 @@ def test_memory_stays_bounded_under_many_slow_readers(start_stack):
     socks = []
     for _ in range(clients):  # 120 MiB of responses that nobody reads yet
         sock = socket.create_connection(("127.0.0.1", stack.port))
-        sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+        sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % size)
         socks.append(sock)
     wait_for(lambda: sum(w["served"] for w in control(stack.control, "pool")[1]["data"])
              >= clients, timeout=30, what="every response read from the workers")

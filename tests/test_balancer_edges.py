@@ -11,25 +11,26 @@ import pytest
 from tests.support.client import control, fetch, raw_tcp, request, tcp
 from tests.support.waiting import wait_for
 
-GOOD = b"GET /pid HTTP/1.1\r\nHost: x\r\n"
+GOOD = b"GET /pid HTTP/1.1\r\nHost: localhost\r\n"
 
 
 @pytest.mark.parametrize(
     ("data", "status"),
     [
-        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+        (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n"
          b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 400),
-        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
-         400),
-        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n", 400),
-        (b"GET /pid HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n b\r\n\r\n", 400),
-        (b"GET /pid HTTP/1.1\nHost: x\n\n", 400),
-        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc", 400),
-        (b"GET /pid HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n"
+         b"Content-Length: 3\r\n\r\nabc", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+         b"zz\r\nabc\r\n", 400),
+        (b"GET /pid HTTP/1.1\r\nHost: localhost\r\nX-Folded: a\r\n b\r\n\r\n", 400),
+        (b"GET /pid HTTP/1.1\nHost: localhost\n\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length : 3\r\n\r\nabc", 400),
+        (b"GET /pid HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", 400),
         (GOOD + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431),
-        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
-        (b"POST /echo HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n", 417),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n", 431),
+        (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000000\r\n\r\n", 413),
+        (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nExpect: something-else\r\n\r\n", 417),
     ],
     ids=["cl+te", "two-cl", "bad-chunk", "obs-fold", "bare-lf", "space-in-name", "negative-cl",
          "big-header", "long-url", "body-limit", "expectation"],
@@ -55,7 +56,7 @@ def test_chunked_body_over_the_limit_gets_413(start_stack):
 def test_expect_100_continue_is_answered_before_the_body(start_stack):
     stack = start_stack(workers=1)
     with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
-        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
                      b"Expect: 100-continue\r\n\r\n")
         assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"hello")
@@ -66,7 +67,7 @@ def test_expect_100_continue_is_answered_before_the_body(start_stack):
 def test_slowloris_gets_408_and_idle_keep_alive_is_closed(start_stack):
     stack = start_stack(workers=1, args=("--header-timeout", "0.5", "--keepalive-timeout", "0.5"))
     start = time.monotonic()
-    reply = raw_tcp(stack.port, b"GET /pid HTTP/1.1\r\nHost: x\r\n", timeout=5)
+    reply = raw_tcp(stack.port, b"GET /pid HTTP/1.1\r\nHost: localhost\r\n", timeout=5)
     assert reply.startswith(b"HTTP/1.1 408 ")
     assert time.monotonic() - start < 2
     with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
@@ -116,7 +117,7 @@ def test_status_and_server_endpoints(start_stack):
     assert status["app"] == "probe"
     assert status["workers"] == {"ready": 2, "busy": 0, "draining": 0, "total": 2}
     assert status["queue"] == {"depth": 0, "max": 1024}
-    assert status["ports"] == [f"127.0.0.1:{stack.port}"]
+    assert status["ports"] == [f"http://127.0.0.1:{stack.port}"]
     assert status["uptime"] >= 0 and status["version"]
     server = fetch(stack.port, "/server")
     assert (server.status, server.body) == (200, b"ok\n")
@@ -229,7 +230,8 @@ def test_control_rejects_non_json_and_keeps_serving(start_stack):
 def test_slow_body_gets_408(start_stack):
     stack = start_stack(workers=1, args=("--body-timeout", "0.5"))
     start = time.monotonic()
-    reply = raw_tcp(stack.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    reply = raw_tcp(stack.port, b"POST /echo HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Content-Length: 10\r\n\r\nabc")
     assert reply.startswith(b"HTTP/1.1 408 ")
     assert time.monotonic() - start < 2
 

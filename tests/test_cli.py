@@ -23,7 +23,7 @@ def test_rip_server_serves_the_example_until_interrupted(tmp_path):
     log = open(tmp_path / "out", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-c", "from ripsvc.cli import serve_main; serve_main()",
-         str(EXAMPLES / "hello"), f"http:{port}"], stdout=log, stderr=subprocess.STDOUT)
+         str(EXAMPLES / "hello"), f"http:127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 15
         body = b""
@@ -48,7 +48,7 @@ def test_rip_server_reports_every_bad_token_with_exit_2():
     result = run_cli("serve", "w:0", "http:99999", "nowhere")
     assert result.returncode == 2
     assert "command line: workers: 'w:0' is not a worker count" in result.stderr
-    assert "'http:99999': expected http:PORT" in result.stderr
+    assert "'http:99999': expected http:[HOST:]PORT" in result.stderr
     assert "'nowhere': not an app path" in result.stderr
     assert "app: not given" in result.stderr
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from ripsvc import paths
 from ripsvc.exitcodes import ExitCode
 from tests.support.client import fetch
+from tests.support.server import Server, ripctl
 from tests.support.waiting import free_port
 
 VERSIONED_APP = '''
@@ -39,67 +37,6 @@ def versioned_app(root: Path) -> Path:
     (app / "app.py").write_text(VERSIONED_APP)
     (app / "VERSION").write_text("v1")
     return app
-
-
-class Server:
-    def __init__(self, workdir: Path, *tokens: str) -> None:
-        self.port = free_port()
-        self.name = f"rip-test-{os.urandom(3).hex()}"
-        self.log = workdir / "server.log"
-        self.out = open(self.log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from ripsvc.cli import serve_main; serve_main()",
-             *tokens, f"http:{self.port}", "--name", self.name], stdout=self.out,
-            stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_healthy(self, workers: int, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.output()
-            try:
-                status = json.loads(fetch(self.port, "/status").body)
-                if status["workers"]["ready"] == workers:
-                    return
-            except (OSError, http.client.HTTPException, ValueError):
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"not healthy in {timeout} s:\n{self.output()}")
-
-    def wait_output(self, text: str, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            assert time.monotonic() < deadline, f"{text!r} not seen:\n{self.output()}"
-            time.sleep(0.05)
-
-    def wait_output_count(self, text: str, count: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.output().count(text) < count:
-            assert time.monotonic() < deadline, f"{text!r} not seen {count}x:\n{self.output()}"
-            time.sleep(0.05)
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:  # a graceful stop first: it removes its runtime directory
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(paths.app_dir(self.name), ignore_errors=True)
-        self.out.close()
-
-
-def ripctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", "from ripsvc.cli import ripctl_main; "
-                           "ripctl_main()", *args], capture_output=True, text=True, timeout=120)
 
 
 def alive(pid: int) -> bool:
@@ -224,7 +161,8 @@ def test_ripctl_status_scale_stop_and_errors(short_tmp):
         assert bad.returncode == 1 and "(bad-request)" in bad.stderr
         twin = subprocess.run([sys.executable, "-c", "from ripsvc.cli import serve_main; "
                                "serve_main()", str(EXAMPLES / "hello"), "--name", server.name,
-                               f"http:{free_port()}"], capture_output=True, text=True, timeout=20)
+                               f"http:127.0.0.1:{free_port()}"], capture_output=True,
+                              text=True, timeout=20)
         assert twin.returncode != 0 and "is already running" in twin.stderr
         stop = ripctl("stop", server.name)
         assert stop.returncode == 0 and "stopping" in stop.stdout

@@ -55,7 +55,7 @@ def test_every_problem_is_reported_at_once_with_its_source(tmp_path):
     config = tmp_path / "myapp.toml"
     config.write_text(f'app = "{HELLO}"\nworkers = "-3"\ncolour = "blue"\n')
     with pytest.raises(st.SettingsError) as err:
-        st.resolve(["w:lots", "--max-queue", "x", "https:443"],
+        st.resolve(["w:lots", "--max-queue", "x", "https:99999"],
                    env={"RIP_RELOAD": "sometimes"}, file=config)
     problems = err.value.problems
     assert f"{config}: workers: '-3' is not a worker count (N, auto, half, 2x, 3x)" in problems
@@ -65,7 +65,7 @@ def test_every_problem_is_reported_at_once_with_its_source(tmp_path):
     assert "command line: workers: 'w:lots' is not a worker count (N, auto, half, 2x, 3x)" \
         in problems
     assert any(p.startswith("command line: max_queue: 'x'") for p in problems)
-    assert any("'https:443': HTTPS is not available yet" in p for p in problems)
+    assert any("'https:99999': expected https:[HOST:]PORT" in p for p in problems)
     assert len(problems) == 6, problems
 
 

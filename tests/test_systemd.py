@@ -351,6 +351,56 @@ def test_ripctl_install_scale_logs_and_app_overrides(box: SystemdBox) -> None:
     assert worker_units(box, "shop") == []
 
 
+def test_https_host_registry_metrics_and_kernel_queues_under_systemd(box: SystemdBox) -> None:
+    """An HTTPS app: its ports (443-style and the redirect on 80) come from the socket unit,
+    the root manager prepares the certificate (mkcert, with the app's own CA) that the
+    unprivileged, sandboxed balancer serves; hosts added with ripctl outlive a restart."""
+    box.write("/etc/rip/secure.toml", f'app = "{APP_DIR}"\nworkers = 1\nlisten = ["https:8443"]\n'
+              'hosts = ["secure.example"]\nhsts = true\n')
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "start", "rip@secure", timeout=60)
+    ca = str(box.path("/var/lib/rip/secure/mkcert/rootCA.pem"))
+
+    def https(host: str, *curl: str) -> subprocess.CompletedProcess[str]:
+        return box.run("curl", "-sS", "-D", "-", "--cacert", ca, *curl, "--resolve",
+                       f"{host}:8443:127.0.0.1", f"https://{host}:8443/version", net_only=True,
+                       check=False)
+
+    try:
+        listen = box.run("systemctl", "show", "-P", "Listen", "rip-balancer@secure.socket")
+        assert "0.0.0.0:8443" in listen.stdout and "0.0.0.0:80" in listen.stdout
+        served = https("secure.example")
+        assert served.returncode == 0, served.stderr
+        assert served.stdout.startswith("HTTP/1.1 200")
+        assert "strict-transport-security: max-age=31536000" in served.stdout
+        # A name the certificate does not cover either: not verified here, refused anyway.
+        assert https("other.example", "--insecure").stdout.startswith("HTTP/1.1 404")
+        moved = box.run("curl", "-sS", "-D", "-", "-H", "Host: secure.example",
+                        "http://127.0.0.1:80/x?y=1", net_only=True).stdout
+        assert moved.startswith("HTTP/1.1 301")
+        assert "location: https://secure.example:8443/x?y=1" in moved
+
+        assert "shop.example\t(added)" in ripctl(box, "hosts", "secure", "add",
+                                                  "shop.example").stdout
+        assert https("shop.example").stdout.startswith("HTTP/1.1 200")
+        box.run("systemctl", "restart", "rip@secure", timeout=60)
+        assert https("shop.example").stdout.startswith("HTTP/1.1 200")  # kept in the state dir
+        assert "certificate reloaded" in ripctl(box, "reload", "secure", "--tls").stdout
+
+        status = json.loads(ripctl(box, "status", "secure", "--json").stdout)
+        kernel = status["kernel"]  # sock_diag works inside the balancer's sandbox
+        assert kernel["port:8443"]["queued"] == 0 and kernel["port:8443"]["backlog"] > 0
+        assert any(name.startswith("worker:") for name in kernel), kernel
+        metrics = box.run("curl", "-sS", "--unix-socket", "/run/rip/secure/manager.sock",
+                          "http://rip/metrics").stdout
+        assert 'rip_requests_total{code="2xx"}' in metrics
+        assert 'rip_kernel_accept_queue{socket="port:8443"} 0.0' in metrics
+    finally:
+        box.run("systemctl", "stop", "rip@secure", timeout=60)
+        box.path("/etc/rip/secure.toml").unlink()
+        box.run("systemctl", "daemon-reload")
+
+
 def test_recycled_workers_are_restarted_by_systemd_without_a_failed_request(
         box: SystemdBox) -> None:
     """r:40 — each worker exits with 75 after 40 requests; systemd restarts it on its socket."""

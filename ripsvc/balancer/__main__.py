@@ -15,6 +15,16 @@ from ripsvc.sockets import Bind
 from ripsvc.values import parse_seconds, parse_size, typed
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{text!r} is not a port")
+    return int(text)
+
+
+def _port_or_off(text: str) -> int:
+    return 0 if text == "0" else _port(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = BalancerOptions()
     p = argparse.ArgumentParser(
@@ -48,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forwarded-allow-ips", type=typed(parse_networks, "networks"), default=(),
                    help="proxies (IPs or CIDR, comma-separated) whose X-Forwarded-* and "
                    "X-Request-Id headers are kept; by default every client's are replaced")
+    p.add_argument("--hosts", default="", help="host names served besides localhost, "
+                   "127.0.0.1 and ::1 (comma-separated; *.example.com, *); others get 404")
+    p.add_argument("--hosts-file", default="", help="the registry file of hosts added at run "
+                   "time (read at start; kept by the manager)")
+    port = typed(_port, "port")
+    p.add_argument("--tls-port", action="append", type=port, default=[],
+                   help="a listening port that serves HTTPS (repeatable)")
+    p.add_argument("--redirect-port", action="append", type=port, default=[],
+                   help="a listening port that answers 301 to HTTPS (repeatable)")
+    p.add_argument("--cert", default="", help="certificate chain (PEM) for the HTTPS ports")
+    p.add_argument("--key", default="", help="its private key (PEM)")
+    p.add_argument("--hsts", action="store_true", help="Strict-Transport-Security on HTTPS")
+    p.add_argument("--hsts-max-age", type=int, default=d.hsts_max_age)
+    p.add_argument("--proxy-protocol", action="store_true",
+                   help="every listener expects a PROXY protocol v1/v2 header first")
+    p.add_argument("--metrics-port", type=typed(_port_or_off, "port"), default=0,
+                   help="serve Prometheus /metrics on 127.0.0.1:PORT")
     p.add_argument("--json-logging", action="store_true")
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -69,7 +96,11 @@ def main(argv: list[str] | None = None) -> None:
         keepalive_timeout=args.keepalive_timeout, max_body=args.max_body,
         status_path=args.status_path, server_path=args.server_path,
         access_log=not args.no_access_log, json_logging=args.json_logging,
-        forwarded_allow_ips=args.forwarded_allow_ips)
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        hosts=tuple(h for h in args.hosts.split(",") if h), hosts_file=args.hosts_file,
+        tls_ports=tuple(args.tls_port), redirect_ports=tuple(args.redirect_port),
+        cert=args.cert, key=args.key, hsts=args.hsts, hsts_max_age=args.hsts_max_age,
+        proxy_protocol=args.proxy_protocol, metrics_port=args.metrics_port)
     plan = Plan(options, args.listen, args.control, args.worker, args.graceful_timeout)
     run_and_exit("balancer", run(plan))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from ripsvc import control
+from ripsvc import control, tls
+from ripsvc.balancer import metrics
 from ripsvc.balancer.core import Balancer
 from ripsvc.control import CommandError, require
 
@@ -54,8 +56,57 @@ def make_app(balancer: Balancer) -> web.Application:
 
     async def stats(body: dict[str, Any]) -> Any:
         """Counters, the queue, and workers reported hung."""
+        kernel = {name: {"queued": q.queued, "backlog": q.backlog}
+                  for name, q in balancer.kernel_queues().items()}
         return {**balancer.status(), "counters": dict(balancer.stats),
-                "hung": list(balancer.hung)}
+                "hung": list(balancer.hung), "kernel": kernel}
+
+    async def hosts_(body: dict[str, Any]) -> Any:
+        """The host registry; with {"added": [names]} the run-time names are replaced (the
+        manager, which keeps them in the state file, sends the whole list)."""
+        if "added" in body:
+            added = body["added"]
+            if not isinstance(added, list) or not all(isinstance(h, str) for h in added):
+                raise CommandError("bad-request", "'added' must be a list of host names")
+            try:
+                balancer.hosts.set_added(added)
+            except ValueError as exc:
+                raise CommandError("bad-host", str(exc)) from None
+        elif body:
+            raise CommandError("bad-request", "expected no body or {\"added\": [names]}")
+        return {"configured": list(balancer.hosts.configured),
+                "added": list(balancer.hosts.added)}
+
+    async def tls_reload(body: dict[str, Any]) -> Any:
+        """Load the certificate files again (renewed): new connections get the new one,
+        open connections keep theirs. A broken renewal is refused and the old one stays."""
+        options = balancer.options
+        if balancer.tls_context is None:
+            raise CommandError("no-tls", "this balancer serves no HTTPS port", 409)
+        try:
+            tls.reload(balancer.tls_context, Path(options.cert), Path(options.key))
+        except tls.CertificateError as exc:
+            raise CommandError("bad-certificate", str(exc), 422) from None
+        return {"cert": options.cert}
+
+    async def event(body: dict[str, Any]) -> Any:
+        """The manager counts for the metrics: {"name": "worker_restarts" | "reloads"}."""
+        name = require(body, "name")
+        if name not in ("worker_restarts", "reloads"):
+            raise CommandError("bad-request", "'name' must be worker_restarts or reloads")
+        balancer.stats[name] += 1
+        return {name: balancer.stats[name]}
 
     return control.make_app({"join": join, "leave": leave, "drain": drain, "pool": pool_,
-                             "stats": stats})
+                             "stats": stats, "hosts": hosts_, "tls-reload": tls_reload,
+                             "event": event},
+                            raw={"/metrics": metrics_handler(balancer)})
+
+
+def metrics_handler(balancer: Balancer) -> Any:
+    async def handle(request: web.Request) -> web.Response:
+        """Prometheus text format (the control socket's /metrics and the metrics port's)."""
+        return web.Response(body=metrics.render(balancer),
+                            headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    return handle

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 import time
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ripsvc import logs
+from ripsvc import hosts, kernelq, logs
 from ripsvc.balancer.accesslog import AccessLog
+from ripsvc.balancer.metrics import Metrics
 from ripsvc.balancer.options import BalancerOptions
 from ripsvc.balancer.pool import Pool, QueueFull, Slot
 from ripsvc.balancer.upstream import Upstream
@@ -36,6 +39,7 @@ class Balancer:
         self.pool.dispatch = self.send
         self.clients: set[ClientConnection] = set()
         self.ports: list[str] = []
+        self.tcp_ports: list[int] = []
         self.started = time.time()
         self.stats: Counter[str] = Counter()
         self.hung: list[str] = []  # worker ids that timed out, for the supervisor
@@ -45,6 +49,14 @@ class Balancer:
         self.access_log = AccessLog(options.app, loop, enabled=options.access_log,
                                     json_format=options.json_logging)
         self._sweeper: asyncio.TimerHandle | None = None
+        self.metrics = Metrics()
+        self._kernel_warned = False
+        self.tls_context: ssl.SSLContext | None = None  # set by the server when HTTPS is on
+        self.hosts_file = Path(options.hosts_file) if options.hosts_file else None
+        self.hosts = hosts.Registry(options.hosts, hosts.load(self.hosts_file)
+                                    if self.hosts_file else ())
+        self.hsts_header = (b"strict-transport-security: max-age=%d\r\n" % options.hsts_max_age
+                            if options.hsts else b"")
 
     def trusts(self, address: str) -> bool:
         """Is `address` one of the proxies whose forwarded headers we keep?"""
@@ -55,6 +67,23 @@ class Balancer:
         except ValueError:
             return False
         return any(ip in net for net in self.options.forwarded_allow_ips)
+
+    def client_from_chain(self, chain: bytes) -> bytes | None:
+        """The client in a trusted proxy's X-Forwarded-For: the last address that is not one
+        of our trusted proxies (the ones before it could be made up by the client)."""
+        found = None
+        for entry in reversed(chain.split(b",")):
+            try:
+                ip = ipaddress.ip_address(entry.strip().decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                break
+            found = ip
+            if not any(ip in net for net in self.options.forwarded_allow_ips):
+                break
+        if found is None:
+            return None
+        text = str(found).encode()
+        return b"[%s]:0" % text if found.version == 6 else b"%s:0" % text
 
     # -- workers -----------------------------------------------------------------------------
     def join(self, worker_id: str, path: str, version: str) -> Slot:
@@ -78,6 +107,9 @@ class Balancer:
         self.stats["queued"] += 1
 
     def send(self, exchange: Exchange, slot: Slot) -> None:
+        if exchange.waiting:  # from the queue
+            self.metrics.queue_wait.observe(
+                self.loop.time() - exchange.queue_deadline + self.options.queue_timeout)
         exchange.waiting = False
         exchange.slot = slot
         exchange.worker_id = slot.id
@@ -192,6 +224,25 @@ class Balancer:
             self._sweeper.cancel()
 
     # -- views -------------------------------------------------------------------------------
+    def kernel_queues(self) -> dict[str, kernelq.Queue]:
+        """The kernel's accept queue of each listening port and each worker's socket, read
+        with sock_diag; none if the kernel does not let us (logged once)."""
+        ports = self.tcp_ports
+        slots = list(self.pool.slots.values())
+        try:
+            by_port = kernelq.tcp_listen_queues(ports)
+            by_path = kernelq.unix_listen_queues([slot.path for slot in slots])
+        except kernelq.KernelQueueError as exc:
+            if not self._kernel_warned:
+                log.warning("kernel accept queues unavailable: %s", exc)
+                self._kernel_warned = True
+            return {}
+        found = {f"port:{port}": queue for port, queue in sorted(by_port.items())}
+        for slot in slots:
+            if slot.path in by_path:
+                found[f"worker:{slot.id}"] = by_path[slot.path]
+        return found
+
     def status(self) -> dict[str, object]:
         from ripsvc import __version__
 

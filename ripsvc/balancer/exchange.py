@@ -28,8 +28,9 @@ class Response:
 
 
 class Exchange:
-    __slots__ = ("attempts", "body", "client", "head", "keep_alive", "method", "queue_deadline",
-                 "request_id", "slot", "started", "target", "waiting", "worker_id")
+    __slots__ = ("attempts", "body", "client", "head", "host", "keep_alive", "method",
+                 "queue_deadline", "request_id", "slot", "started", "target", "unknown_host",
+                 "waiting", "worker_id")
 
     def __init__(self, client: ClientConnection, method: str, target: bytes, head: bytes,
                  body: Body, keep_alive: bool, request_id: str, started: float) -> None:
@@ -46,6 +47,8 @@ class Exchange:
         self.queue_deadline = 0.0
         self.slot: Slot | None = None
         self.worker_id = "-"
+        self.unknown_host = False  # not in the host registry: 404
+        self.host = b""  # its Host header
 
     @property
     def idempotent(self) -> bool:
@@ -53,4 +56,5 @@ class Exchange:
 
     def queue_timed_out(self) -> None:
         self.waiting = False
+        self.client.balancer.stats["queue_timeout"] += 1
         self.client.respond_error(self, 504, "queue timeout")

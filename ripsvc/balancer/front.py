@@ -9,16 +9,19 @@ and the connection closes.
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import itertools
 import json
 import os
 import re
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from ripsvc import logs
+from ripsvc.balancer import proxyproto
 from ripsvc.balancer.exchange import Exchange, Response
 from ripsvc.body import Body
 from ripsvc.http11 import simple_response, status_line
@@ -53,20 +56,35 @@ class BadRequest(Exception):
         self.status = status
 
 
+def _address(host: bytes, port: int) -> bytes:
+    return b"[%s]:%d" % (host, port) if b":" in host else b"%s:%d" % (host, port)
+
+
 class ClientConnection(asyncio.Protocol):
+    """One client connection on a listener: plain HTTP, HTTPS (`scheme` b"https", TLS done by
+    the transport), or a redirect listener (`redirect_port`: every request gets 301 there)."""
+
     transport: asyncio.Transport
 
-    def __init__(self, balancer: Balancer, scheme: bytes = b"http") -> None:
+    def __init__(self, balancer: Balancer, scheme: bytes = b"http", redirect_port: int = 0,
+                 proxy_protocol: bool = False) -> None:
         # global
         self.balancer = balancer
         self.options = balancer.options
         self.loop = balancer.loop
         self.scheme = scheme
+        self.redirect_port = redirect_port
+        #: Headers added to every response on this listener (HSTS on HTTPS).
+        self.extra = balancer.hsts_header if scheme == b"https" else b""
         # per connection
         self.parser = httptools.HttpRequestParser(self)
         self.closed = False
         self.peer = b"unix"
+        self.peer_port = 0
+        self.proxied_peer: tuple[str, int] | None = None  # from a PROXY header before TLS
         self.trusted = False  # a proxy in front whose X-Forwarded-* and X-Request-Id we keep
+        #: Bytes of a PROXY protocol header still being received (None: none expected).
+        self._proxy_header: bytes | None = b"" if proxy_protocol else None
         self.current: Exchange | None = None  # sent on, not yet answered
         self.pending: deque[Exchange | BadRequest] = deque()  # pipelined behind it
         self.streaming: Exchange | None = None
@@ -85,14 +103,17 @@ class ClientConnection(asyncio.Protocol):
         self._request_id = ""  # kept from a trusted proxy
         self._in_body = False
         self._head_tail = b""  # the end of the previous read, for _check_head
+        self._host = b""
+        self._unknown_host = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peer = str(peer[0]).encode()
-            self.trusted = self.balancer.trusts(str(peer[0]))
+        if self.proxied_peer is not None:
+            self._set_peer(*self.proxied_peer)
+        elif isinstance(peer, tuple):
+            self._set_peer(str(peer[0]), int(peer[1]))
         self.balancer.clients.add(self)
         self.deadline = self.loop.time() + self.options.header_timeout
 
@@ -116,9 +137,18 @@ class ClientConnection(asyncio.Protocol):
             if upstream is not None:
                 upstream.transport.resume_reading()
 
+    def _set_peer(self, host: str, port: int) -> None:
+        self.peer = host.encode()
+        self.peer_port = port
+        self.trusted = self.balancer.trusts(host)
+
     def data_received(self, data: bytes) -> None:
         if self.closed or self._refused:
             return  # lingering after a refusal: discard
+        if self._proxy_header is not None:
+            data = self._proxy_received(data)
+            if not data:
+                return
         try:
             if not self._in_body:
                 self._check_head(data)
@@ -133,6 +163,27 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(cause)
             else:
                 self._refuse(BadRequest(400, f"malformed request: {exc}"))
+
+    def _proxy_received(self, data: bytes) -> bytes:
+        """The PROXY protocol header that a load balancer in front sends first: the real
+        client's address replaces the peer's. Returns what follows it; malformed → close."""
+        assert self._proxy_header is not None
+        buffered = self._proxy_header + data
+        try:
+            info, used = proxyproto.parse(buffered)
+        except proxyproto.ProxyHeaderError as exc:
+            log.info("closing a connection with a bad PROXY protocol header: %s", exc)
+            self.balancer.stats["bad_proxy_header"] += 1
+            self.closed = True
+            self.transport.abort()
+            return b""
+        if not used:
+            self._proxy_header = buffered
+            return b""
+        self._proxy_header = None
+        if info is not None and info.source is not None:
+            self._set_peer(*info.source)
+        return buffered[used:]
 
     def _check_head(self, data: bytes) -> None:
         """Refuse bare LF and obs-fold in a request head, whatever the parser tolerates.
@@ -224,10 +275,18 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = 0.0
         method = parser.get_method().decode("ascii")
         self._request_id = ""
+        self._host = b""
         head = self._upstream_head(method)
+        if not self.balancer.hosts.allows(self._host):
+            if not self._host and parser.get_http_version() == "1.1":
+                raise BadRequest(400, "no Host header")
+            self._unknown_host = True
         exchange = Exchange(self, method, self._url, head, self._body,
                             parser.should_keep_alive(), self._request_id or new_request_id(),
                             self.loop.time())
+        exchange.unknown_host = self._unknown_host
+        exchange.host = self._host
+        self._unknown_host = False
         if self.current is not None or self.pending:
             self.pending.append(exchange)  # pipelined: answered in order
             self.transport.pause_reading()
@@ -253,17 +312,24 @@ class ClientConnection(asyncio.Protocol):
             if name == b"host":
                 host = value
             parts += (name, b": ", value, b"\r\n")
+        self._host = host
         client_for = self.peer
         proto = self.scheme
+        client = _address(self.peer, self.peer_port)
         if forwarded:  # from a trusted proxy: its view of the client wins
             if b"x-forwarded-for" in forwarded:
-                client_for = forwarded[b"x-forwarded-for"] + b", " + self.peer
+                chain = forwarded[b"x-forwarded-for"]
+                client_for = chain + b", " + self.peer
+                client = self.balancer.client_from_chain(chain) or client
             proto = forwarded.get(b"x-forwarded-proto", proto)
             host = forwarded.get(b"x-forwarded-host", host)
             request_id = forwarded.get(b"x-request-id", b"")
             if 0 < len(request_id) <= 200 and request_id.isascii() and b" " not in request_id:
                 self._request_id = request_id.decode()
-        parts += (b"x-forwarded-for: ", client_for, b"\r\nx-forwarded-proto: ", proto, b"\r\n")
+        # rip-client: the client's address as the worker shows it to the app (REMOTE_ADDR,
+        # ASGI client); a Rip-* header, so no client can set it.
+        parts += (b"x-forwarded-for: ", client_for, b"\r\nx-forwarded-proto: ", proto,
+                  b"\r\nrip-client: ", client, b"\r\n")
         if host:
             parts += (b"x-forwarded-host: ", host, b"\r\n")
         parts += (b"content-length: %d\r\n" % self._body.size,)
@@ -281,9 +347,25 @@ class ClientConnection(asyncio.Protocol):
             if path == self.options.server_path.encode():
                 self._answer(exchange, 200, b"ok\n")
                 return
+        if exchange.unknown_host:
+            self._answer(exchange, 404, b"404 unknown host\n")
+            return
+        if self.redirect_port:
+            self._redirect(exchange)
+            return
         # The request id goes in last: it is only known now that the request is complete.
         exchange.head += b"x-request-id: %s\r\n\r\n" % exchange.request_id.encode()
         balancer.submit(exchange)
+
+    def _redirect(self, exchange: Exchange) -> None:
+        """301 to the same host and path on HTTPS."""
+        host = exchange.host
+        host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+        port = b"" if self.redirect_port == 443 else b":%d" % self.redirect_port
+        target = exchange.target if exchange.target.startswith(b"/") else b"/"
+        location = b"https://" + host + port + target
+        self._answer(exchange, 301, b"301 moved to " + location + b"\n",
+                     extra=b"location: " + location + b"\r\n")
 
     def _answer_status(self, exchange: Exchange) -> None:
         status = self.balancer.status()
@@ -291,13 +373,14 @@ class ClientConnection(asyncio.Protocol):
         self._answer(exchange, code, json.dumps(status).encode() + b"\n", b"application/json")
 
     def _answer(self, exchange: Exchange, code: int, body: bytes,
-                content_type: bytes = b"text/plain; charset=utf-8") -> None:
+                content_type: bytes = b"text/plain; charset=utf-8", extra: bytes = b"") -> None:
         head_only = exchange.method == "HEAD"
         data = b"".join((
             status_line(code),
             b"content-type: ", content_type, b"\r\n",
             b"content-length: %d\r\n" % len(body),
             b"x-request-id: ", exchange.request_id.encode(), b"\r\n",
+            extra, self.extra,
             b"" if exchange.keep_alive else b"connection: close\r\n",
             b"\r\n",
             b"" if head_only else body,
@@ -322,7 +405,7 @@ class ClientConnection(asyncio.Protocol):
         body = response.body
         if not head_only:
             parts.append(b"content-length: %d\r\n" % body.size)
-        parts += (b"x-request-id: ", exchange.request_id.encode(), b"\r\n")
+        parts += (b"x-request-id: ", exchange.request_id.encode(), b"\r\n", self.extra)
         if not exchange.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
@@ -377,7 +460,7 @@ class ClientConnection(asyncio.Protocol):
                       for n, v in response.headers if n == b"content-length"][:1]
         if self._stream_chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
-        parts += (b"x-request-id: ", exchange.request_id.encode(), b"\r\n")
+        parts += (b"x-request-id: ", exchange.request_id.encode(), b"\r\n", self.extra)
         if not exchange.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
@@ -407,7 +490,9 @@ class ClientConnection(asyncio.Protocol):
     # -- after a response ----------------------------------------------------------------------
     def _finish(self, exchange: Exchange, status: int, sent: int) -> None:
         exchange.body.close()
-        self.balancer.access_log.record(exchange, status, sent)
+        balancer = self.balancer
+        balancer.metrics.request(status, self.loop.time() - exchange.started)
+        balancer.access_log.record(exchange, status, sent)
         self.current = None
         self.balancer.exchange_done()
         if not exchange.keep_alive or not self.balancer.accepting:
@@ -455,3 +540,57 @@ class ClientConnection(asyncio.Protocol):
         if self.current is None and not self._reading:
             self.closed = True
             self.transport.close()
+
+
+class ProxyThenTLS(asyncio.Protocol):
+    """A PROXY protocol header, then TLS on the same connection (HAProxy's `send-proxy` in
+    front of an HTTPS listener). The handshake may start only after the header, so instead of
+    the server's own TLS, asyncio's TLS protocol is put under the client connection here, and
+    whatever arrived after the header (the start of the ClientHello) is handed to it."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, balancer: Balancer, context: ssl.SSLContext) -> None:
+        self.balancer = balancer
+        self.context = context
+        self.received = b""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._timer = self.balancer.loop.call_later(self.balancer.options.header_timeout,
+                                                    self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        try:
+            info, used = proxyproto.parse(self.received)
+        except proxyproto.ProxyHeaderError as exc:
+            log.info("closing a connection with a bad PROXY protocol header: %s", exc)
+            self.balancer.stats["bad_proxy_header"] += 1
+            self.transport.abort()
+            return
+        if not used:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        client = ClientConnection(self.balancer, b"https")
+        if info is not None and info.source is not None:
+            client.proxied_peer = info.source
+        layer = asyncio.sslproto.SSLProtocol(
+            self.balancer.loop, client, self.context, None,  # type: ignore[arg-type]
+            server_side=True,
+            ssl_handshake_timeout=self.balancer.options.header_timeout)  # type: ignore[arg-type]
+        self.transport.set_protocol(layer)
+        layer.connection_made(self.transport)
+        rest = memoryview(self.received)[used:]
+        while rest:
+            buffer = layer.get_buffer(len(rest))
+            size = min(len(buffer), len(rest))
+            buffer[:size] = rest[:size]
+            layer.buffer_updated(size)
+            rest = rest[size:]

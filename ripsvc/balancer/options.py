@@ -38,3 +38,16 @@ class BalancerOptions:
     json_logging: bool = False
     #: Proxies in front whose X-Forwarded-* and X-Request-Id are kept (others' are replaced).
     forwarded_allow_ips: tuple[Network, ...] = ()
+    #: Host names served besides the built-in ones; the run-time additions are in hosts_file.
+    hosts: tuple[str, ...] = ()
+    hosts_file: str = ""
+    #: HTTPS: listeners on these ports do TLS with this certificate; listeners on the
+    #: redirect ports answer 301 to the first HTTPS port.
+    tls_ports: tuple[int, ...] = ()
+    redirect_ports: tuple[int, ...] = ()
+    cert: str = ""
+    key: str = ""
+    hsts: bool = False
+    hsts_max_age: int = 31536000
+    proxy_protocol: bool = False
+    metrics_port: int = 0

@@ -6,18 +6,22 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
-from ripsvc import logs, sd
-from ripsvc.balancer.control import make_app
+from ripsvc import hosts, logs, sd, tls
+from ripsvc.balancer.control import make_app, metrics_handler
 from ripsvc.balancer.core import Balancer
-from ripsvc.balancer.front import ClientConnection
+from ripsvc.balancer.front import ClientConnection, ProxyThenTLS
 from ripsvc.balancer.options import BalancerOptions
 from ripsvc.control import bind_socket
 from ripsvc.exitcodes import ExitCode
-from ripsvc.sockets import Bind, SocketError, describe
+from ripsvc.sockets import BACKLOG, Bind, SocketError, describe, local_port
 
 log = logs.get("balancer")
 
@@ -48,9 +52,60 @@ class Plan:
     graceful_timeout: float = 30.0
 
 
+def describe_role(sock: socket.socket, options: BalancerOptions) -> str:
+    port = local_port(sock)
+    scheme = ("https" if port in options.tls_ports else
+              "redirect" if port in options.redirect_ports else "http")
+    return f"{scheme}://{describe(sock)}"
+
+
+async def serve(loop: asyncio.AbstractEventLoop, balancer: Balancer, sock: socket.socket,
+                every: list[socket.socket]) -> asyncio.AbstractServer:
+    """Serve one listening socket in its role, which its port says: HTTPS (--tls-port),
+    redirect to HTTPS (--redirect-port) or plain HTTP. Under systemd the sockets come from a
+    socket unit, so the port is what tells them apart."""
+    options = balancer.options
+    port = local_port(sock)
+    proxied = options.proxy_protocol
+    factory: Callable[[], asyncio.Protocol]
+    context: ssl.SSLContext | None = None
+    if port in options.tls_ports:
+        context = balancer.tls_context
+        assert context is not None
+        if proxied:  # the PROXY header comes before the TLS handshake
+            tls_context = context
+            factory = lambda: ProxyThenTLS(balancer, tls_context)  # noqa: E731
+            context = None
+        else:
+            factory = lambda: ClientConnection(balancer, b"https")  # noqa: E731
+    elif port in options.redirect_ports:
+        bound = [p for p in map(local_port, every) if p in options.tls_ports]
+        target = (bound or list(options.tls_ports) or [443])[0]
+        factory = lambda: ClientConnection(balancer, redirect_port=target,  # noqa: E731
+                                           proxy_protocol=proxied)
+    else:
+        factory = lambda: ClientConnection(balancer, proxy_protocol=proxied)  # noqa: E731
+    return await loop.create_server(factory, sock=sock, ssl=context, backlog=BACKLOG,
+                                    ssl_handshake_timeout=options.header_timeout
+                                    if context else None)
+
+
+def load_tls(options: BalancerOptions) -> ssl.SSLContext | None:
+    if not options.tls_ports:
+        return None
+    if not (options.cert and options.key):
+        raise tls.CertificateError("HTTPS ports (--tls-port) need --cert and --key")
+    return tls.server_context(Path(options.cert), Path(options.key))
+
+
 async def run(plan: Plan) -> ExitCode:
     loop = asyncio.get_running_loop()
-    balancer = Balancer(plan.options, loop)
+    try:
+        balancer = Balancer(plan.options, loop)
+        balancer.tls_context = load_tls(plan.options)
+    except (tls.CertificateError, hosts.HostFileError) as exc:
+        log.error("%s", exc)
+        return ExitCode.USAGE
     passed = sd.listen_sockets()
     control_sock = passed.pop("control", None)
     sockets = list(passed.values()) + [bind.open() for bind in plan.listen]
@@ -60,15 +115,22 @@ async def run(plan: Plan) -> ExitCode:
     if control_sock is None and plan.control:
         control_sock = bind_socket(plan.control)
 
-    servers = [await loop.create_server(lambda: ClientConnection(balancer), sock=sock)
-               for sock in sockets]
-    balancer.ports = [describe(sock) for sock in sockets]
+    servers = [await serve(loop, balancer, sock, sockets) for sock in sockets]
+    balancer.ports = [describe_role(sock, plan.options) for sock in sockets]
+    balancer.tcp_ports = [port for port in map(local_port, sockets) if port]
     control_runner = None
     if control_sock is not None:
         control_runner = web.AppRunner(make_app(balancer), handle_signals=False,
                                        access_log=None)
         await control_runner.setup()
         await web.SockSite(control_runner, control_sock).start()
+    metrics_runner = None
+    if plan.options.metrics_port:
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", metrics_handler(balancer))
+        metrics_runner = web.AppRunner(metrics_app, handle_signals=False, access_log=None)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, "127.0.0.1", plan.options.metrics_port).start()
     for worker in plan.workers:
         balancer.join(worker.id, worker.socket, worker.version)
     balancer.start_sweeper()
@@ -98,8 +160,9 @@ async def run(plan: Plan) -> ExitCode:
     balancer.access_log.flush()
     for client in list(balancer.clients):
         client.transport.close()
-    if control_runner is not None:
-        await control_runner.cleanup()
+    for runner in (control_runner, metrics_runner):
+        if runner is not None:
+            await runner.cleanup()
     if plan.control:
         with contextlib.suppress(OSError):
             os.unlink(plan.control)

@@ -58,11 +58,18 @@ def make_app(manager: Manager) -> web.Application:
                             "uptime": round(now - child.started, 1), "status": child.status})
         return {"app": manager.plan.name, "version": manager.version, "workers": workers,
                 "queue": stats["queue"], "balancer": stats["status"],
+                "kernel": stats.get("kernel", {}), "ports": stats.get("ports", []),
                 "requests": sum(w["requests"] for w in workers),
                 "reloading": manager.reloading is not None and not manager.reloading.done()}
 
     async def reload(body: dict[str, Any]) -> Any:
-        """A rolling restart; with {"wait": true} the reply comes when it is done."""
+        """A rolling restart; with {"wait": true} the reply comes when it is done. With
+        {"tls": true} only the certificate is reloaded (renewed files), without a restart."""
+        if body.get("tls"):
+            failure = await asyncio.shield(await manager.command("tls_reload"))
+            if failure:
+                raise CommandError("tls-reload-failed", failure, 422)
+            return {"done": True, "tls": True}
         task = await manager.command("reload")
         if task is None:
             raise CommandError("reload-in-progress", "a rolling restart is already in progress",
@@ -87,5 +94,44 @@ def make_app(manager: Manager) -> web.Application:
         await manager.command("stop")
         return {"stopping": True}
 
+    async def registry(request: web.Request) -> web.Response:
+        """The host registry: GET lists it; POST {"host": NAME} adds, DELETE {"host": NAME}
+        removes a name (kept in the state file, sent to the balancer)."""
+        action = {"GET": "list", "POST": "add", "DELETE": "remove"}.get(request.method)
+        if action is None:
+            return control.error("bad-method", "use GET, POST or DELETE", 405)
+        host: object = request.query.get("host", "")
+        if request.can_read_body:
+            try:
+                body = json.loads(await request.read() or b"{}")
+                host = body.get("host", host) if isinstance(body, dict) else None
+            except (ValueError, UnicodeDecodeError):
+                host = None
+            if not isinstance(host, str):
+                return control.error("bad-json", 'expected {"host": NAME}', 400)
+        if action != "list" and not host:
+            return control.error("bad-request", "'host' must be a host name", 400)
+        try:
+            task = await manager.command("hosts", action=action, host=host)
+            if task is not None:
+                await asyncio.shield(task)
+        except CommandError as exc:
+            return control.error(exc.code, str(exc), exc.status)
+        return control.ok({"configured": list(manager.hosts.configured),
+                           "added": list(manager.hosts.added)})
+
+    async def metrics(request: web.Request) -> web.Response:
+        """The balancer's Prometheus metrics, relayed."""
+        connector = aiohttp.UnixConnector(path=str(manager.control_path))
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session, \
+                    session.get("http://rip/metrics") as resp:
+                return web.Response(body=await resp.read(), status=resp.status, headers={
+                    "Content-Type": resp.headers.get("Content-Type", "text/plain")})
+        except (aiohttp.ClientError, OSError) as exc:
+            return control.error("balancer-unreachable", f"the balancer does not answer: {exc}",
+                                 502)
+
     return control.make_app({"status": status, "reload": reload, "scale": scale,
-                             "stop": stop})
+                             "stop": stop},
+                            raw={"/registry": registry, "/metrics": metrics})

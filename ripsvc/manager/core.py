@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ripsvc import logs, sd
+from ripsvc import edge, hosts, logs, paths, sd, tls
 from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.control import serve_control
@@ -63,6 +63,9 @@ class Manager:
         self._replacing: set[asyncio.Task[str | None]] = set()
         self._ids_used: set[str] = set()
         self.restart_watch: FileWatcher | None = None
+        self.state = plan.state or paths.state_dir(plan.name)
+        self.hosts = hosts.Registry(plan.hosts)
+        self.tls = any(bind.tls for bind in plan.listen)
 
     def post(self, kind: str, child: Handle | None, value: Any) -> None:
         self.events.put_nowait((kind, child, value))
@@ -102,6 +105,12 @@ class Manager:
         try:
             control_runner = await serve_control(self)
             await self.supervisor.open()
+            try:
+                self.prepare_edge()
+            except (tls.CertificateError, hosts.HostFileError) as exc:
+                log.error("%s", exc)
+                self.exit_code = ExitCode.USAGE
+                return self.exit_code
             self.start_balancer()
             for number in range(1, self.plan.workers + 1):
                 slot = self.new_slot(number)
@@ -130,8 +139,19 @@ class Manager:
     # -- starting ----------------------------------------------------------------------------
     def start_balancer(self) -> None:
         args = ["--app", self.plan.name, "--control", str(self.control_path),
-                *self.plan.balancer_args]
+                *self.plan.balancer_args,
+                *edge.balancer_args(self.supervisor.binds(), self.runtime, self.state)]
         self.balancer = self.supervisor.start_balancer(args)
+
+    def prepare_edge(self) -> None:
+        """The host registry and the certificate, before the balancer starts: a corrupt
+        registry or a bad certificate stops the start with an error naming the file."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.hosts = hosts.Registry(self.plan.hosts, hosts.load(edge.hosts_file(self.state)))
+        if self.tls:
+            found = edge.install_certificate(self.plan.cert, self.plan.key, self.hosts.names(),
+                                             self.state, self.runtime)
+            log.info("HTTPS certificate: %s (%s)", found.cert, found.origin)
 
     def start_worker(self, slot: WorkerSlot) -> Handle:
         handoff = ["--recycle-handoff"] if self.supervisor.recycle_handoff else []
@@ -159,7 +179,10 @@ class Manager:
             log.info("ready: %s with %d workers on %s", self.plan.name, len(self.slots),
                      ", ".join(ports))
             if ports:
-                log.info("ready: try  curl http://127.0.0.1:%s/", ports[0].rpartition(":")[2])
+                scheme, _sep, address = ports[0].partition("://")
+                log.info("ready: try  curl %s://%s:%s/", scheme,
+                         "localhost" if scheme == "https" else "127.0.0.1",
+                         address.rpartition(":")[2])
             sd.notify("READY=1", f"STATUS={self.status_line()}")
 
     async def handle_exited(self, child: Handle | None, code: int) -> None:
@@ -186,6 +209,7 @@ class Manager:
             self.start_worker(slot)
             return
         slot.crashes += 1
+        self.loop.create_task(self.control("event", {"name": "worker_restarts"}))
         delay = min(MAX_BACKOFF, 0.1 * 2 ** (slot.crashes - 1))
         log.warning("worker %s exited with %s; restarting in %.1f s", child.id, code, delay)
         self.loop.call_later(delay, self.post, "respawn", None, slot.number)
@@ -277,6 +301,59 @@ class Manager:
             if slot.child is not None:
                 slot.child.terminate()
 
+    # -- the edge: certificate and host registry ----------------------------------------------
+    async def reload_certificate(self) -> str | None:
+        """Install the certificate files again and have the balancer load them: connections
+        opened afterwards get the new certificate. Returns why it failed, or None."""
+        try:
+            found = edge.install_certificate(self.plan.cert, self.plan.key, self.hosts.names(),
+                                             self.state, self.runtime)
+        except tls.CertificateError as exc:
+            return f"certificate not reloaded: {exc}"
+        reply = await self.control("tls-reload", {})
+        if reply is None or not reply.get("ok"):
+            error = (reply or {}).get("error") or {"message": "the balancer does not answer"}
+            return f"certificate not reloaded: {error['message']}"
+        log.info("HTTPS certificate reloaded: %s (%s)", found.cert, found.origin)
+        return None
+
+    def command_tls_reload(self) -> asyncio.Task[str | None]:
+        if not self.tls:
+            raise CommandError("no-tls", "this app serves no HTTPS port", 409)
+        return self.loop.create_task(self.reload_certificate())
+
+    def command_hosts(self, action: str, host: str = "") -> asyncio.Task[None] | None:
+        """list, add or remove a host of the registry; kept in the state file, then sent to
+        the balancer."""
+        if action == "list":
+            return None
+        try:
+            name = hosts.normalize(host)
+        except ValueError as exc:
+            raise CommandError("bad-host", str(exc)) from None
+        added = list(self.hosts.added)
+        if action == "add":
+            if name in self.hosts.names():
+                return None
+            added.append(name)
+        elif name in self.hosts.configured:
+            raise CommandError("configured-host", f"{name!r} is built in or configured in the "
+                               "app's settings (hosts); change it there", 409)
+        elif name not in added:
+            raise CommandError("unknown-host", f"{name!r} is not in the registry", 404)
+        else:
+            added.remove(name)
+        hosts.save(edge.hosts_file(self.state), added)
+        self.hosts.set_added(added)
+        return self.loop.create_task(self._send_hosts())
+
+    async def _send_hosts(self) -> None:
+        await self.control("hosts", {"added": list(self.hosts.added)})
+        if self.tls and not self.plan.cert:  # a generated certificate covers the new names
+            why = await self.reload_certificate()
+            if why is not None:
+                log.error("%s", why)
+
     # -- rolling restart -----------------------------------------------------------------------
     def reload(self) -> asyncio.Task[str | None] | None:
         """Start a rolling restart; None if one is already running (it is not queued)."""
@@ -294,6 +371,11 @@ class Manager:
         stopped (the old workers keep serving)."""
         if self._replacing:  # recycling hand-offs under way finish first
             await asyncio.wait(set(self._replacing))
+        if self.tls:  # a renewed certificate comes with the new code
+            why = await self.reload_certificate()
+            if why is not None:
+                return why
+        await self.control("event", {"name": "reloads"})
         self.version += 1
         log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
         for slot in list(self.slots):
@@ -402,10 +484,11 @@ class Manager:
                 await self.control("join", {"id": slot.child.id, "socket": str(slot.path),
                                             "version": str(slot.child.version)})
 
-    async def control(self, command: str, body: dict[str, object]) -> None:
-        """A command to the balancer's control socket; failures are logged, not raised."""
+    async def control(self, command: str, body: dict[str, object]) -> dict[str, Any] | None:
+        """A command to the balancer's control socket; failures are logged, not raised.
+        Returns the reply ({"ok": …}), None if there was none."""
         if self.balancer is None:
-            return
+            return None
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self.balancer.ready)
         try:
@@ -415,9 +498,10 @@ class Manager:
                 reply = await resp.json()
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             log.error("balancer control %s failed: %s", command, exc)
-            return
+            return None
         if not reply.get("ok"):
             log.error("balancer control %s: %s", command, reply.get("error"))
+        return dict(reply)
 
     def status_line(self) -> str:
         """systemd's one-line status: "4/4 workers ready, v3, 12034 requests" (the count as

@@ -6,14 +6,17 @@ socket units, so a worker restarted on its socket loses no connection waiting in
 
 from __future__ import annotations
 
+import shutil
 import socket
 import sys
 from pathlib import Path
 
-from ripsvc import paths
+from ripsvc import logs, paths
 from ripsvc.manager.children import Child
 from ripsvc.manager.supervisor import Post, ServePlan
-from ripsvc.sockets import Bind, describe
+from ripsvc.sockets import Bind, describe, local_port
+
+log = logs.get("manager")
 
 
 class AlreadyRunning(OSError):
@@ -36,9 +39,17 @@ def claim_runtime_dir(name: str) -> Path:
                                  "stop it first or use --name")
         finally:
             probe.close()
-    for stale in path.iterdir():
-        stale.unlink(missing_ok=True)
+    _empty(path)
     return path
+
+
+def _empty(path: Path) -> None:
+    """Remove what a runtime directory holds: sockets, and the certificate copy (tls/)."""
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 class EmbeddedSupervisor:
@@ -50,14 +61,26 @@ class EmbeddedSupervisor:
         self.post = post
         self.runtime = claim_runtime_dir(plan.name)
         self.listeners: list[socket.socket] = []
+        self._binds: list[Bind] = []
         self.worker_sockets: dict[Path, socket.socket] = {}
         self.children: list[Child] = []
 
     async def open(self) -> None:
-        self.listeners = [bind.open() for bind in self.plan.listen]
+        for bind in self.plan.listen:
+            sock = bind.open()
+            self.listeners.append(sock)
+            port = local_port(sock)
+            if bind.path is None and port != bind.port:
+                log.warning("port %d cannot be had: %s uses port %d instead", bind.port,
+                            "the redirect to HTTPS" if bind.redirect else "HTTPS", port)
+            self._binds.append(bind if bind.path is not None else bind.at_port(port))
+
+    def binds(self) -> list[Bind]:
+        return list(self._binds)
 
     def ports(self) -> list[str]:
-        return [describe(sock) for sock in self.listeners]
+        return [f"{bind.scheme}://{describe(sock)}"
+                for bind, sock in zip(self._binds, self.listeners, strict=True)]
 
     def start_balancer(self, args: list[str]) -> Child:
         argv = [sys.executable, "-m", "ripsvc.balancer", *args]
@@ -91,6 +114,5 @@ class EmbeddedSupervisor:
             child.kill()
         for sock in self.listeners + list(self.worker_sockets.values()):
             sock.close()
-        for path in self.runtime.iterdir():
-            path.unlink(missing_ok=True)
+        _empty(self.runtime)
         self.runtime.rmdir()

@@ -26,6 +26,10 @@ class ServePlan:
     balancer_args: list[str] = field(default_factory=list)
     restart_file: Path | None = None
     watchdog_sec: float = 30.0
+    hosts: tuple[str, ...] = ()  # configured (the balancer gets them in balancer_args too)
+    cert: str = ""
+    key: str = ""
+    state: Path | None = None  # the state directory (default: paths.state_dir(name))
 
 
 Post = Callable[[str, Any, Any], None]
@@ -61,6 +65,9 @@ class Supervisor(Protocol):
         """Take the listening ports (or find them), before anything starts."""
 
     def ports(self) -> list[str]: ...
+
+    def binds(self) -> list[Bind]:
+        """The listening addresses with the ports actually used (after a fallback)."""
 
     def start_balancer(self, args: list[str]) -> Handle: ...
 

@@ -30,6 +30,7 @@ from dbus_fast.aio import MessageBus
 from ripsvc import logs, units
 from ripsvc.manager.supervisor import Post, ServePlan
 from ripsvc.settings import Settings
+from ripsvc.sockets import Bind
 
 log = logs.get("manager")
 
@@ -281,10 +282,15 @@ class SystemdSupervisor:
             self._remove_dropin(stale)
         socket_path = await self.sd.unit_path(f"rip-balancer@{self.name}.socket")
         listen = await self.sd.get(socket_path, SOCKET, "Listen")
-        self._ports = [str(address) for _kind, address in listen]
+        schemes = {str(bind.port): bind.scheme for bind in self.plan.listen}
+        self._ports = [f"{schemes.get(str(address).rpartition(':')[2], 'http')}://{address}"
+                       for _kind, address in listen]
 
     def ports(self) -> list[str]:
         return self._ports
+
+    def binds(self) -> list[Bind]:
+        return list(self.plan.listen)  # the socket unit's, as configured
 
     def start_balancer(self, args: list[str]) -> UnitHandle:
         # The balancer's command line is the generator's (the same settings, read from

@@ -12,6 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from multidict import CIMultiDict
+
+from ripsvc.worker.request import parse_client
 
 if TYPE_CHECKING:
     from ripsvc.worker.core import Worker
@@ -38,6 +41,22 @@ class AiohttpHost:
 BUSY = {"Rip-Worker-Busy": "1"}
 
 
+def from_balancer(request: web.BaseRequest) -> web.BaseRequest:
+    """The client's address (`request.remote`) and scheme as the balancer saw them; its
+    internal Rip-* headers are not shown to the app."""
+    client = request.headers.get("Rip-Client")
+    if client is None:
+        return request
+    parsed = parse_client(client.encode("latin-1"))
+    proto = request.headers.get("X-Forwarded-Proto")
+    headers = CIMultiDict((name, value) for name, value in request.headers.items()
+                          if not name.lower().startswith("rip-"))
+    if parsed is None:
+        return request.clone(headers=headers)
+    return request.clone(headers=headers, remote=parsed[0],
+                         scheme=proto if proto in ("http", "https") else "http")
+
+
 def make_server(worker: Worker) -> web.Server:
     """The protocol factory serving the worker's sockets for an aiohttp app."""
     max_body = worker.options.max_body
@@ -52,6 +71,7 @@ def make_server(worker: Worker) -> web.Server:
                 return web.Response(status=413, text="413 Payload Too Large\n",
                                     headers={"Connection": "close"})
             await worker.before_request()
+            request = from_balancer(request)
             host = worker.host
             assert isinstance(host, AiohttpHost)
             response: web.StreamResponse = await host.handle(request)

@@ -22,7 +22,7 @@ import httptools
 from ripsvc import logs
 from ripsvc.body import Body
 from ripsvc.http11 import BUSY_HEADER, simple_response, status_line
-from ripsvc.worker.request import Request
+from ripsvc.worker.request import Request, parse_client
 
 if TYPE_CHECKING:
     from ripsvc.worker.core import Worker
@@ -63,6 +63,8 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body = Body()
         self._skip_body = False
+        self._client: tuple[str, int] | None = None
+        self._scheme = "http"
         # per response being written
         self.response_started = False
         self.response_done = False
@@ -118,6 +120,8 @@ class HttpConnection(asyncio.Protocol):
     # -- parser callbacks --------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = b""
+        self._client = None
+        self._scheme = "http"
         self._headers = []
         self._header_bytes = 0
         self._body = Body()
@@ -133,7 +137,14 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > MAX_HEADER_BYTES:
             raise httptools.HttpParserError("header section too large")
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        if name.startswith(b"rip-"):  # from the balancer, for us; not the app's business
+            if name == b"rip-client":
+                self._client = parse_client(value)
+            return
+        if name == b"x-forwarded-proto" and value in (b"http", b"https"):
+            self._scheme = value.decode()
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         for name, value in self._headers:
@@ -164,6 +175,8 @@ class HttpConnection(asyncio.Protocol):
             self._headers,
             parser.should_keep_alive(),
             self._body,
+            self._client,
+            self._scheme,
         )
         if self.active is not None or self.pending:
             self.pending.append(request)  # pipelined: answered in order

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from ripsvc import logs, sd
 from ripsvc.apploader import AppLoadError
 from ripsvc.exitcodes import ExitCode
-from ripsvc.sockets import Bind, SocketError, describe
+from ripsvc.sockets import BACKLOG, Bind, SocketError, describe
 from ripsvc.worker.core import Worker, WorkerOptions
 
 log = logs.get("worker")
@@ -61,9 +61,9 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     servers = worker.servers
     for sock in sockets:
         if sock.family == socket.AF_UNIX:
-            servers.append(await loop.create_unix_server(factory, sock=sock))
+            servers.append(await loop.create_unix_server(factory, sock=sock, backlog=BACKLOG))
         else:
-            servers.append(await loop.create_server(factory, sock=sock))
+            servers.append(await loop.create_server(factory, sock=sock, backlog=BACKLOG))
 
     log.info("serving %s (%s) on %s", options.app, worker.kind,
              ", ".join(describe(s) for s in sockets))

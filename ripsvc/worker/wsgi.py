@@ -82,7 +82,7 @@ class WsgiHost:
             "QUERY_STRING": query.decode("latin-1"),
             "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            "wsgi.url_scheme": request.scheme,
             "wsgi.input": request.body.stream(),
             "wsgi.input_terminated": True,
             "wsgi.errors": sys.stderr,
@@ -106,8 +106,9 @@ class WsgiHost:
             server_port = port or server_port
         environ["SERVER_NAME"] = server_name
         environ["SERVER_PORT"] = server_port
-        if conn.client is not None:
-            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = conn.client[0], str(conn.client[1])
+        client = request.client or conn.client
+        if client is not None:
+            environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
         return environ
 
     # -- in the app's thread -----------------------------------------------------------------

@@ -7,6 +7,7 @@
 /big?size=N         → N bytes
 /stream?n=N&ms=M    → N pieces, M ms apart, with X-Accel-Buffering: no
 /secret             → a response carrying an internal Rip-* header
+/client             → the ASGI client and scheme as JSON
 """
 
 import asyncio
@@ -42,6 +43,9 @@ async def app(scope, receive, send):
         return await reply(send, body, headers)
     if path == "/headers":
         seen = {k.decode(): v.decode() for k, v in scope["headers"]}
+        return await reply(send, json.dumps(seen).encode(), headers)
+    if path == "/client":
+        seen = {"client": scope["client"], "scheme": scope["scheme"]}
         return await reply(send, json.dumps(seen).encode(), headers)
     if path == "/big":
         return await reply(send, b"b" * int(query["size"]), headers)
