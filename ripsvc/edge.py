@@ -25,6 +25,10 @@ from ripsvc.sockets import Bind
 if TYPE_CHECKING:
     from ripsvc.tls import Certificate
 
+class CertificateError(Exception):
+    """A certificate problem, naming the file; start-up fails with it (ripsvc.tls raises it)."""
+
+
 TLS_DIR = "tls"
 CERT_NAME = "cert.pem"
 KEY_NAME = "key.pem"
@@ -57,7 +61,7 @@ def balancer_args(binds: Sequence[Bind], runtime: Path, state: Path) -> list[str
 def install_certificate(cert: str, key: str, names: Sequence[str], state: Path,
                         runtime: Path) -> Certificate:
     """Resolve the certificate and put the balancer's copy in place (atomically: a balancer
-    reloading meanwhile reads the old pair or the new one). Raises tls.CertificateError."""
+    reloading meanwhile reads the old pair or the new one). Raises CertificateError."""
     from ripsvc import tls  # cryptography: not for the generator, which imports this module
 
     found = tls.resolve(cert, key, names, state / "certs")

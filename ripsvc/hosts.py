@@ -76,6 +76,7 @@ class Registry:
         self._suffixes: tuple[str, ...] = ()
         self._any = False
         self._cache: dict[bytes, bool] = {}
+        self.generation = 0  # bumped by every change: what a connection checked is stale
         self.set_added(added)
 
     def names(self) -> list[str]:
@@ -89,6 +90,7 @@ class Registry:
         self._suffixes = tuple(n[1:] for n in names if n.startswith("*."))
         self._any = "*" in names
         self._cache.clear()
+        self.generation += 1
 
     def allows(self, host: bytes) -> bool:
         """Is a request with this Host header (port and case ignored) ours?"""

@@ -271,8 +271,8 @@ def test_the_kernel_accept_queue_of_a_worker_socket_moves(start_stack):
     worker = stack.workers[0]
 
     def queued() -> int:
-        _, reply = control(stack.control, "stats")
-        return int(reply["data"]["kernel"]["worker:1"]["queued"])
+        _, reply = control(stack.control, "kernel")
+        return int(reply["data"]["worker:1"]["queued"])
 
     assert queued() == 0
     os.kill(worker.pid, signal.SIGSTOP)  # it accepts nothing while stopped
@@ -283,8 +283,8 @@ def test_the_kernel_accept_queue_of_a_worker_socket_moves(start_stack):
             sock.connect(str(worker.socket_path))
             waiting.append(sock)
         wait_for(lambda: queued() == 3, 5, "3 connections in the worker's accept queue")
-        _, reply = control(stack.control, "stats")
-        assert reply["data"]["kernel"][f"port:{stack.port}"]["backlog"] == min(4096, somaxconn())
+        _, reply = control(stack.control, "kernel")
+        assert reply["data"][f"port:{stack.port}"]["backlog"] == min(4096, somaxconn())
     finally:
         os.kill(worker.pid, signal.SIGCONT)
     for sock in waiting:
@@ -308,9 +308,15 @@ def test_stats_of_a_listening_port_move_when_the_balancer_is_stopped(start_stack
     for sock in clients:
         sock.close()
     time.sleep(0.2)
-    _, reply = control(stack.control, "stats")
-    assert reply["data"]["kernel"][f"port:{stack.port}"]["queued"] == 0
+    _, reply = control(stack.control, "kernel")
+    assert reply["data"][f"port:{stack.port}"]["queued"] == 0
 
 
 def somaxconn() -> int:
     return int(Path("/proc/sys/net/core/somaxconn").read_text())
+
+
+def test_an_aiohttp_app_sees_the_client_in_request_remote(start_stack):
+    stack = start_stack(workers=1, app=str(TEST_APPS / "aiohttp_client.py"))
+    seen = json.loads(fetch(stack.port, "/", headers={"Rip-Client": "6.6.6.6:1"}).body)
+    assert seen == {"remote": "127.0.0.1", "scheme": "http", "rip_headers": []}

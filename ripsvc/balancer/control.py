@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ripsvc import control, tls
+from ripsvc import control, edge
 from ripsvc.balancer import metrics
 from ripsvc.balancer.core import Balancer
 from ripsvc.control import CommandError, require
@@ -56,10 +56,14 @@ def make_app(balancer: Balancer) -> web.Application:
 
     async def stats(body: dict[str, Any]) -> Any:
         """Counters, the queue, and workers reported hung."""
-        kernel = {name: {"queued": q.queued, "backlog": q.backlog}
-                  for name, q in balancer.kernel_queues().items()}
         return {**balancer.status(), "counters": dict(balancer.stats),
-                "hung": list(balancer.hung), "kernel": kernel}
+                "hung": list(balancer.hung)}
+
+    async def kernel(body: dict[str, Any]) -> Any:
+        """The kernel's accept queue of each listening port and worker socket (sock_diag):
+        {"port:8080": {"queued", "backlog"}, "worker:1": …}; empty if the kernel refuses."""
+        return {name: {"queued": q.queued, "backlog": q.backlog}
+                for name, q in balancer.kernel_queues().items()}
 
     async def hosts_(body: dict[str, Any]) -> Any:
         """The host registry; with {"added": [names]} the run-time names are replaced (the
@@ -83,9 +87,11 @@ def make_app(balancer: Balancer) -> web.Application:
         options = balancer.options
         if balancer.tls_context is None:
             raise CommandError("no-tls", "this balancer serves no HTTPS port", 409)
+        from ripsvc import tls
+
         try:
             tls.reload(balancer.tls_context, Path(options.cert), Path(options.key))
-        except tls.CertificateError as exc:
+        except edge.CertificateError as exc:
             raise CommandError("bad-certificate", str(exc), 422) from None
         return {"cert": options.cert}
 
@@ -98,8 +104,8 @@ def make_app(balancer: Balancer) -> web.Application:
         return {name: balancer.stats[name]}
 
     return control.make_app({"join": join, "leave": leave, "drain": drain, "pool": pool_,
-                             "stats": stats, "hosts": hosts_, "tls-reload": tls_reload,
-                             "event": event},
+                             "stats": stats, "kernel": kernel, "hosts": hosts_,
+                             "tls-reload": tls_reload, "event": event},
                             raw={"/metrics": metrics_handler(balancer)})
 
 

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ripsvc import hosts, kernelq, logs
+from ripsvc import hosts, logs
 from ripsvc.balancer.accesslog import AccessLog
 from ripsvc.balancer.metrics import Metrics
 from ripsvc.balancer.options import BalancerOptions
@@ -23,6 +23,7 @@ from ripsvc.balancer.pool import Pool, QueueFull, Slot
 from ripsvc.balancer.upstream import Upstream
 
 if TYPE_CHECKING:
+    from ripsvc import kernelq
     from ripsvc.balancer.exchange import Exchange, Response
     from ripsvc.balancer.front import ClientConnection
 
@@ -226,7 +227,10 @@ class Balancer:
     # -- views -------------------------------------------------------------------------------
     def kernel_queues(self) -> dict[str, kernelq.Queue]:
         """The kernel's accept queue of each listening port and each worker's socket, read
-        with sock_diag; none if the kernel does not let us (logged once)."""
+        with sock_diag; none if the kernel does not let us (logged once). pyroute2 is imported
+        on the first call (≈ 20 MB): a balancer nobody asks about does without it."""
+        from ripsvc import kernelq
+
         ports = self.tcp_ports
         slots = list(self.pool.slots.values())
         try:

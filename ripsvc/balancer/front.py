@@ -81,6 +81,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.peer = b"unix"
         self.peer_port = 0
+        self.client_address = b"unix:0"  # what Rip-Client tells the worker
         self.proxied_peer: tuple[str, int] | None = None  # from a PROXY header before TLS
         self.trusted = False  # a proxy in front whose X-Forwarded-* and X-Request-Id we keep
         #: Bytes of a PROXY protocol header still being received (None: none expected).
@@ -104,7 +105,8 @@ class ClientConnection(asyncio.Protocol):
         self._in_body = False
         self._head_tail = b""  # the end of the previous read, for _check_head
         self._host = b""
-        self._unknown_host = False
+        self._allowed_host: bytes | None = None  # the last Host found in the registry
+        self._allowed_generation = -1
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,6 +142,7 @@ class ClientConnection(asyncio.Protocol):
     def _set_peer(self, host: str, port: int) -> None:
         self.peer = host.encode()
         self.peer_port = port
+        self.client_address = _address(self.peer, port)
         self.trusted = self.balancer.trusts(host)
 
     def data_received(self, data: bytes) -> None:
@@ -277,16 +280,20 @@ class ClientConnection(asyncio.Protocol):
         self._request_id = ""
         self._host = b""
         head = self._upstream_head(method)
-        if not self.balancer.hosts.allows(self._host):
-            if not self._host and parser.get_http_version() == "1.1":
-                raise BadRequest(400, "no Host header")
-            self._unknown_host = True
+        host = self._host
         exchange = Exchange(self, method, self._url, head, self._body,
                             parser.should_keep_alive(), self._request_id or new_request_id(),
                             self.loop.time())
-        exchange.unknown_host = self._unknown_host
-        exchange.host = self._host
-        self._unknown_host = False
+        exchange.host = host
+        # A keep-alive client repeats its Host: one comparison, while the registry is as it was.
+        hosts = self.balancer.hosts
+        if host != self._allowed_host or hosts.generation != self._allowed_generation:
+            if hosts.allows(host):
+                self._allowed_host, self._allowed_generation = host, hosts.generation
+            elif not host and parser.get_http_version() == "1.1":
+                raise BadRequest(400, "no Host header")
+            else:
+                exchange.unknown_host = True
         if self.current is not None or self.pending:
             self.pending.append(exchange)  # pipelined: answered in order
             self.transport.pause_reading()
@@ -315,7 +322,7 @@ class ClientConnection(asyncio.Protocol):
         self._host = host
         client_for = self.peer
         proto = self.scheme
-        client = _address(self.peer, self.peer_port)
+        client = self.client_address
         if forwarded:  # from a trusted proxy: its view of the client wins
             if b"x-forwarded-for" in forwarded:
                 chain = forwarded[b"x-forwarded-for"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ripsvc import hosts, logs, sd, tls
+from ripsvc import edge, hosts, logs, sd
 from ripsvc.balancer.control import make_app, metrics_handler
 from ripsvc.balancer.core import Balancer
 from ripsvc.balancer.front import ClientConnection, ProxyThenTLS
@@ -94,7 +94,9 @@ def load_tls(options: BalancerOptions) -> ssl.SSLContext | None:
     if not options.tls_ports:
         return None
     if not (options.cert and options.key):
-        raise tls.CertificateError("HTTPS ports (--tls-port) need --cert and --key")
+        raise edge.CertificateError("HTTPS ports (--tls-port) need --cert and --key")
+    from ripsvc import tls  # cryptography: only for HTTPS
+
     return tls.server_context(Path(options.cert), Path(options.key))
 
 
@@ -103,7 +105,7 @@ async def run(plan: Plan) -> ExitCode:
     try:
         balancer = Balancer(plan.options, loop)
         balancer.tls_context = load_tls(plan.options)
-    except (tls.CertificateError, hosts.HostFileError) as exc:
+    except (edge.CertificateError, hosts.HostFileError) as exc:
         log.error("%s", exc)
         return ExitCode.USAGE
     passed = sd.listen_sockets()

@@ -42,6 +42,7 @@ def make_app(manager: Manager) -> web.Application:
         try:
             pool = {w["id"]: w for w in await balancer_query(manager, "pool")}
             stats = await balancer_query(manager, "stats")
+            kernel = await balancer_query(manager, "kernel")
         except (aiohttp.ClientError, OSError) as exc:
             raise CommandError("balancer-unreachable", f"the balancer does not answer: {exc}",
                                502) from None
@@ -58,7 +59,7 @@ def make_app(manager: Manager) -> web.Application:
                             "uptime": round(now - child.started, 1), "status": child.status})
         return {"app": manager.plan.name, "version": manager.version, "workers": workers,
                 "queue": stats["queue"], "balancer": stats["status"],
-                "kernel": stats.get("kernel", {}), "ports": stats.get("ports", []),
+                "kernel": kernel, "ports": stats.get("ports", []),
                 "requests": sum(w["requests"] for w in workers),
                 "reloading": manager.reloading is not None and not manager.reloading.done()}
 

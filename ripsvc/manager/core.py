@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ripsvc import edge, hosts, logs, paths, sd, tls
+from ripsvc import edge, hosts, logs, paths, sd
 from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.control import serve_control
@@ -107,7 +107,7 @@ class Manager:
             await self.supervisor.open()
             try:
                 self.prepare_edge()
-            except (tls.CertificateError, hosts.HostFileError) as exc:
+            except (edge.CertificateError, hosts.HostFileError) as exc:
                 log.error("%s", exc)
                 self.exit_code = ExitCode.USAGE
                 return self.exit_code
@@ -308,7 +308,7 @@ class Manager:
         try:
             found = edge.install_certificate(self.plan.cert, self.plan.key, self.hosts.names(),
                                              self.state, self.runtime)
-        except tls.CertificateError as exc:
+        except edge.CertificateError as exc:
             return f"certificate not reloaded: {exc}"
         reply = await self.control("tls-reload", {})
         if reply is None or not reply.get("ok"):
