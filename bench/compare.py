@@ -166,15 +166,18 @@ class Stack:
     port: int = 0
     access_log: Path | None = None
 
-    def start(self, name: str, command: list[str], stdout: Path | None = None) -> Proc:
-        """Start a process in ROOT; stdout goes to `stdout` if given, else with stderr."""
+    def start(self, name: str, command: list[str], stdout: Path | None = None,
+              env: dict[str, str] | None = None) -> Proc:
+        """Start a process in ROOT; stdout goes to `stdout` if given, else with stderr;
+        `env` is added to the environment."""
         output = self.dir / f"{name}.out"
         with contextlib.ExitStack() as files:
             err = files.enter_context(output.open("wb"))
             out = files.enter_context(stdout.open("wb")) if stdout else err
             # A session of its own: only stop_process() signals it, not a Ctrl-C on the terminal.
             process = subprocess.Popen(
-                command, cwd=ROOT, env=CHILD_ENV, stdin=subprocess.DEVNULL, stdout=out,
+                command, cwd=ROOT, env={**CHILD_ENV, **(env or {})}, stdin=subprocess.DEVNULL,
+                stdout=out,
                 stderr=err, start_new_session=True,
             )
         proc = Proc(name, process, output)
@@ -859,9 +862,10 @@ def rip_server_running(directory: Path, tools: dict[str, str],
     stack = Stack(name, directory, tools)
     stack.port = free_port()
     command = [".venv/bin/rip-server", "examples/hello", f"w:{RIP_SERVER_WORKERS}",
-               f"http:{stack.port}", "--name", name]
+               f"http:127.0.0.1:{stack.port}", "--name", name]
     launched_at = time.monotonic()
-    proc = stack.start("rip-server", command)
+    # Its state (host registry) in the run's directory, not /var/lib/rip/NAME as for root.
+    proc = stack.start("rip-server", command, env={"STATE_DIRECTORY": str(directory / "state")})
     try:
         yield stack, proc, launched_at
     finally:
