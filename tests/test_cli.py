@@ -57,3 +57,18 @@ def test_ripctl_unknown_command_is_a_usage_error():
     result = run_cli("frobnicate")
     assert result.returncode == 2
     assert "invalid choice: 'frobnicate'" in result.stderr
+
+
+def test_bash_completion_knows_every_ripctl_command_and_option():
+    from ripsvc.cli import ripctl_parser
+
+    completion = (REPO / "packaging" / "debian" / "ripctl.bash-completion").read_text()
+    commands = completion.split('commands="', 1)[1].split('"', 1)[0].split()
+    parser = ripctl_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert sorted(commands) == sorted(subparsers.choices)
+    for name in ("status", "reload", "logs", "install"):
+        line = next(line for line in completion.splitlines() if line.strip().startswith(f"{name})"))
+        options = {o for a in subparsers.choices[name]._actions for o in a.option_strings
+                   if o.startswith("--") and o != "--help"}
+        assert options <= set(line.split('"')[1].split()), (name, options)
