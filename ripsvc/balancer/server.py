@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -70,21 +71,19 @@ async def serve(loop: asyncio.AbstractEventLoop, balancer: Balancer, sock: socke
     factory: Callable[[], asyncio.Protocol]
     context: ssl.SSLContext | None = None
     if port in options.tls_ports:
-        context = balancer.tls_context
-        assert context is not None
-        if proxied:  # the PROXY header comes before the TLS handshake
-            tls_context = context
-            factory = lambda: ProxyThenTLS(balancer, tls_context)  # noqa: E731
-            context = None
+        assert balancer.tls_context is not None
+        if proxied:  # the PROXY header comes before the TLS handshake: TLS is put in later
+            factory = partial(ProxyThenTLS, balancer, balancer.tls_context)
         else:
-            factory = lambda: ClientConnection(balancer, b"https")  # noqa: E731
+            context = balancer.tls_context
+            factory = partial(ClientConnection, balancer, b"https")
     elif port in options.redirect_ports:
         bound = [p for p in map(local_port, every) if p in options.tls_ports]
         target = (bound or list(options.tls_ports) or [443])[0]
-        factory = lambda: ClientConnection(balancer, redirect_port=target,  # noqa: E731
-                                           proxy_protocol=proxied)
+        factory = partial(ClientConnection, balancer, redirect_port=target,
+                          proxy_protocol=proxied)
     else:
-        factory = lambda: ClientConnection(balancer, proxy_protocol=proxied)  # noqa: E731
+        factory = partial(ClientConnection, balancer, proxy_protocol=proxied)
     return await loop.create_server(factory, sock=sock, ssl=context, backlog=BACKLOG,
                                     ssl_handshake_timeout=options.header_timeout
                                     if context else None)

@@ -61,6 +61,7 @@ class Manager:
         self._hung_seen = 0
         self._requests = 0
         self._replacing: set[asyncio.Task[str | None]] = set()
+        self._counting: set[asyncio.Task[Any]] = set()
         self._ids_used: set[str] = set()
         self.restart_watch: FileWatcher | None = None
         self.state = plan.state or paths.state_dir(plan.name)
@@ -209,7 +210,7 @@ class Manager:
             self.start_worker(slot)
             return
         slot.crashes += 1
-        self.loop.create_task(self.control("event", {"name": "worker_restarts"}))
+        self._count("worker_restarts")
         delay = min(MAX_BACKOFF, 0.1 * 2 ** (slot.crashes - 1))
         log.warning("worker %s exited with %s; restarting in %.1f s", child.id, code, delay)
         self.loop.call_later(delay, self.post, "respawn", None, slot.number)
@@ -347,6 +348,12 @@ class Manager:
         self.hosts.set_added(added)
         return self.loop.create_task(self._send_hosts())
 
+    def _count(self, event: str) -> None:
+        """Tell the balancer, for its metrics (its answer is not waited for)."""
+        task = self.loop.create_task(self.control("event", {"name": event}))
+        self._counting.add(task)  # a reference, so the task is not collected half-way
+        task.add_done_callback(self._counting.discard)
+
     async def _send_hosts(self) -> None:
         await self.control("hosts", {"added": list(self.hosts.added)})
         if self.tls and not self.plan.cert:  # a generated certificate covers the new names
@@ -375,7 +382,7 @@ class Manager:
             why = await self.reload_certificate()
             if why is not None:
                 return why
-        await self.control("event", {"name": "reloads"})
+        self._count("reloads")
         self.version += 1
         log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
         for slot in list(self.slots):
