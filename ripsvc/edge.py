@@ -10,16 +10,14 @@ root. The same layout serves the embedded mode, in the user's own directories.
 
 from __future__ import annotations
 
-import contextlib
 import grp
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ripsvc import hosts
+from ripsvc.files import write_atomic
 from ripsvc.sockets import Bind
 
 if TYPE_CHECKING:
@@ -87,15 +85,4 @@ def _rip_gid() -> int | None:
 
 
 def _copy(source: Path, target: Path, gid: int | None) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-            shutil.copyfileobj(src, out)
-        os.chmod(tmp, 0o640)
-        if gid is not None:
-            os.chown(tmp, -1, gid)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(target, source.read_bytes(), 0o640, gid)

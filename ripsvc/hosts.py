@@ -11,16 +11,15 @@ only the last are kept in the state file, written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import idna
+
+from ripsvc.files import write_atomic
 
 BUILT_IN = ("localhost", "127.0.0.1", "::1")
 FILE_NAME = "hosts.json"
@@ -132,18 +131,7 @@ def load(path: Path) -> list[str]:
 
 
 def save(path: Path, hosts: Iterable[str]) -> None:
-    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    """Written atomically; readable by all (the balancer, user rip, reads it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump({"hosts": list(hosts)}, out, indent=1)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # the balancer (user rip) reads it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    text = json.dumps({"hosts": list(hosts)}, indent=1) + "\n"
+    write_atomic(path, text.encode(), 0o644)

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ripsvc import hosts
+from ripsvc.files import write_atomic
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 #: A cached certificate closer than this to its end is made again.
@@ -267,21 +268,6 @@ def _not_before(cert: x509.Certificate) -> datetime:
         return cert.not_valid_before.replace(tzinfo=UTC)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 # -- mkcert ------------------------------------------------------------------------------------
 def _from_mkcert(mkcert: str, names: Sequence[str], cache_dir: Path) -> Certificate:
     cert_path, key_path = cache_dir / "mkcert.pem", cache_dir / "mkcert-key.pem"
@@ -340,8 +326,8 @@ def _self_signed(names: Sequence[str], cache_dir: Path) -> Certificate:
     if not _reusable(cert_path, key_path, names):
         key_pem, cert_pem = _make_self_signed(names)
         try:
-            _write_atomic(key_path, key_pem, 0o600)  # a crash between the two leaves a pair
-            _write_atomic(cert_path, cert_pem, 0o644)  # _reusable() refuses: made again
+            write_atomic(key_path, key_pem, 0o600)  # a crash between the two leaves a pair
+            write_atomic(cert_path, cert_pem, 0o644)  # _reusable() refuses: made again
         except OSError as exc:
             raise CertificateError(f"{cache_dir}: cannot store the self-signed certificate: "
                                    f"{exc.strerror}") from None

@@ -11,7 +11,6 @@ import signal
 import socket
 import struct
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -307,9 +306,12 @@ def test_stats_of_a_listening_port_move_when_the_balancer_is_stopped(start_stack
         os.kill(stack.balancer.pid, signal.SIGCONT)
     for sock in clients:
         sock.close()
-    time.sleep(0.2)
-    _, reply = control(stack.control, "kernel")
-    assert reply["data"][f"port:{stack.port}"]["queued"] == 0
+
+    def queued() -> int:
+        _, reply = control(stack.control, "kernel")
+        return int(reply["data"][f"port:{stack.port}"]["queued"])
+
+    wait_for(lambda: queued() == 0, 5, "the balancer to accept them once resumed")
 
 
 def somaxconn() -> int:
