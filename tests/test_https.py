@@ -5,6 +5,7 @@ the host registry managed with ripctl and kept across restarts."""
 from __future__ import annotations
 
 import datetime
+import errno
 import http.client
 import ipaddress
 import json
@@ -15,6 +16,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -203,12 +205,10 @@ def test_a_port_that_cannot_be_had_falls_back_from_5000():
             assert FALLBACK_FIRST <= sock.getsockname()[1] <= FALLBACK_LAST
         finally:
             sock.close()
-        strict = Bind(host="127.0.0.1", port=port, tls=True)
-        try:
+        strict = Bind(host="127.0.0.1", port=port, tls=True)  # an explicit port is exact
+        with pytest.raises(OSError) as taken_error:
             strict.open().close()
-            raise AssertionError("an explicit port that is taken must be an error")
-        except OSError as exc:
-            assert exc.errno == 98  # EADDRINUSE
+        assert taken_error.value.errno == errno.EADDRINUSE
 
 
 def test_ripctl_hosts_manages_a_registry_kept_across_restarts(short_tmp):
@@ -310,12 +310,9 @@ def test_proxy_protocol_in_front_of_tls(short_tmp):
             reply = read_all(tls)
         assert json.loads(reply.partition(b"\r\n\r\n")[2])["client"][0] == "127.0.0.2"
         # No PROXY header before the ClientHello: closed, no handshake.
-        with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw:
-            try:
-                context.wrap_socket(raw, server_hostname="localhost").close()
-                raise AssertionError("a TLS handshake without a PROXY header must fail")
-            except (ssl.SSLError, ConnectionResetError, OSError):
-                pass
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw, \
+                pytest.raises(OSError):  # ssl.SSLError, a reset or EOF: no handshake
+            context.wrap_socket(raw, server_hostname="localhost").close()
     finally:
         if haproxy is not None:
             haproxy.terminate()
