@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import struct
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.client import UnixHTTPConnection, control, fetch, raw_tcp, request
+from tests.support.client import (
+    UnixHTTPConnection,
+    control,
+    fetch,
+    raw_tcp,
+    read_all,
+    request,
+)
+from tests.support.haproxy import running_haproxy
 from tests.support.procs import TEST_APPS
 from tests.support.waiting import free_port, wait_for
 
@@ -192,40 +198,20 @@ backend rip_v2
 
 
 def test_behind_a_real_haproxy_with_send_proxy_v1_and_v2(start_stack, short_tmp):
-    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    assert os.path.exists(haproxy), "haproxy is installed by make test (apt)"
     stack = start_stack(workers=1, args=("--proxy-protocol",))
     v1_port, v2_port = free_port(), free_port()
-    config = short_tmp / "haproxy.cfg"
-    config.write_text(HAPROXY_CONFIG.format(v1_port=v1_port, v2_port=v2_port,
-                                            rip_port=stack.port))
-    proc = subprocess.Popen([haproxy, "-db", "-f", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    try:
+    config = HAPROXY_CONFIG.format(v1_port=v1_port, v2_port=v2_port, rip_port=stack.port)
+    with running_haproxy(config, short_tmp, (v1_port, v2_port)):
         for front in (v1_port, v2_port):
-            wait_for(lambda p=front: port_open(p), 10, f"haproxy on {front}")
             # The client connects from 127.0.0.2; HAProxy from 127.0.0.1: the app sees the
             # address HAProxy saw, carried by the PROXY header.
             with socket.create_connection(("127.0.0.1", front), timeout=10,
                                           source_address=("127.0.0.2", 0)) as sock:
                 sock.sendall(b"GET /client HTTP/1.1\r\nHost: localhost\r\n"
                              b"Connection: close\r\n\r\n")
-                reply = b""
-                while chunk := sock.recv(65536):
-                    reply += chunk
+                reply = read_all(sock)
             assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
             assert json.loads(reply.partition(b"\r\n\r\n")[2])["client"][0] == "127.0.0.2"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 # -- metrics and the kernel's view ----------------------------------------------------------------

@@ -24,7 +24,8 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from ripsvc.sockets import FALLBACK_FIRST, FALLBACK_LAST, Bind
-from tests.support.client import fetch, request
+from tests.support.client import fetch, read_all, request
+from tests.support.haproxy import running_haproxy
 from tests.support.server import Server, ripctl
 from tests.support.waiting import free_port, wait_for
 
@@ -63,6 +64,24 @@ def served_serial(conn: http.client.HTTPSConnection) -> int:
     assert conn.sock is not None
     der = conn.sock.getpeercert(binary_form=True)
     return x509.load_der_x509_certificate(der).serial_number
+
+
+def serial_on_a_new_connection(port: int, cafile: Path) -> int:
+    """The serial of the certificate a new connection gets (after a request served on it)."""
+    conn = https(port, cafile)
+    try:
+        assert request(conn, "GET", "/ping").status == 200
+        return served_serial(conn)
+    finally:
+        conn.close()
+
+
+def renew(directory: Path, name: str, live_cert: Path, live_key: Path) -> tuple[Path, int]:
+    """A new certificate written over the files the app is configured with: (cert, serial)."""
+    cert, key, serial = write_certificate(directory, name)
+    live_cert.write_bytes(cert.read_bytes())
+    live_key.write_bytes(key.read_bytes())
+    return cert, serial
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -143,15 +162,10 @@ def test_a_renewed_certificate_is_reloaded_without_dropping_connections(short_tm
         assert request(kept, "GET", "/ping").status == 200
         assert served_serial(kept) == serial_a
 
-        cert_b, key_b, serial_b = write_certificate(certs, "b")
-        live_cert.write_bytes(cert_b.read_bytes())
-        live_key.write_bytes(key_b.read_bytes())
+        cert_b, serial_b = renew(certs, "b", live_cert, live_key)
         reloaded = ripctl("reload", server.name, "--tls")
         assert reloaded.returncode == 0, reloaded.stderr
-        fresh = https(tls_port, cert_b)
-        assert request(fresh, "GET", "/ping").status == 200
-        assert served_serial(fresh) == serial_b
-        fresh.close()
+        assert serial_on_a_new_connection(tls_port, cert_b) == serial_b
         # The keep-alive connection made before the reload goes on, on its own certificate.
         assert request(kept, "GET", "/ping").status == 200
         assert served_serial(kept) == serial_a
@@ -161,20 +175,13 @@ def test_a_renewed_certificate_is_reloaded_without_dropping_connections(short_tm
         live_cert.write_text("not a certificate\n")
         broken = ripctl("reload", server.name, "--tls")
         assert broken.returncode != 0 and str(live_cert) in broken.stderr, broken.stderr
-        still = https(tls_port, cert_b)
-        assert request(still, "GET", "/ping").status == 200 and served_serial(still) == serial_b
-        still.close()
+        assert serial_on_a_new_connection(tls_port, cert_b) == serial_b
 
         # A process reload (rolling restart) picks up renewed files as well.
-        cert_c, key_c, serial_c = write_certificate(certs, "c")
-        live_cert.write_bytes(cert_c.read_bytes())
-        live_key.write_bytes(key_c.read_bytes())
+        cert_c, serial_c = renew(certs, "c", live_cert, live_key)
         rolled = ripctl("reload", server.name, "--wait")
         assert rolled.returncode == 0, rolled.stderr
-        newest = https(tls_port, cert_c)
-        assert request(newest, "GET", "/ping").status == 200
-        assert served_serial(newest) == serial_c
-        newest.close()
+        assert serial_on_a_new_connection(tls_port, cert_c) == serial_c
     finally:
         server.close()
 
@@ -280,7 +287,6 @@ def test_proxy_protocol_in_front_of_tls(short_tmp):
     tls_port = free_port()
     server = Server(short_tmp, "tests/apps/probe.py", "w:1", f"https:127.0.0.1:{tls_port}",
                     "--redirect-port", "0", "--proxy-protocol", env={"PATH": "/nonexistent"})
-    haproxy = None
     try:
         wait_healthy_behind_proxy(server, tls_port)
         cert = server.state / "certs" / "self-signed.pem"
@@ -298,13 +304,10 @@ def test_proxy_protocol_in_front_of_tls(short_tmp):
         # A real HAProxy passing TLS through, with send-proxy-v2; the client comes from
         # 127.0.0.2.
         front = free_port()
-        config = short_tmp / "haproxy.cfg"
-        config.write_text(PROXY_TLS_HAPROXY.format(front=front, rip=tls_port))
-        haproxy = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-f", str(config)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda: port_open(front), 10, "haproxy")
-        with socket.create_connection(("127.0.0.1", front), timeout=10,
-                                      source_address=("127.0.0.2", 0)) as raw, \
+        with running_haproxy(PROXY_TLS_HAPROXY.format(front=front, rip=tls_port), short_tmp,
+                             (front,)), \
+                socket.create_connection(("127.0.0.1", front), timeout=10,
+                                         source_address=("127.0.0.2", 0)) as raw, \
                 context.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(b"GET /client HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             reply = read_all(tls)
@@ -314,9 +317,6 @@ def test_proxy_protocol_in_front_of_tls(short_tmp):
                 pytest.raises(OSError):  # ssl.SSLError, a reset or EOF: no handshake
             context.wrap_socket(raw, server_hostname="localhost").close()
     finally:
-        if haproxy is not None:
-            haproxy.terminate()
-            haproxy.wait(10)
         server.close()
 
 
@@ -335,24 +335,6 @@ def wait_healthy_behind_proxy(server: Server, tls_port: int) -> None:
         return reply.startswith(b"HTTP/1.1 200")
 
     wait_for(healthy, 20, "rip-server healthy")
-
-
-def read_all(sock: socket.socket) -> bytes:
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except (TimeoutError, ConnectionResetError, ssl.SSLError):
-        pass
-    return b"".join(chunks)
-
-
-def port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def test_metrics_count_reloads_and_worker_restarts(short_tmp):

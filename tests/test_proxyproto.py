@@ -239,21 +239,15 @@ def test_v2_wrong_signature_is_refused_at_the_first_wrong_byte() -> None:
         parse(b"\r\n\r\nGET / HTTP/1.1")
 
 
-@pytest.mark.parametrize("ver_cmd", [0x11, 0x31, 0x01, 0xF1, 0x10])
-def test_v2_wrong_version_is_refused_on_byte_13(ver_cmd: int) -> None:
+@pytest.mark.parametrize(("ver_cmd", "why"), [
+    *((v, "version") for v in (0x11, 0x31, 0x01, 0xF1, 0x10)),
+    *((c, "command") for c in (0x22, 0x2F, 0x23)),
+])
+def test_v2_wrong_version_or_command_is_refused_on_byte_13(ver_cmd: int, why: str) -> None:
     header = v2(inet4("1.2.3.4", "5.6.7.8", 1, 2), ver_cmd=ver_cmd)
-    with pytest.raises(ProxyHeaderError, match="version"):
+    with pytest.raises(ProxyHeaderError, match=why):
         parse(header[:13])
-    with pytest.raises(ProxyHeaderError, match="version"):
-        parse(header)
-
-
-@pytest.mark.parametrize("ver_cmd", [0x22, 0x2F, 0x23])
-def test_v2_unknown_command_is_refused_on_byte_13(ver_cmd: int) -> None:
-    header = v2(inet4("1.2.3.4", "5.6.7.8", 1, 2), ver_cmd=ver_cmd)
-    with pytest.raises(ProxyHeaderError, match="command"):
-        parse(header[:13])
-    with pytest.raises(ProxyHeaderError, match="command"):
+    with pytest.raises(ProxyHeaderError, match=why):
         parse(header)
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import http.client
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ripsvc.ctlclient import UnixHTTPConnection, send
 
-__all__ = ["UnixHTTPConnection", "control", "fetch", "get", "raw", "raw_tcp", "request", "tcp"]
+__all__ = ["UnixHTTPConnection", "control", "fetch", "get", "raw", "raw_tcp", "read_all",
+           "request", "tcp"]
 
 
 @dataclass
@@ -57,6 +59,17 @@ def raw(path: str, data: bytes, timeout: float = 5.0) -> bytes:
         except TimeoutError:
             pass
         return b"".join(chunks)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the peer closes (or goes quiet, or resets)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (TimeoutError, ConnectionResetError, ssl.SSLError):
+        pass
+    return b"".join(chunks)
 
 
 def tcp(port: int, timeout: float = 10.0) -> http.client.HTTPConnection:

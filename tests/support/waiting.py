@@ -39,3 +39,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
+
+
+def port_open(port: int) -> bool:
+    """Does something accept connections on 127.0.0.1:PORT?"""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
