@@ -56,6 +56,8 @@ class Balancer:
         self.hosts_file = Path(options.hosts_file) if options.hosts_file else None
         self.hosts = hosts.Registry(options.hosts, hosts.load(self.hosts_file)
                                     if self.hosts_file else ())
+        #: GET /status and GET /server: answered by the balancer itself.
+        self.local_paths = (options.status_path.encode(), options.server_path.encode())
         self.hsts_header = (b"strict-transport-security: max-age=%d\r\n" % options.hsts_max_age
                             if options.hsts else b"")
 

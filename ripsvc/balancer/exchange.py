@@ -17,10 +17,13 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 class Response:
     """A worker's response, buffered whole unless the app asked for streaming."""
 
-    __slots__ = ("body", "busy", "headers", "status", "streaming")
+    __slots__ = ("body", "busy", "head", "headers", "status", "streaming")
 
     def __init__(self) -> None:
         self.status = 0
+        #: The worker's status line and header lines, when they can go to the client as they
+        #: are (the common case: see upstream.passable); else b"" and the fields in `headers`.
+        self.head = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = Body()
         self.busy = False  # Rip-Worker-Busy: the worker did not take the request

@@ -9,6 +9,7 @@ response marked `X-Accel-Buffering: no` is streamed through, holding its worker 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -21,6 +22,39 @@ if TYPE_CHECKING:
     from ripsvc.balancer.pool import Slot
 
 log = logs.get("balancer.upstream")
+
+#: A response head larger than this is broken (the worker's own limit is the same).
+MAX_HEAD_BYTES = 64 * 1024
+#: Header fields of a response head (lower-cased) that the balancer acts on or removes: ours
+#: (Rip-*), hop-by-hop ones, streaming, and a Content-Length it may have to restate.
+SPECIAL_FIELD = re.compile(rb"\r\n(?:rip-|(?:connection|keep-alive|proxy-connection|te|trailer"
+                           rb"|transfer-encoding|upgrade|x-accel-buffering)[ \t]*:)")
+
+
+def passable(head: bytes, status: int) -> bool:
+    """Can a worker's response head (status line and header lines, each ending in CRLF) go to
+    the client as it is? Yes when it is HTTP/1.1 with a body framed by one Content-Length and
+    none of the fields the balancer has to act on: then the fields need not be taken apart."""
+    if status < 200 or status == 204 or status == 304 or not head.startswith(b"HTTP/1.1 "):
+        return False
+    lower = head.lower()
+    return lower.count(b"\r\ncontent-length:") == 1 and SPECIAL_FIELD.search(lower) is None
+
+
+def header_fields(lines: list[bytes]) -> list[tuple[bytes, bytes]] | None:
+    """Header lines → [(lower-cased name, value)], obs-folded lines joined; None if one is
+    not a header field."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and fields:  # obs-fold: continues the previous value
+            name, value = fields[-1]
+            fields[-1] = (name, value + b" " + line.strip())
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip():
+            return None
+        fields.append((name.lower(), value.strip()))
+    return fields
 
 
 class Upstream(asyncio.Protocol):
@@ -38,7 +72,8 @@ class Upstream(asyncio.Protocol):
         self.response: Response | None = None
         self.deadline = 0.0
         self.head_only = False
-        self._head_buffer = b""
+        self._head_buffer = b""  # the response head received so far, until it is complete
+        self._head: bytes | None = None  # the complete head: status line and header lines
         self._writable = asyncio.Event()  # flow control for large request bodies
         self._writable.set()
 
@@ -66,6 +101,17 @@ class Upstream(asyncio.Protocol):
         if self.head_only:
             self._head_received(data)
             return
+        if self._head is None:  # kept whole for the client; the parser checks and frames it
+            buffered = self._head_buffer + data if self._head_buffer else data
+            end = buffered.find(b"\r\n\r\n")
+            if end >= 0:
+                self._head = buffered[:end + 2]
+                self._head_buffer = b""
+            elif len(buffered) > MAX_HEAD_BYTES:
+                self._broken("response head too large")
+                return
+            else:
+                self._head_buffer = buffered
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -82,6 +128,7 @@ class Upstream(asyncio.Protocol):
         self.exchange = exchange
         self.response = Response()
         self.head_only = exchange.method == "HEAD"
+        self._head = None
         self.deadline = self.balancer.loop.time() + self.balancer.options.response_timeout
         body = exchange.body
         if body.in_memory:
@@ -104,13 +151,19 @@ class Upstream(asyncio.Protocol):
             self.transport.close()
 
     # -- response parser callbacks ---------------------------------------------------------------
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.headers.append((name.lower(), value))
-
+    # No on_header: a callback per field costs more than one look at the whole head, which
+    # data_received keeps (the parser has seen all of it by now).
     def on_headers_complete(self) -> None:
-        assert self.response is not None
-        self.response.status = self.parser.get_status_code()
+        response, head = self.response, self._head
+        assert response is not None and head is not None
+        response.status = status = self.parser.get_status_code()
+        if passable(head, status):
+            response.head = head
+            return
+        fields = header_fields(head.split(b"\r\n")[1:-1])
+        if fields is None:  # the parser accepted it, so this is not expected to happen
+            raise httptools.HttpParserError("malformed response header")
+        response.headers = fields
         self._headers_done()
 
     def _headers_done(self) -> None:
@@ -160,12 +213,11 @@ class Upstream(asyncio.Protocol):
             return
         response = self.response
         assert response is not None
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                self._broken("malformed response header")
-                return
-            response.headers.append((name.strip().lower(), value.strip()))
+        fields = header_fields(lines[1:])
+        if fields is None:
+            self._broken("malformed response header")
+            return
+        response.headers = fields
         self.parser = httptools.HttpResponseParser(self)  # the old one awaits a body
         response.status = int(parts[1])
         self._headers_done()

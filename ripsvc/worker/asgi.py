@@ -91,7 +91,8 @@ class AsgiHost:
             "http_version": request.http_version,
             "method": request.method,
             "scheme": request.scheme,
-            "path": unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape"),
+            "path": (unquote_to_bytes(raw_path) if raw_path.find(b"%") >= 0 else raw_path
+                     ).decode("utf-8", "surrogateescape"),
             "raw_path": raw_path,
             "query_string": query,
             "root_path": "",
@@ -100,8 +101,10 @@ class AsgiHost:
             "server": conn.server,
             "state": self.state.copy(),
         }
-        chunks = request.body.chunks()
-        next_chunk: bytes | None = next(chunks)
+        body = request.body
+        # A body in memory is one piece: no generator to create (and close) per request.
+        chunks = iter(()) if body.in_memory else body.chunks()
+        next_chunk: bytes | None = body.read_all() if body.in_memory else next(chunks)
 
         async def receive() -> Message:
             nonlocal next_chunk
