@@ -18,7 +18,6 @@ from ripsvc.worker.reloader import ModuleWatcher, SourceOnlyFinder
 
 if TYPE_CHECKING:
     from ripsvc.worker.http import HttpConnection
-    from ripsvc.worker.request import Request
 
 log = logs.get("worker")
 
@@ -148,11 +147,6 @@ class Worker:
     async def before_request(self) -> None:
         if self.watcher is not None and self.watcher.due():
             await self.reload_modules()
-
-    async def serve(self, request: Request, conn: HttpConnection) -> None:
-        if self.watcher is not None:
-            await self.before_request()
-        await self.host.handle(request, conn)
 
     def last_request(self) -> bool:
         """Will the worker stop once the request in flight is done? Its response then says

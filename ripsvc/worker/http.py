@@ -236,7 +236,10 @@ class HttpConnection(asyncio.Protocol):
 
     async def _run(self, request: Request) -> None:
         try:
-            await self.worker.serve(request, self)
+            worker = self.worker
+            if worker.watcher is not None:  # module reload: a changed app is re-imported first
+                await worker.before_request()
+            await worker.host.handle(request, self)
             if not self.response_started:
                 log.error("%s %s: the app returned without a response", request.method,
                           request.target.decode("latin-1"))
