@@ -25,6 +25,7 @@ GOOD = b"GET /pid HTTP/1.1\r\nHost: localhost\r\n"
          b"zz\r\nabc\r\n", 400),
         (b"GET /pid HTTP/1.1\r\nHost: localhost\r\nX-Folded: a\r\n b\r\n\r\n", 400),
         (b"GET /pid HTTP/1.1\nHost: localhost\n\n", 400),
+        (b"GET /pid HTTP/1.1\r\nHost: localhost\r\nX-A: a\rb\r\n\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length : 3\r\n\r\nabc", 400),
         (b"GET /pid HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", 400),
         (GOOD + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
@@ -32,8 +33,8 @@ GOOD = b"GET /pid HTTP/1.1\r\nHost: localhost\r\n"
         (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2000000\r\n\r\n", 413),
         (b"POST /echo HTTP/1.1\r\nHost: localhost\r\nExpect: something-else\r\n\r\n", 417),
     ],
-    ids=["cl+te", "two-cl", "bad-chunk", "obs-fold", "bare-lf", "space-in-name", "negative-cl",
-         "big-header", "long-url", "body-limit", "expectation"],
+    ids=["cl+te", "two-cl", "bad-chunk", "obs-fold", "bare-lf", "bare-cr", "space-in-name",
+         "negative-cl", "big-header", "long-url", "body-limit", "expectation"],
 )
 def test_malformed_or_oversized_requests_are_refused_and_closed(start_stack, data, status):
     stack = start_stack(workers=1, args=("--max-body", "1M"))
