@@ -117,3 +117,14 @@ def test_oversized_header_section_gets_431(start_worker):
                b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
     assert get(worker.socket_path, "/ping").status == 200
+
+
+@pytest.mark.parametrize("attr", ["app", "wsgi"])
+@pytest.mark.parametrize("path", ["/value", "/nul", "/name"])
+def test_a_header_field_that_would_split_the_response_gets_500(start_worker, attr, path):
+    worker = start_worker(f"{TEST_APPS / 'bad_headers.py'}:{attr}")
+    data = raw(worker.socket_path, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert data.startswith(b"HTTP/1.1 500 Internal Server Error\r\n"), data
+    assert b"x-injected" not in data and b"x note" not in data
+    assert "from the app" in worker.wait_output("ValueError: invalid header field")
+    assert get(worker.socket_path, "/ok").headers["x-note"] == "fine"

@@ -21,7 +21,7 @@ import httptools
 
 from ripsvc import logs
 from ripsvc.body import Body
-from ripsvc.http11 import BUSY_HEADER, simple_response, status_line
+from ripsvc.http11 import BUSY_HEADER, field_lines, simple_response, status_line
 from ripsvc.worker.request import Request, parse_client
 
 if TYPE_CHECKING:
@@ -296,16 +296,18 @@ class HttpConnection(asyncio.Protocol):
         """
         if self.response_started:
             raise RuntimeError("response already started")
-        self.response_started = True
-        parts = [status_line(status), self.worker.date_header]
         has_length = False
+        kept = []
         for name, value in headers:
             lname = name.lower()
             if lname == b"content-length":
                 has_length = True
             elif lname == b"transfer-encoding" or lname == b"connection":
                 continue  # framing is ours to decide
-            parts += (name, b": ", value, b"\r\n")
+            kept.append((name, value))
+        lines = field_lines(kept)  # ValueError (→ 500) before anything is sent
+        self.response_started = True
+        parts = [status_line(status), self.worker.date_header, lines]
         bodiless_status = status in (204, 304) or 100 <= status < 200
         if not has_length and not bodiless_status:
             if not more:  # a HEAD response, too, tells the length a GET would have

@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from ripsvc import logs
+from ripsvc.http11 import field_lines
 
 if TYPE_CHECKING:
     from ripsvc.worker.http import HttpConnection
@@ -153,8 +154,10 @@ class _Response:
         code, _, _reason = status.partition(" ")
         if len(code) != 3 or not code.isdigit():
             raise ValueError(f"WSGI status {status!r} does not start with a 3-digit code")
+        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        field_lines(fields)  # a field that would split the response: ValueError, to the app
         self.status = int(code)
-        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        self.headers = fields
         return self.write
 
     def write(self, data: bytes) -> None:
