@@ -42,8 +42,6 @@ LINGER_SECONDS = 2.0
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAX_HEAD = re.compile(rb"(?<!\r)\n|\r\n[ \t]")  # bare LF, or obs-fold
 
-
-
 #: Request heads that two parsers could read differently: bare LF (in the request line, a
 #: field, the end), obs-fold, a bare CR in a value, white space before a field's colon.
 LAX_HEADS = (b"GET / HTTP/1.1\nHost: a\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",

@@ -26,7 +26,7 @@ log = logs.get("balancer.upstream")
 #: A response head larger than this is broken (the worker's own limit is the same).
 MAX_HEAD_BYTES = 64 * 1024
 #: Header fields of a response head (lower-cased) that the balancer acts on or removes: ours
-#: (Rip-*), hop-by-hop ones, streaming, and a Content-Length it may have to restate.
+#: (Rip-*), hop-by-hop ones, and the streaming switch.
 SPECIAL_FIELD = re.compile(rb"\r\n(?:rip-|(?:connection|keep-alive|proxy-connection|te|trailer"
                            rb"|transfer-encoding|upgrade|x-accel-buffering)[ \t]*:)")
 
