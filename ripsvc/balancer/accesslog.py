@@ -64,9 +64,8 @@ class AccessLog:
                               exchange.request_id, exchange.target)
         else:
             second = int(now)
-            line = HUMAN % (self._stamp if second == self._second else self._stamp_of(second),
-                            (now - second) * 1000, status, exchange.method, ms,
-                            exchange.worker_id, sent, exchange.request_id,
+            line = HUMAN % (self._stamp_of(second), (now - second) * 1000, status,
+                            exchange.method, ms, exchange.worker_id, sent, exchange.request_id,
                             exchange.target.decode("latin-1"))
         lines = self._lines
         lines.append(line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -101,10 +102,14 @@ class AsgiHost:
             "server": conn.server,
             "state": self.state.copy(),
         }
-        body = request.body
         # A body in memory is one piece: no generator to create (and close) per request.
-        chunks = iter(()) if body.in_memory else body.chunks()
-        next_chunk: bytes | None = body.read_all() if body.in_memory else next(chunks)
+        chunks: Iterator[bytes]
+        next_chunk: bytes | None
+        if request.body.in_memory:
+            chunks, next_chunk = iter(()), request.body.read_all()
+        else:
+            chunks = request.body.chunks()
+            next_chunk = next(chunks)
 
         async def receive() -> Message:
             nonlocal next_chunk
