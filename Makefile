@@ -18,12 +18,13 @@ DEBIAN_STAMP := $(DEBIAN_VENV)/.installed
 PORT ?= 8000
 
 # The .deb: built from a copy of the tree with packaging/debian as debian/.
-DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all python3-jinja2 \
-	python3-setuptools lintian
+DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-jinja2 \
+	python3-setuptools python3-mypy python3-httptools python3-systemd lintian
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ripsvc/__init__.py)
-DEB := build/deb/rip-server_$(VERSION)_all.deb
+# Architecture-dependent: the hot path is compiled (setup.py).
+DEB := build/deb/rip-server_$(VERSION)_$(shell dpkg --print-architecture).deb
 
-.PHONY: run test lint unit unit-debian deps bench clean deb
+.PHONY: run test lint unit unit-debian deps compile bench clean deb
 
 deps: $(STAMP)
 
@@ -31,30 +32,49 @@ $(STAMP): pyproject.toml scripts/apt-ensure
 	scripts/apt-ensure $(APT_PACKAGES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	@# The editable install only points at the tree; `compile` builds the extensions in it.
+	RIP_MYPYC=0 $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-run: deps
+# The hot path (ripsvc/compiled.py) compiled by mypyc into the tree, next to its source, and
+# rebuilt when any module changes: mypyc reads the types of everything the hot path imports.
+# Both virtualenvs run the same CPython (/usr/bin/python3), so both use these extensions.
+COMPILED := ripsvc/.compiled
+compile: $(COMPILED)
+
+# RIP_MYPYC=0 make …: the plain Python package (the extensions are removed, nothing built).
+$(COMPILED): $(STAMP) setup.py $(wildcard ripsvc/*.py ripsvc/*/*.py)
+ifeq ($(RIP_MYPYC),0)
+	find ripsvc -name '*.so' -delete
+	rm -f $@
+else
+	mkdir -p build
+	$(BIN)/python setup.py -q build_ext --inplace >build/mypyc.log 2>&1 || \
+		{ tail -40 build/mypyc.log; exit 1; }
+	touch $@
+endif
+
+run: deps compile
 	@echo "make run: serving examples/hello on http://127.0.0.1:$(PORT)/ (Ctrl-C stops it)"
 	@echo "make run: try  curl http://127.0.0.1:$(PORT)/ping"
 	$(BIN)/rip-server examples/hello w:2 http:$(PORT)
 
 lint: deps
-	$(BIN)/ruff check ripsvc tests bench
+	$(BIN)/ruff check ripsvc tests bench setup.py
 	$(BIN)/mypy ripsvc
 
-unit: deps
+unit: deps compile
 	$(BIN)/pytest
 
 $(DEBIAN_STAMP): pyproject.toml scripts/apt-ensure
 	scripts/apt-ensure $(DEBIAN_PACKAGES)
 	test -x $(DEBIAN_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(DEBIAN_VENV)
 	$(DEBIAN_VENV)/bin/pip install -q 'pytest>=7.2' 'pytest-timeout>=2.1'
-	$(DEBIAN_VENV)/bin/pip install -q --no-deps -e .
+	RIP_MYPYC=0 $(DEBIAN_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 # Runtime libraries from Debian (dist-packages), only the test tools from PyPI.
-unit-debian: $(DEBIAN_STAMP)
+unit-debian: $(DEBIAN_STAMP) compile
 	$(DEBIAN_VENV)/bin/python -c 'import aiohttp, httptools; \
 		assert aiohttp.__file__.startswith("/usr/lib/python3/"), aiohttp.__file__; \
 		print("Debian packages: aiohttp", aiohttp.__version__)'
@@ -67,16 +87,17 @@ deb:
 	rm -rf build/deb && mkdir -p build/deb/rip-server-$(VERSION)
 	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
 		--exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache \
-		--exclude=.ruff_cache --exclude=./packaging . | tar -x -C build/deb/rip-server-$(VERSION)
+		--exclude=.ruff_cache --exclude=./packaging --exclude='*.so' --exclude=./ripsvc/.compiled . | tar -x -C build/deb/rip-server-$(VERSION)
 	cp -rL packaging/debian build/deb/rip-server-$(VERSION)/debian
 	@# Debian's own interpreter and tools, whatever else PATH holds (pyenv, a venv)
 	cd build/deb/rip-server-$(VERSION) && \
 		env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
 	@echo "make deb: $(DEB)"
 
-bench: deps
+bench: deps compile
 	scripts/apt-ensure wrk
 	$(BIN)/python bench/worker.py
 
 clean:
-	rm -rf $(VENV) $(DEBIAN_VENV) .pytest_cache .mypy_cache .ruff_cache build
+	rm -rf $(VENV) $(DEBIAN_VENV) .pytest_cache .mypy_cache .ruff_cache build $(COMPILED)
+	find ripsvc -name '*.so' -delete

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ripsvc import __version__
+from tests.support.package import deb_path
 
 ROOT = Path(__file__).parent.parent
-DEB = ROOT / "build" / "deb" / f"rip-server_{__version__}_all.deb"
+DEB = deb_path()
 DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("dpkg") is None,
@@ -92,3 +92,22 @@ def test_it_depends_on_debian_packages_only(deb: Path) -> None:
     conffiles = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], check=True,
                                capture_output=True, text=True).stdout.split()
     assert conffiles == ["/etc/rip/hello.toml.example"]
+
+
+def test_its_hot_path_is_compiled_and_loads_with_debian_python(deb: Path,
+                                                               tmp_path: Path) -> None:
+    """The package's extensions (built by Debian's mypyc) import with /usr/bin/python3 and
+    Debian's libraries, and every hot-path module comes from one of them."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    site = tmp_path / "usr" / "lib" / "python3" / "dist-packages"
+    assert list(site.glob("ripsvc/_hotpath__mypyc.*.so")), sorted(site.rglob("*.so"))
+    probe = (f"import sys; sys.path.insert(0, {str(site)!r})\n"
+             "import importlib, ripsvc.compiled as c\n"
+             "for name in c.MODULES: importlib.import_module(name)\n"
+             "ok, line = c.state()\n"
+             "print(line)\n"
+             "raise SystemExit(0 if ok else 1)\n")
+    done = subprocess.run(["/usr/bin/python3", "-I", "-c", probe], capture_output=True,
+                          text=True, cwd=tmp_path, env={"PATH": DEBIAN_PATH})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "hot path compiled (mypyc)"

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from ripsvc import __version__
 from tests.support import rootfs
+from tests.support.package import deb_path
 from tests.support.sysbox import SystemdBox, available
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).parent.parent
-DEB = ROOT / "build" / "deb" / f"rip-server_{__version__}_all.deb"
+DEB = deb_path()
 LOADGEN = Path(__file__).parent / "support" / "loadgen.py"
 TRY_DEBIAN = ROOT / "scripts" / "try-debian"
 EXAMPLE = "/usr/share/rip-server/examples/hello"

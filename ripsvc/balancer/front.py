@@ -177,8 +177,8 @@ class ClientConnection(asyncio.Protocol):
             if CHECK_HEADS and not self._in_body:
                 self._check_head(data)
             self.parser.feed_data(data)
-        except BadRequest as exc:
-            self._refuse(exc)
+        except BadRequest as refused:
+            self._refuse(refused)
         except httptools.HttpParserUpgrade:
             self._refuse(BadRequest(501, "protocol upgrades are not supported"))
         except httptools.HttpParserError as exc:

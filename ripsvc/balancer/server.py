@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ripsvc import edge, hosts, logs, sd
+from ripsvc import compiled, edge, hosts, logs, sd
 from ripsvc.balancer.control import make_app, metrics_handler
 from ripsvc.balancer.core import Balancer
 from ripsvc.balancer.front import ClientConnection, ProxyThenTLS
@@ -141,6 +141,7 @@ async def run(plan: Plan) -> ExitCode:
         loop.add_signal_handler(signum, stopping.set)
     log.info("balancing %s on %s (control: %s)", plan.options.app, ", ".join(balancer.ports),
              plan.control or ("passed socket" if control_sock else "none"))
+    compiled.log_state(log)
     sd.notify("READY=1", f"STATUS=listening on {', '.join(balancer.ports)}",
               f"MAINPID={os.getpid()}")
     stop_watchdog = sd.start_watchdog(loop)

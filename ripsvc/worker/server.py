@@ -9,7 +9,7 @@ import signal
 import socket
 from collections.abc import Callable
 
-from ripsvc import logs, sd
+from ripsvc import compiled, logs, sd
 from ripsvc.apploader import AppLoadError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe
@@ -67,6 +67,7 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
 
     log.info("serving %s (%s) on %s", options.app, worker.kind,
              ", ".join(describe(s) for s in sockets))
+    compiled.log_state(log)
     sd.notify("READY=1", f"STATUS={worker.status_line()}", f"MAINPID={os.getpid()}")
     if bind is not None:
         log.info("ready: try  %s", _curl_hint(sockets[-1]))
