@@ -85,10 +85,13 @@ def test_it_depends_on_debian_packages_only(deb: Path) -> None:
     depends = subprocess.run(["dpkg-deb", "-f", str(deb), "Depends"], check=True,
                              capture_output=True, text=True).stdout
     names = {item.split()[0].split(":")[0] for item in depends.replace("|", ",").split(",")}
+    # libc6 and the python3 series: ${shlibs:Depends} and ${python3:Depends} of the compiled
+    # hot path.
     assert names <= {"python3", "python3-aiohttp", "python3-cryptography", "python3-dbus-fast",
                      "python3-httptools", "python3-idna", "python3-jinja2",
                      "python3-prometheus-client", "python3-pyroute2", "python3-systemd",
-                     "python3-uvloop", "systemd"}, names
+                     "python3-uvloop", "systemd", "libc6"}, names
+    assert "python3 (<< 3.12)" in depends and "python3 (>= 3.11~)" in depends, depends
     conffiles = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], check=True,
                                capture_output=True, text=True).stdout.split()
     assert conffiles == ["/etc/rip/hello.toml.example"]
