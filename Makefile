@@ -82,7 +82,15 @@ unit-debian: $(DEBIAN_STAMP) compile
 
 test: lint unit unit-debian
 
-deb:
+# Built again only when a file it is built from changed (the tests ask for it several times):
+# the tree as the recipe copies it, packaging/debian included.
+DEB_SOURCES := $(shell find . \( -name .git -o -name '.venv*' -o -name build \
+	-o -name '*.egg-info' -o -name __pycache__ -o -name '.*_cache' \) -prune \
+	-o -type f ! -name '*.so' ! -name .compiled -print)
+
+deb: $(DEB)
+
+$(DEB): $(DEB_SOURCES)
 	scripts/apt-ensure $(DEB_BUILD_PACKAGES)
 	rm -rf build/deb && mkdir -p build/deb/rip-server-$(VERSION)
 	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
