@@ -95,7 +95,8 @@ $(DEB): $(DEB_SOURCES)
 	rm -rf build/deb && mkdir -p build/deb/rip-server-$(VERSION)
 	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
 		--exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache \
-		--exclude=.ruff_cache --exclude=./packaging --exclude='*.so' --exclude=./ripsvc/.compiled . | tar -x -C build/deb/rip-server-$(VERSION)
+		--exclude=.ruff_cache --exclude=./packaging --exclude='*.so' \
+		--exclude=./ripsvc/.compiled . | tar -x -C build/deb/rip-server-$(VERSION)
 	cp -rL packaging/debian build/deb/rip-server-$(VERSION)/debian
 	@# Debian's own interpreter and tools, whatever else PATH holds (pyenv, a venv)
 	cd build/deb/rip-server-$(VERSION) && \

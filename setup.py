@@ -1,9 +1,9 @@
 """The build: pyproject.toml says everything but this, the hot-path modules (ripsvc/compiled.py)
 compiled to C extensions by mypyc from their type-annotated source.
 
-mypyc type-checks what it compiles and uses the types of what it imports: the Makefile and
-debian/rules build with the runtime dependencies installed (an isolated build without them
-still compiles, with those calls left untyped).
+mypyc type-checks what it compiles and uses the types of what it imports: `make compile`
+builds in the virtualenv and the Debian build with its Build-Depends installed (an isolated
+build without them still compiles, with those calls left untyped).
 RIP_MYPYC=0 builds the plain Python package instead (the balancer and workers log that
 their hot path is interpreted).
 """
