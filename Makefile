@@ -43,6 +43,9 @@ COMPILED := ripsvc/.compiled
 compile: $(COMPILED)
 
 # RIP_MYPYC=0 make …: the plain Python package (the extensions are removed, nothing built).
+ifeq ($(RIP_MYPYC),0)
+.PHONY: $(COMPILED)
+endif
 $(COMPILED): $(STAMP) setup.py $(wildcard ripsvc/*.py ripsvc/*/*.py)
 ifeq ($(RIP_MYPYC),0)
 	find ripsvc -name '*.so' -delete
