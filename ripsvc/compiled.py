@@ -22,6 +22,7 @@ MODULES = (
     "ripsvc.balancer.core",
     "ripsvc.balancer.exchange",
     "ripsvc.balancer.front",
+    "ripsvc.balancer.metrics",
     "ripsvc.balancer.pool",
     "ripsvc.balancer.upstream",
     "ripsvc.worker.asgi",

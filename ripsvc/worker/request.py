@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ripsvc.body import Body
 
 
-@dataclass(slots=True)
 class Request:
-    method: str
-    target: bytes
-    http_version: str
-    headers: list[tuple[bytes, bytes]]
-    keep_alive: bool
-    body: Body = field(default_factory=Body)
-    #: The client as the balancer saw it (its Rip-Client header), for REMOTE_ADDR and ASGI
-    #: `client`; and the scheme it was served on (X-Forwarded-Proto, which it sets).
-    client: tuple[str, int] | None = None
-    scheme: str = "http"
+    # A plain class, not a dataclass: compiled by mypyc, its __init__ is C, where a
+    # dataclass's generated __init__ would run interpreted on every request.
+    __slots__ = ("body", "client", "headers", "http_version", "keep_alive", "method", "scheme",
+                 "target")
+
+    def __init__(self, method: str, target: bytes, http_version: str,
+                 headers: list[tuple[bytes, bytes]], keep_alive: bool, body: Body,
+                 client: tuple[str, int] | None, scheme: str) -> None:
+        self.method = method
+        self.target = target
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.body = body
+        #: The client as the balancer saw it (its Rip-Client header), for REMOTE_ADDR and ASGI
+        #: `client`; and the scheme it was served on (X-Forwarded-Proto, which it sets).
+        self.client = client
+        self.scheme = scheme
 
     @property
     def path_and_query(self) -> tuple[bytes, bytes]:
