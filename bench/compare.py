@@ -17,7 +17,11 @@ configuration files (rendered from bench/conf/) and logs in a temporary director
     nginx-static     nginx alone, `return 200 "ok\\n"`
     rip-https        rip with the balancer serving HTTPS (a self-signed EC P-256 certificate)
     nginx-https-gunicorn  nginx serving HTTPS (the same certificate) -> 2 gunicorn sync workers
-    *-close          the two above with `Connection: close`: a TLS handshake per request
+    haproxy-rip      HAProxy as in haproxy-uvicorn -> the 2 rip workers: what a balancer in C
+                     makes of the same workers, the bound of any balancer's speed-up
+    haproxy-https-rip  the same, HAProxy serving HTTPS
+    *-close          rip-https and nginx-https-gunicorn with `Connection: close`: a TLS
+                     handshake per request
 
 Every run is `wrk -t2 -c50 --latency` for --duration seconds after --warmup seconds that are
 not recorded. The machine is small and noisy, so the configurations alternate within each
@@ -252,6 +256,9 @@ TARGETS = (
            "nginx-https-gunicorn", 2.0),
 )
 INFO_RATIOS = (("rip-nolog", "rip"),  # without / with the access log
+               # HAProxy in front of rip's workers: how far a balancer in C gets with them
+               ("haproxy-rip", "nginx-gunicorn"),
+               ("haproxy-https-rip", "nginx-https-gunicorn"),
                ("rip-https-close", "nginx-https-gunicorn-close"))  # a handshake per request
 
 
@@ -415,10 +422,20 @@ def start_nginx(stack: Stack, site: str) -> Proc:
     ])
 
 
-def start_haproxy(stack: Stack) -> Proc:
+def start_haproxy(stack: Stack, sockets: str, tls: bool = False) -> Proc:
+    """HAProxy in front of the backends on `sockets`1.sock and `sockets`2.sock; with `tls`,
+    serving HTTPS with the certificate the other HTTPS stacks serve."""
     stack.port = free_port()
+    options = ""
+    if tls:
+        cert, key = certificate(stack)
+        pem = stack.dir / "haproxy.pem"  # HAProxy takes the certificate and its key in one file
+        pem.write_bytes(cert.read_bytes() + key.read_bytes())
+        pem.chmod(0o600)
+        options = f" ssl crt {pem} alpn http/1.1 ssl-min-ver TLSv1.2"
     conf = stack.dir / "haproxy.cfg"
-    conf.write_text(render("haproxy.cfg", dir=str(stack.dir), port=stack.port))
+    conf.write_text(render("haproxy.cfg", dir=str(stack.dir), port=stack.port, tls=options,
+                           sockets=sockets))
     stack.access_log = stack.dir / "access.log"
     return stack.start("haproxy", [stack.tools["haproxy"], "-f", str(conf), "-db"],
                        stdout=stack.access_log)
@@ -443,7 +460,17 @@ def nginx_gunicorn(stack: Stack) -> Proc:
 
 def haproxy_uvicorn(stack: Stack) -> Proc:
     start_uvicorns(stack)
-    return start_haproxy(stack)
+    return start_haproxy(stack, "u")
+
+
+def haproxy_rip(stack: Stack) -> Proc:
+    start_rip_workers(stack)
+    return start_haproxy(stack, "w")
+
+
+def haproxy_https_rip(stack: Stack) -> Proc:
+    start_rip_workers(stack)
+    return start_haproxy(stack, "w", tls=True)
 
 
 def nginx_uvicorn(stack: Stack) -> Proc:
@@ -483,6 +510,10 @@ CONFIGS = (
            "keep-alive clients", "/ping", rip_https, scheme="https"),
     Config("nginx-https-gunicorn", "nginx serving HTTPS (the same certificate) -> 2 gunicorn "
            "sync workers, keep-alive clients", "/ping", nginx_https_gunicorn, scheme="https"),
+    Config("haproxy-rip", "HAProxy as in haproxy-uvicorn -> the 2 rip workers of rip: what a "
+           "balancer in C makes of the same workers", "/ping", haproxy_rip),
+    Config("haproxy-https-rip", "haproxy-rip serving HTTPS (the same certificate, keep-alive "
+           "clients)", "/ping", haproxy_https_rip, scheme="https"),
     Config("rip-https-close", "rip-https with Connection: close (a handshake per request)",
            "/ping", rip_https, scheme="https", close=True),
     Config("nginx-https-gunicorn-close", "nginx-https-gunicorn with Connection: close",
