@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ripsvc.balancer.core import Balancer
 
-#: Seconds; the request latency and queue wait histograms share them.
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-           60.0)
-CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+#: Seconds; the request latency and queue wait histograms share them. Typed as a tuple of any
+#: length: compiled, a fixed-length tuple is a C struct of 15 doubles, boxed into a new Python
+#: tuple of new floats at every call of bisect_left (2,600 instructions per request).
+BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                              2.5, 5.0, 10.0, 30.0, 60.0)
+CLASSES: tuple[str, ...] = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
