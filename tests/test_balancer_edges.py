@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
@@ -147,6 +148,11 @@ def test_access_log_human(start_stack):
     assert fields[1:3] == ["200", "GET"]
     assert fields[3].endswith("ms") and fields[4] == "w1"
     assert fields[-1] == "/pid?x=1"
+    # Fixed width: time, status, method in 7, duration in 9 with one decimal, worker in 5,
+    # bytes in 9, then the request id and the target as they are.
+    layout = (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z 200 GET     [ \d]{7}\.\dms w1    "
+              r" [ \d]{8}\dB " + re.escape(reply.headers["x-request-id"]) + r" /pid\?x=1")
+    assert re.fullmatch(layout, entry), entry
 
 
 def test_access_log_json(start_stack):

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 FLUSH_INTERVAL = 0.1
 FLUSH_LINES = 512
-HUMAN = "%s.%03dZ %3d %-7s %9.1fms w%-5s %9dB %s %s"
+#: ".000" to ".999": the milliseconds of a timestamp, looked up rather than formatted.
+_MILLIS = [f".{n:03d}" for n in range(1000)]
 
 
 class AccessLog:
@@ -45,8 +46,8 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return self._stamp
 
-    def record(self, exchange: Exchange, status: int, sent: int) -> None:
-        """Format the request's line now (%-formatting: the cheapest here), write it later.
+    def record(self, exchange: Exchange, status: int, sent: int, seconds: float) -> None:
+        """Format the line of a request answered in `seconds` now, write it later.
 
         Formatting a batch at once instead costs the same and holds the event loop for a
         millisecond or more per batch while workers wait for their next request: measured
@@ -54,7 +55,7 @@ class AccessLog:
         if not self.enabled:
             return
         now = time.time()
-        ms = (self.loop.time() - exchange.started) * 1000
+        ms = seconds * 1000
         if self.journal:
             self._send_to_journal(now, status, exchange.method, ms, exchange.worker_id, sent,
                                   exchange.request_id, exchange.target)
@@ -63,10 +64,8 @@ class AccessLog:
             line = self._json(now, status, exchange.method, ms, exchange.worker_id, sent,
                               exchange.request_id, exchange.target)
         else:
-            second = int(now)
-            line = HUMAN % (self._stamp_of(second), (now - second) * 1000, status,
-                            exchange.method, ms, exchange.worker_id, sent, exchange.request_id,
-                            exchange.target.decode("latin-1"))
+            line = self._human(now, status, exchange.method, ms, exchange.worker_id, sent,
+                               exchange.request_id, exchange.target)
         lines = self._lines
         lines.append(line)
         if len(lines) >= FLUSH_LINES:
@@ -83,6 +82,21 @@ class AccessLog:
             self.out.write("\n".join(self._lines))
             self.out.flush()
             self._lines.clear()
+
+    def _human(self, now: float, status: int, method: str, ms: float, worker: str, sent: int,
+               request_id: str, target: bytes) -> str:
+        """`2026-12-01T23:00:00.232Z 200 GET           0.7ms w1           118B ID /path`.
+
+        Built from plain pieces, not with %-formatting: compiled, this costs a third less than
+        one `%` with the line's widths, which the format string's parsing dominates."""
+        second = int(now)
+        tenths = int(ms * 10 + 0.5)
+        # now - second < 1 by at least now's precision (~2e-7), so the index stays below 1000;
+        # a status is always three digits (the parser and our own answers make sure of it).
+        return (f"{self._stamp_of(second)}{_MILLIS[int((now - second) * 1000)]}Z {status} "
+                f"{method.ljust(7)} {str(tenths // 10).rjust(7)}.{tenths % 10}ms "
+                f"w{worker.ljust(5)} {str(sent).rjust(9)}B {request_id} "
+                f"{target.decode('latin-1')}")
 
     def _json(self, now: float, status: int, method: str, ms: float, worker: str, sent: int,
               request_id: str, target: bytes) -> str:

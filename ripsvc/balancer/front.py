@@ -540,8 +540,9 @@ class ClientConnection(asyncio.Protocol):
     def _finish(self, exchange: Exchange, status: int, sent: int) -> None:
         exchange.body.close()
         balancer = self.balancer
-        balancer.metrics.request(status, self.loop.time() - exchange.started)
-        balancer.access_log.record(exchange, status, sent)
+        seconds = self.loop.time() - exchange.started
+        balancer.metrics.request(status, seconds)
+        balancer.access_log.record(exchange, status, sent, seconds)
         self.current = None
         self.balancer.exchange_done()
         if not exchange.keep_alive or not self.balancer.accepting:
