@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ripsvc import control, edge
-from ripsvc.balancer import metrics
+from ripsvc.balancer import exposition
 from ripsvc.balancer.core import Balancer
 from ripsvc.control import CommandError, require
 
@@ -112,7 +112,7 @@ def make_app(balancer: Balancer) -> web.Application:
 def metrics_handler(balancer: Balancer) -> Any:
     async def handle(request: web.Request) -> web.Response:
         """Prometheus text format (the control socket's /metrics and the metrics port's)."""
-        return web.Response(body=metrics.render(balancer),
-                            headers={"Content-Type": metrics.CONTENT_TYPE})
+        return web.Response(body=exposition.render(balancer),
+                            headers={"Content-Type": exposition.CONTENT_TYPE})
 
     return handle
