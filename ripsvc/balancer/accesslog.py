@@ -91,9 +91,11 @@ class AccessLog:
         one `%` with the line's widths, which the format string's parsing dominates."""
         second = int(now)
         tenths = int(ms * 10 + 0.5)
-        # now - second < 1 by at least now's precision (~2e-7), so the index stays below 1000;
-        # a status is always three digits (the parser and our own answers make sure of it).
-        return (f"{self._stamp_of(second)}{_MILLIS[int((now - second) * 1000)]}Z {status} "
+        # A status has three digits unless a worker sent a strange one that an old parser let
+        # through; now - second < 1 by at least now's precision (~2e-7), so the index of the
+        # milliseconds stays below 1000.
+        code = str(status) if status >= 100 else str(status).rjust(3)
+        return (f"{self._stamp_of(second)}{_MILLIS[int((now - second) * 1000)]}Z {code} "
                 f"{method.ljust(7)} {str(tenths // 10).rjust(7)}.{tenths % 10}ms "
                 f"w{worker.ljust(5)} {str(sent).rjust(9)}B {request_id} "
                 f"{target.decode('latin-1')}")

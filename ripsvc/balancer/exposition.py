@@ -85,4 +85,3 @@ def render(balancer: Balancer) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector(balancer))
     return generate_latest(registry)
-
