@@ -58,7 +58,12 @@ def test_balancer_access_log_entries_carry_fields(start_worker, short_tmp):
         assert entry["STATUS"] == "200"
         assert entry["METHOD"] == "GET" and entry["PATH"] == "/ping"
         assert float(entry["DURATION_MS"]) >= 0
-        assert entry["SYSLOG_IDENTIFIER"] == "rip-balancer"
+        assert entry["SYSLOG_IDENTIFIER"] == "rip-balancer" and entry["PRIORITY"] == "6"
+        assert int(entry["BYTES"]) > 0
+        status, method, path, took, worker, sent, request_id = entry["MESSAGE"].split()
+        assert (status, method, path, worker) == ("200", "GET", "/ping", "w1")
+        assert abs(float(took.removesuffix("ms")) - float(entry["DURATION_MS"])) <= 0.051
+        assert (sent, request_id) == (f"{entry['BYTES']}B", entry["REQUEST_ID"])
 
 
 def test_ripctl_logs_shows_every_process_of_the_app(short_tmp):

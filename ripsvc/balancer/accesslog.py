@@ -35,6 +35,7 @@ class AccessLog:
         self.json_format = json_format
         self.out = out or sys.stdout
         self.journal = out is None and stderr_is_journal()
+        self._app_field = f"APP={app}"
         self._lines: list[str] = []
         self._flush: asyncio.TimerHandle | None = None
         self._second = -1
@@ -111,8 +112,14 @@ class AccessLog:
 
     def _send_to_journal(self, now: float, status: int, method: str, ms: float, worker: str,
                          sent: int, request_id: str, target: bytes) -> None:
+        """One native journal entry with the line's fields.
+
+        `journal.sendv` with the fields written out, not `journal.send`: send() looks up its
+        caller's file and line in the stack for every entry (CODE_FILE=accesslog.py each
+        time), which made the balancer's part of an entry 40 µs instead of 14."""
         path = target.decode("latin-1")
-        journal.send(f"{status} {method} {path} {ms:.1f}ms w{worker} {sent}B {request_id}",
-                     SYSLOG_IDENTIFIER="rip-balancer", APP=self.app, WORKER=worker,
-                     REQUEST_ID=request_id, STATUS=str(status), METHOD=method, PATH=path,
-                     DURATION_MS=f"{ms:.3f}", BYTES=str(sent), PRIORITY="6")
+        journal.sendv(f"MESSAGE={status} {method} {path} {ms:.1f}ms w{worker} {sent}B "
+                      f"{request_id}", self._app_field, f"WORKER={worker}",
+                      f"REQUEST_ID={request_id}", f"STATUS={status}", f"METHOD={method}",
+                      f"PATH={path}", f"DURATION_MS={ms:.3f}", f"BYTES={sent}",
+                      "SYSLOG_IDENTIFIER=rip-balancer", "PRIORITY=6")
