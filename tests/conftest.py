@@ -94,12 +94,13 @@ class Stack:
 
 @pytest.fixture
 def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
-    """start_stack(workers=2, app=probe, worker_args=(), args=()) → a running Stack."""
+    """start_stack(workers=2, app=probe, worker_args=(), args=(), stdout=None) → a running
+    Stack (`stdout`: a file for the balancer's stdout instead of its log)."""
     procs: list[BalancerProcess | WorkerProcess] = []
 
     def start(workers: int = 2, app: str = str(TEST_APPS / "probe.py"),
               worker_args: tuple[str, ...] = ("--recycle", "r:0,0s,0r"),
-              args: tuple[str, ...] = ()) -> Stack:
+              args: tuple[str, ...] = (), stdout: str | None = None) -> Stack:
         started = []
         stack = len([p for p in procs if isinstance(p, BalancerProcess)])  # several per test
         prefix = f"s{stack}" if stack else ""
@@ -110,7 +111,8 @@ def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
         for worker in started:
             worker.wait_ready()
         joins = [f"--worker={n + 1}={w.socket_path}" for n, w in enumerate(started)]
-        balancer = BalancerProcess(short_tmp, [*joins, *args], name=f"{prefix}balancer")
+        balancer = BalancerProcess(short_tmp, [*joins, *args], name=f"{prefix}balancer",
+                                   stdout=stdout)
         procs.append(balancer)
         balancer.wait_ready()
         return Stack(balancer, started)

@@ -165,6 +165,23 @@ def test_access_log_json(start_stack):
     assert entry["request_id"] == rid and entry["duration_ms"] >= 0 and entry["app"] == "probe"
 
 
+def test_access_log_that_cannot_be_written_stops_nothing(start_stack):
+    # stdout on /dev/full: every write of the log fails with ENOSPC, as on a full disk.
+    stack = start_stack(workers=1, stdout="/dev/full")
+    conn = tcp(stack.port)
+    try:  # more requests than lines are kept before a write (FLUSH_LINES)
+        statuses = {request(conn, "GET", "/pid").status for _ in range(600)}
+    finally:
+        conn.close()
+    assert statuses == {200}
+
+    def lost() -> int:
+        return control(stack.control, "stats")[1]["data"]["counters"].get("access_log_lost", 0)
+
+    wait_for(lambda: lost() >= 600, 5, "the lost entries counted")
+    assert "access log entries cannot be written" in stack.balancer.output()
+
+
 def test_no_access_log(start_stack):
     stack = start_stack(workers=1, args=("--no-access-log",))
     rid = fetch(stack.port, "/pid").headers["x-request-id"]

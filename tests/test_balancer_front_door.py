@@ -241,6 +241,7 @@ def test_prometheus_metrics_on_the_control_socket_and_a_loopback_port(start_stac
     assert samples[("rip_request_duration_seconds_bucket", (("le", "+Inf"),))] == 23
     assert samples[("rip_workers", (("state", "ready"),))] == 2
     assert samples[("rip_queue_max", ())] == 1024
+    assert samples[("rip_access_log_lost_total", ())] == 0
     assert ("rip_kernel_accept_queue", (("socket", f"port:{stack.port}"),)) in samples
     assert ("rip_kernel_accept_queue", (("socket", "worker:1"),)) in samples
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:

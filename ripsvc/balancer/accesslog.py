@@ -11,24 +11,31 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from typing import IO, TYPE_CHECKING
 
 from systemd import journal
 
+from ripsvc import logs
 from ripsvc.logs import stderr_is_journal
 
 if TYPE_CHECKING:
     from ripsvc.balancer.exchange import Exchange
 
+log = logs.get("balancer.accesslog")
+
 FLUSH_INTERVAL = 0.1
 FLUSH_LINES = 512
+#: At most one error message per this many seconds while entries cannot be written.
+LOST_REPORT_INTERVAL = 10.0
 #: ".000" to ".999": the milliseconds of a timestamp, looked up rather than formatted.
 _MILLIS = [f".{n:03d}" for n in range(1000)]
 
 
 class AccessLog:
     def __init__(self, app: str, loop: asyncio.AbstractEventLoop, *, enabled: bool = True,
-                 json_format: bool = False, out: IO[str] | None = None) -> None:
+                 json_format: bool = False, out: IO[str] | None = None,
+                 stats: Counter[str] | None = None) -> None:
         self.app = app
         self.loop = loop
         self.enabled = enabled
@@ -40,6 +47,9 @@ class AccessLog:
         self._flush: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
+        #: "access_log_lost" counts the entries that could not be written.
+        self.stats: Counter[str] = Counter() if stats is None else stats
+        self._lost_reported = -LOST_REPORT_INTERVAL
 
     def _stamp_of(self, second: int) -> str:
         if second != self._second:
@@ -78,11 +88,25 @@ class AccessLog:
         if self._flush is not None:
             self._flush.cancel()
             self._flush = None
-        if self._lines:
-            self._lines.append("")
-            self.out.write("\n".join(self._lines))
-            self.out.flush()
-            self._lines.clear()
+        lines = self._lines
+        if lines:
+            lines.append("")
+            try:
+                self.out.write("\n".join(lines))
+                self.out.flush()
+            except OSError as exc:  # a full disk, a closed pipe
+                self._lost(len(lines) - 1, exc)
+            lines.clear()
+
+    def _lost(self, count: int, exc: OSError) -> None:
+        """Entries that could not be written: counted and reported, and requests are answered
+        as before; a log that cannot be written must not stop the server (nor does nginx's)."""
+        self.stats["access_log_lost"] += count
+        now = time.monotonic()
+        if now - self._lost_reported >= LOST_REPORT_INTERVAL:
+            self._lost_reported = now
+            log.error("access log entries cannot be written (%s): %d lost so far", exc,
+                      self.stats["access_log_lost"])
 
     def _human(self, now: float, status: int, method: str, ms: float, worker: str, sent: int,
                request_id: str, target: bytes) -> str:
@@ -118,8 +142,11 @@ class AccessLog:
         caller's file and line in the stack for every entry (CODE_FILE=accesslog.py each
         time), which made the balancer's part of an entry 40 µs instead of 14."""
         path = target.decode("latin-1")
-        journal.sendv(f"MESSAGE={status} {method} {path} {ms:.1f}ms w{worker} {sent}B "
-                      f"{request_id}", self._app_field, f"WORKER={worker}",
-                      f"REQUEST_ID={request_id}", f"STATUS={status}", f"METHOD={method}",
-                      f"PATH={path}", f"DURATION_MS={ms:.3f}", f"BYTES={sent}",
-                      "SYSLOG_IDENTIFIER=rip-balancer", "PRIORITY=6")
+        try:
+            journal.sendv(f"MESSAGE={status} {method} {path} {ms:.1f}ms w{worker} {sent}B "
+                          f"{request_id}", self._app_field, f"WORKER={worker}",
+                          f"REQUEST_ID={request_id}", f"STATUS={status}", f"METHOD={method}",
+                          f"PATH={path}", f"DURATION_MS={ms:.3f}", f"BYTES={sent}",
+                          "SYSLOG_IDENTIFIER=rip-balancer", "PRIORITY=6")
+        except OSError as exc:  # journald's socket is gone
+            self._lost(1, exc)

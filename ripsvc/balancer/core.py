@@ -48,7 +48,7 @@ class Balancer:
         self.in_flight = 0  # requests being answered, over all client connections
         self.all_answered = asyncio.Event()  # set once stopping and nothing is in flight
         self.access_log = AccessLog(options.app, loop, enabled=options.access_log,
-                                    json_format=options.json_logging)
+                                    json_format=options.json_logging, stats=self.stats)
         self._sweeper: asyncio.TimerHandle | None = None
         self.metrics = Metrics()
         self._kernel_warned = False

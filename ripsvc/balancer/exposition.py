@@ -59,7 +59,9 @@ class Collector:
                 ("rip_worker_hung", "hung", "Workers that did not answer in time"),
                 ("rip_worker_restarts", "worker_restarts", "Workers restarted after an exit "
                  "(as reported by the manager)"),
-                ("rip_reloads", "reloads", "Rolling restarts (as reported by the manager)")):
+                ("rip_reloads", "reloads", "Rolling restarts (as reported by the manager)"),
+                ("rip_access_log_lost", "access_log_lost", "Access-log entries that could "
+                 "not be written")):
             yield CounterMetricFamily(name, text, value=stats[key])
         workers = GaugeMetricFamily("rip_workers", "Workers in the pool, by state",
                                     labels=["state"])

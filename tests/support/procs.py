@@ -67,7 +67,8 @@ class Process:
     """A rip process under test, started the way systemd starts it, with its own notify socket."""
 
     def __init__(self, workdir: Path, argv: list[str], sockets: list[tuple[str, socket.socket]],
-                 env: dict[str, str] | None, name: str) -> None:
+                 env: dict[str, str] | None, name: str, stdout: str | None = None) -> None:
+        """`stdout`: a file for the process' stdout (stderr still goes to its log)."""
         self.workdir = workdir
         self.name = name
         self.notify = NotifySocket(workdir / f"{name}.notify")
@@ -78,8 +79,11 @@ class Process:
         child_env["PYTHONPATH"] = str(REPO)
         child_env.update(env or {})
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115 (kept for the process' life)
-        self.proc = spawn(argv, [(n, s.fileno()) for n, s in sockets], child_env,
-                          stdout=self.log_file, stderr=subprocess.STDOUT, cwd=str(workdir))
+        with open(stdout or os.devnull, "wb") as out:
+            self.proc = spawn(argv, [(n, s.fileno()) for n, s in sockets], child_env,
+                              stdout=out if stdout else self.log_file,
+                              stderr=self.log_file if stdout else subprocess.STDOUT,
+                              cwd=str(workdir))
 
     @property
     def pid(self) -> int:
@@ -154,7 +158,8 @@ class BalancerProcess(Process):
     """`python -m ripsvc.balancer` with a loopback TCP port passed by socket activation."""
 
     def __init__(self, workdir: Path, args: Sequence[str] = (),
-                 env: dict[str, str] | None = None, name: str = "balancer") -> None:
+                 env: dict[str, str] | None = None, name: str = "balancer",
+                 stdout: str | None = None) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
@@ -164,7 +169,7 @@ class BalancerProcess(Process):
         self.control_path = str(workdir / f"{name}.ctl")
         argv = [sys.executable, "-m", "ripsvc.balancer", "--app", "probe",
                 "--control", self.control_path, *args]
-        super().__init__(workdir, argv, [("http", listener)], env, name)
+        super().__init__(workdir, argv, [("http", listener)], env, name, stdout)
 
     def close(self) -> None:
         super().close()
