@@ -9,6 +9,7 @@ configuration files (rendered from bench/conf/) and logs in a temporary director
 
     rip              the balancer + 2 rip workers (examples/hello), access log to a file
     rip-nolog        the same with --no-access-log: what the access log costs
+    rip-wsgi         rip serving the WSGI app gunicorn serves (examples/hello_wsgi)
     nginx-gunicorn   nginx -> 2 gunicorn sync workers (examples/hello_wsgi) on a Unix socket
     haproxy-uvicorn  HAProxy, maxconn 1 per server + queue -> 2 uvicorn processes (one request
                      in flight per process, as with rip)
@@ -256,6 +257,7 @@ TARGETS = (
            "nginx-https-gunicorn", 2.0),
 )
 INFO_RATIOS = (("rip-nolog", "rip"),  # without / with the access log
+               ("rip-wsgi", "nginx-gunicorn"),  # the same WSGI app on both sides
                # HAProxy in front of rip's workers: how far a balancer in C gets with them
                ("haproxy-rip", "nginx-gunicorn"),
                ("haproxy-https-rip", "nginx-https-gunicorn"),
@@ -347,11 +349,11 @@ def start_backends(stack: Stack, commands: dict[str, tuple[Path, list[str]]]) ->
         wait_ready(proc, over_unix(path), "/ping")
 
 
-def start_rip_workers(stack: Stack) -> list[Path]:
+def start_rip_workers(stack: Stack, app: str = "examples/hello") -> list[Path]:
     sockets = [stack.dir / f"w{n}.sock" for n in (1, 2)]
     start_backends(stack, {
         f"w{n}": (path, [
-            ".venv/bin/rip-worker", "examples/hello", "--bind", str(path),
+            ".venv/bin/rip-worker", app, "--bind", str(path),
             "--log-level", "warning", "--recycle", "r:0,0s,0r",
         ])
         for n, path in enumerate(sockets, 1)
@@ -445,6 +447,11 @@ def rip(stack: Stack) -> Proc:
     return start_balancer(stack, start_rip_workers(stack), access_log=True)
 
 
+def rip_wsgi(stack: Stack) -> Proc:
+    return start_balancer(stack, start_rip_workers(stack, "examples/hello_wsgi"),
+                          access_log=True)
+
+
 def rip_nolog(stack: Stack) -> Proc:
     return start_balancer(stack, start_rip_workers(stack), access_log=False)
 
@@ -495,6 +502,8 @@ CONFIGS = (
     Config("rip", "balancer + 2 rip workers (ASGI examples/hello), access log to a file",
            "/ping", rip),
     Config("rip-nolog", "the same, balancer --no-access-log", "/ping", rip_nolog),
+    Config("rip-wsgi", "rip with the WSGI app gunicorn serves (examples/hello_wsgi)", "/ping",
+           rip_wsgi),
     Config("nginx-gunicorn", "nginx (access log to a file) -> 2 gunicorn sync workers "
            "(WSGI examples/hello_wsgi) on one Unix socket", "/ping", nginx_gunicorn),
     Config("haproxy-uvicorn", "HAProxy (1 thread, access log to a file), maxconn 1 per server "

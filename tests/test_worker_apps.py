@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 
-from tests.support.client import UnixHTTPConnection, get, raw, request
+from tests.support.client import UnixHTTPConnection, get, raw, read_all, request
 from tests.support.procs import EXAMPLES, TEST_APPS
 
 KINDS = {
@@ -53,6 +56,33 @@ def test_pipelined_requests_are_answered_in_order(start_worker, kind):
                b"Connection: close\r\n\r\n")
     assert data.count(b"HTTP/1.1 200 OK") == 4
     assert data.index(b"first") < data.index(b"second") < data.index(b"third") < data.index(b"pong")
+
+
+def test_wsgi_errors_exc_info_back_pressure_and_close(start_worker):
+    worker = start_worker(str(TEST_APPS / "wsgi_cases.py"))
+    sock = worker.socket_path
+    assert get(sock, "/raise").status == 500
+    assert get(sock, "/no-start").status == 500
+    assert "returned without calling start_response" in worker.output()
+    # The first piece went out: only closing can tell the client, mid-body.
+    data = raw(sock, b"GET /raise-late HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"first piece" in data
+    assert not data.endswith(b"0\r\n\r\n")  # no last chunk: the body is cut short
+    error = get(sock, "/exc-info")
+    assert (error.status, error.body) == (500, b"an error page\n")
+    # 16 MiB streamed to a client that starts reading late: the app waits for the socket.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(10)
+        client.connect(sock)
+        client.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        time.sleep(0.5)
+        data = read_all(client)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    pieces = [p for i, p in enumerate(body.split(b"\r\n")) if i % 2]
+    assert b"".join(pieces) == b"".join(b"%08d" % i * 8192 for i in range(256))
+    assert get(sock, "/closing").body == b"one two\n"
+    assert get(sock, "/count").body == b"closed 1\n"
 
 
 def test_http10_closes_after_response(start_worker):

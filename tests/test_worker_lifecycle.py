@@ -83,8 +83,10 @@ def test_sigterm_during_slow_request_finishes_it_and_exits_0(start_worker, app):
     assert worker.notify.fields("STOPPING") == ["1"]
 
 
-def test_graceful_timeout_bounds_the_stop(start_worker):
-    worker = start_worker(HELLO, "--graceful-timeout", "0.5")
+@pytest.mark.parametrize("app", [HELLO, WSGI], ids=["asgi", "wsgi"])
+def test_graceful_timeout_bounds_the_stop(start_worker, app):
+    # WSGI: the app's thread, still sleeping in the request, does not hold the process either.
+    worker = start_worker(app, "--graceful-timeout", "0.5")
     in_background(get, worker.socket_path, "/slow?ms=5000")
     wait_busy(worker)
     start = time.monotonic()

@@ -1,16 +1,26 @@
 """Running a WSGI (PEP 3333) app.
 
 The app runs in a thread of its own so that a long request never stalls the event loop, which
-keeps pinging the watchdog and handling signals meanwhile. Response pieces are handed to the
-loop as they come (PEP 3333 forbids holding a block back until the next one is produced).
+keeps pinging the watchdog, handling signals and answering "busy" meanwhile. Response pieces
+are handed to the loop as they come (PEP 3333 forbids holding a block back until the next one
+is produced).
+
+Every hand-off between the two threads wakes one of them, and on a small machine those
+wake-ups were most of a WSGI request's cost: the loop puts a request on a queue the app's
+thread waits on, and the response comes back in as few calls into the loop as it has pieces,
+the last one also telling the request's task that the app is done (a list body: one). Through
+the balancer this served 6,600 requests/s where asyncio's `run_in_executor` (a
+ThreadPoolExecutor's future chained to an asyncio future, plus one call per piece) served
+5,000 (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from queue import SimpleQueue
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -25,6 +35,7 @@ if TYPE_CHECKING:
 log = logs.get("worker.wsgi")
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+_Job = tuple[dict[str, Any], "_Response"]
 _SPECIAL_HEADERS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 
 
@@ -59,20 +70,24 @@ class WsgiHost:
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
-        # One thread: the worker runs one request at a time, and a WSGI app may rely on
-        # thread-local state staying put between requests.
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="wsgi")
+        # One thread for the app, for the host's life: the worker runs one request at a time,
+        # and a WSGI app may rely on thread-local state staying put between requests.
+        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
+        self._app_thread = threading.Thread(target=self._serve, name="wsgi", daemon=True)
 
     async def startup(self) -> None:
-        pass
+        self._app_thread.start()
 
     async def shutdown(self) -> None:
-        self.executor.shutdown(wait=True)
+        """The thread ends once it is idle. Not waited for: a daemon thread, so that a request
+        still running past the graceful timeout does not keep the process alive."""
+        self._jobs.put(None)
 
     async def handle(self, request: Request, conn: HttpConnection) -> None:
         environ = self.environ(request, conn)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self._call_app, environ, conn)
+        done: asyncio.Future[None] = conn.loop.create_future()
+        self._jobs.put((environ, _Response(conn, done)))
+        await done
 
     def environ(self, request: Request, conn: HttpConnection) -> dict[str, Any]:
         raw_path, query = request.path_and_query
@@ -113,18 +128,30 @@ class WsgiHost:
         return environ
 
     # -- in the app's thread -----------------------------------------------------------------
-    def _call_app(self, environ: dict[str, Any], conn: HttpConnection) -> None:
-        response = _Response(conn)
+    def _serve(self) -> None:
+        jobs = self._jobs
+        while (job := jobs.get()) is not None:
+            environ, response = job
+            error: BaseException | None = None
+            try:
+                self._call_app(environ, response)
+            except BaseException as exc:  # to the request's task, as an executor would
+                error = exc
+            try:
+                response.finish(error)
+            except RuntimeError:  # the loop is closed: the worker stopped without waiting
+                return
+
+    def _call_app(self, environ: dict[str, Any], response: _Response) -> None:
         result = self.app(environ, response.start_response)
         try:
             if isinstance(result, (list, tuple)):
                 # A finite body known up front: one hand-off, with a Content-Length.
-                response.send(b"".join(result), more=False)
+                response.body = b"".join(result)
             else:
                 for chunk in result:
-                    if chunk and not response.send(chunk, more=True):
+                    if chunk and not response.send(chunk):
                         return  # the client went away: stop producing
-                response.send(b"", more=False)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -132,13 +159,18 @@ class WsgiHost:
 
 
 class _Response:
-    """start_response and the hand-off of response pieces from the app's thread to the loop."""
+    """start_response and the hand-off of response pieces from the app's thread to the loop.
 
-    def __init__(self, conn: HttpConnection) -> None:
+    Each hand-off wakes the loop's thread, so the last piece travels with the news that the
+    app is done (and its iterable closed): one wake-up for a whole list response."""
+
+    def __init__(self, conn: HttpConnection, done: asyncio.Future[None]) -> None:
         self.conn = conn
+        self.done = done
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_sent = False
+        self.body = b""  # the last piece, held until the app is done
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -163,20 +195,51 @@ class _Response:
     def write(self, data: bytes) -> None:
         """The legacy write() callable of PEP 3333."""
         if data:
-            self.send(data, more=True)
+            self.send(data)
 
-    def send(self, data: bytes, *, more: bool) -> bool:
-        """Hand a piece to the loop; False once the connection is gone."""
+    def send(self, data: bytes) -> bool:
+        """Hand a piece that more will follow to the loop now; False once the connection is
+        gone."""
         conn = self.conn
         if self.status is None:
             raise AssertionError("the WSGI app produced a body before calling start_response")
-        if more:
-            conn.writable.wait()  # back-pressure: the client is slower than the app
+        conn.writable.wait()  # back-pressure: the client is slower than the app
         if conn.closing:
             return False
-        if not self.headers_sent:
-            self.headers_sent = True
-            conn.call_from_thread(conn.start_response, self.status, self.headers, data, more)
-        elif data or not more:
-            conn.call_from_thread(conn.write, data, more)
+        self._hand_over(data, True, None)
         return True
+
+    def finish(self, error: BaseException | None) -> None:
+        """The app is done (or raised `error`): the last piece, then the request's task."""
+        if error is None and self.status is None:
+            error = AssertionError("the WSGI app returned without calling start_response")
+        self._hand_over(self.body, False, error)
+
+    def _hand_over(self, data: bytes, more: bool, error: BaseException | None) -> None:
+        # Marked sent here, in the app's thread: start_response(exc_info) must raise from now on.
+        first = not self.headers_sent and error is None
+        self.headers_sent = True
+        self.conn.call_from_thread(self._deliver, first, data, more, error)
+
+    # -- on the loop ---------------------------------------------------------------------------
+    def _deliver(self, first: bool, data: bytes, more: bool, error: BaseException | None) -> None:
+        # Written even when the client is gone (the connection then writes nothing), so that
+        # the request counts as answered rather than "returned without a response".
+        conn = self.conn
+        if error is None:
+            try:
+                if first:
+                    assert self.status is not None
+                    conn.start_response(self.status, self.headers, data, more)
+                elif data or not more:
+                    conn.write(data, more)
+            except Exception as exc:  # to the request's task: a 500, or closing
+                error = exc
+        if more and error is None:
+            return
+        done = self.done
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
