@@ -79,11 +79,15 @@ class Process:
         child_env["PYTHONPATH"] = str(REPO)
         child_env.update(env or {})
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115 (kept for the process' life)
-        with open(stdout or os.devnull, "wb") as out:
+        out = open(stdout, "wb") if stdout else None  # noqa: SIM115 (closed once passed on)
+        try:
             self.proc = spawn(argv, [(n, s.fileno()) for n, s in sockets], child_env,
-                              stdout=out if stdout else self.log_file,
-                              stderr=self.log_file if stdout else subprocess.STDOUT,
+                              stdout=out or self.log_file,
+                              stderr=self.log_file if out else subprocess.STDOUT,
                               cwd=str(workdir))
+        finally:
+            if out is not None:
+                out.close()
 
     @property
     def pid(self) -> int:
