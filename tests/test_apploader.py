@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,19 @@ def test_module_string_uses_cwd():
 def test_bad_strings_say_what_is_wrong(text, message):
     with pytest.raises(BadImportString, match=message):
         parse_spec(text)
+
+
+@pytest.mark.parametrize("example, kind", [("hello", "asgi"), ("hello_wsgi", "wsgi"),
+                                           ("hello_aiohttp", "aiohttp")])
+def test_telling_the_kind_imports_aiohttp_only_for_aiohttp_apps(example, kind):
+    # Importing aiohttp costs a worker ≈ 100 ms of CPU at every start (its client builds TLS
+    # contexts), which every rolling restart and recycle pays; only aiohttp apps need it.
+    program = (
+        "import sys\n"
+        "from ripsvc.apploader import detect_kind, import_app, parse_spec\n"
+        f"spec = parse_spec({str(EXAMPLES / example)!r})\n"
+        "print(detect_kind(import_app(spec), spec), 'aiohttp' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.split() == [kind, str(kind == "aiohttp")]
