@@ -82,6 +82,7 @@ from typing import Any
 
 from worker import command_output, cpu_model, free_port, package_version, parse_wrk
 
+from ripsvc.balancer.options import NICE
 from ripsvc.ctlclient import UnixHTTPConnection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,6 +258,7 @@ TARGETS = (
            "nginx-https-gunicorn", 2.0),
 )
 INFO_RATIOS = (("rip-nolog", "rip"),  # without / with the access log
+               ("rip", "rip-nice0"),  # the balancer above / at the workers' priority
                ("rip-wsgi", "nginx-gunicorn"),  # the same WSGI app on both sides
                # HAProxy in front of rip's workers: how far a balancer in C gets with them
                ("haproxy-rip", "nginx-gunicorn"),
@@ -362,7 +364,7 @@ def start_rip_workers(stack: Stack, app: str = "examples/hello") -> list[Path]:
 
 
 def start_balancer(stack: Stack, workers: list[Path], *, access_log: bool,
-                   tls: bool = False) -> Proc:
+                   tls: bool = False, nice: int = NICE) -> Proc:
     stack.port = free_port()
     command = [
         ".venv/bin/python", "-m", "ripsvc.balancer", "--app", "hello",
@@ -375,6 +377,8 @@ def start_balancer(stack: Stack, workers: list[Path], *, access_log: bool,
         command += ["--worker", f"{n}={path}"]
     if not access_log:
         command.append("--no-access-log")
+    if nice != NICE:
+        command += ["--nice", str(nice)]
     log = stack.dir / "access.log"
     stack.access_log = log if access_log else None
     return stack.start("balancer", command, stdout=log)
@@ -424,9 +428,9 @@ def start_nginx(stack: Stack, site: str) -> Proc:
     ])
 
 
-def start_haproxy(stack: Stack, sockets: str, tls: bool = False) -> Proc:
+def start_haproxy(stack: Stack, sockets: str, tls: bool = False, nice: int = 0) -> Proc:
     """HAProxy in front of the backends on `sockets`1.sock and `sockets`2.sock; with `tls`,
-    serving HTTPS with the certificate the other HTTPS stacks serve."""
+    serving HTTPS with the certificate the other HTTPS stacks serve; at priority `nice`."""
     stack.port = free_port()
     options = ""
     if tls:
@@ -439,8 +443,11 @@ def start_haproxy(stack: Stack, sockets: str, tls: bool = False) -> Proc:
     conf.write_text(render("haproxy.cfg", dir=str(stack.dir), port=stack.port, tls=options,
                            sockets=sockets))
     stack.access_log = stack.dir / "access.log"
-    return stack.start("haproxy", [stack.tools["haproxy"], "-f", str(conf), "-db"],
+    proc = stack.start("haproxy", [stack.tools["haproxy"], "-f", str(conf), "-db"],
                        stdout=stack.access_log)
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, proc.process.pid, nice)
+    return proc
 
 
 def rip(stack: Stack) -> Proc:
@@ -454,6 +461,10 @@ def rip_wsgi(stack: Stack) -> Proc:
 
 def rip_nolog(stack: Stack) -> Proc:
     return start_balancer(stack, start_rip_workers(stack), access_log=False)
+
+
+def rip_nice0(stack: Stack) -> Proc:
+    return start_balancer(stack, start_rip_workers(stack), access_log=True, nice=0)
 
 
 def rip_server(stack: Stack) -> Proc:
@@ -470,14 +481,15 @@ def haproxy_uvicorn(stack: Stack) -> Proc:
     return start_haproxy(stack, "u")
 
 
+# In rip's place, HAProxy gets the priority rip's balancer runs at: the same chances.
 def haproxy_rip(stack: Stack) -> Proc:
     start_rip_workers(stack)
-    return start_haproxy(stack, "w")
+    return start_haproxy(stack, "w", nice=NICE)
 
 
 def haproxy_https_rip(stack: Stack) -> Proc:
     start_rip_workers(stack)
-    return start_haproxy(stack, "w", tls=True)
+    return start_haproxy(stack, "w", tls=True, nice=NICE)
 
 
 def nginx_uvicorn(stack: Stack) -> Proc:
@@ -502,6 +514,8 @@ CONFIGS = (
     Config("rip", "balancer + 2 rip workers (ASGI examples/hello), access log to a file",
            "/ping", rip),
     Config("rip-nolog", "the same, balancer --no-access-log", "/ping", rip_nolog),
+    Config("rip-nice0", "the same, the balancer at the workers' priority (--nice 0, where "
+           f"rip runs it at {NICE})", "/ping", rip_nice0),
     Config("rip-wsgi", "rip with the WSGI app gunicorn serves (examples/hello_wsgi)", "/ping",
            rip_wsgi),
     Config("nginx-gunicorn", "nginx (access log to a file) -> 2 gunicorn sync workers "
@@ -520,7 +534,8 @@ CONFIGS = (
     Config("nginx-https-gunicorn", "nginx serving HTTPS (the same certificate) -> 2 gunicorn "
            "sync workers, keep-alive clients", "/ping", nginx_https_gunicorn, scheme="https"),
     Config("haproxy-rip", "HAProxy as in haproxy-uvicorn -> the 2 rip workers of rip: what a "
-           "balancer in C makes of the same workers", "/ping", haproxy_rip),
+           f"balancer in C makes of the same workers (at rip's balancer priority, nice {NICE})",
+           "/ping", haproxy_rip),
     Config("haproxy-https-rip", "haproxy-rip serving HTTPS (the same certificate, keep-alive "
            "clients)", "/ping", haproxy_https_rip, scheme="https"),
     Config("rip-https-close", "rip-https with Connection: close (a handshake per request)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
@@ -25,3 +26,20 @@ def run_and_exit(role: str, main: Coroutine[Any, Any, ExitCode]) -> NoReturn:
         logs.get(role).error("%s", exc)
         sys.exit(ExitCode.FAILURE)
     sys.exit(code)
+
+
+def set_priority(role: str, nice: int) -> None:
+    """Run at scheduling priority `nice` (-20..19), or say why not and run as it is.
+
+    Lowering the value needs root or CAP_SYS_NICE: an unprivileged rip-server runs its
+    balancer at its own priority. Under systemd the unit's Nice= has set it already (and the
+    units' system-call filter refuses setpriority), so nothing is called then.
+    """
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current == nice:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        logs.get(role).info("running at nice %d: nice %d needs root or CAP_SYS_NICE",
+                            current, nice)

@@ -21,10 +21,10 @@ from typing import Any
 
 from ripsvc import hosts
 from ripsvc.apploader import AppLoadError, parse_spec
-from ripsvc.balancer.options import parse_networks
+from ripsvc.balancer.options import NICE, parse_networks
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.sockets import Bind
-from ripsvc.values import parse_seconds, parse_size
+from ripsvc.values import parse_nice, parse_seconds, parse_size
 
 ENV_PREFIX = "RIP_"
 
@@ -159,6 +159,12 @@ def _count(value: Any) -> int:
     return int(value)
 
 
+def _nice(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a nice value (a whole number from -20 to 19)")
+    return parse_nice(str(value))
+
+
 def _seconds(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
@@ -291,6 +297,11 @@ class Settings:
     metrics_port: int = setting(0, _port_or_off, "serve Prometheus /metrics on "
                                 "127.0.0.1:PORT (0: only on the control socket)",
                                 flag="--metrics-port", kind="port", to="balancer")
+    balancer_nice: int = setting(NICE, _nice, "the balancer's scheduling priority, -20..19: "
+                                 "above the workers' 0 (embedded, it needs root or "
+                                 "CAP_SYS_NICE; under systemd its unit's Nice=)",
+                                 flag="--balancer-nice", kind="nice", to="balancer",
+                                 arg="--nice")
     # Under systemd: settings of the units rather than of the processes.
     user: str = setting("rip", _user, "under systemd: the unprivileged user the workers (the "
                         "app's code) run as; the balancer is always user rip",

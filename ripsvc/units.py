@@ -136,7 +136,7 @@ def app_units(settings: Settings, source: Path, python: str) -> dict[str, str]:
             **common),
         f"rip@{name}.service.d/{DROPIN}": render("app-manager.conf.j2", **common),
         f"rip-balancer@{name}.service.d/{DROPIN}": render(
-            "app-balancer.conf.j2", args=balancer_args,
+            "app-balancer.conf.j2", args=balancer_args, nice=settings.balancer_nice,
             stop_timeout=f"{settings.graceful_timeout + 10:g}s", **common),
     }
 

@@ -21,6 +21,14 @@ def parse_size(text: str) -> int:
     return int(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
+def parse_nice(text: str) -> int:
+    """A scheduling priority as nice(1) and systemd's Nice= take it: -20 (first) to 19."""
+    value = text.strip()
+    if not value.lstrip("-").isdigit() or not -20 <= int(value) <= 19:
+        raise ValueError(f"{text!r} is not a nice value (a whole number from -20 to 19)")
+    return int(value)
+
+
 def parse_seconds(text: str) -> float:
     """Seconds from `30`, `2.5`, `30s` or `500ms`."""
     value = text.strip().lower()

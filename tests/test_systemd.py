@@ -164,6 +164,13 @@ def test_generator_is_fast_for_twenty_apps(box: SystemdBox) -> None:
 
 
 # -- the app under systemd -------------------------------------------------------------------
+def nice_of(box: SystemdBox, unit: str) -> int:
+    """The scheduling priority of the unit's running main process."""
+    pid = box.show(unit, "MainPID")["MainPID"]
+    stat = box.run("cat", f"/proc/{pid}/stat").stdout
+    return int(stat.rpartition(")")[2].split()[16])  # the 19th field
+
+
 def test_start_blocks_until_ready_then_serves(hello: SystemdBox) -> None:
     assert hello.show("rip@hello.service", "ActiveState")["ActiveState"] == "active"
     assert sorted(worker_units(hello)) == ["rip-worker@hello:1.service",
@@ -173,6 +180,10 @@ def test_start_blocks_until_ready_then_serves(hello: SystemdBox) -> None:
     assert status.startswith("2/2 workers ready, v1")
     user = hello.show("rip-worker@hello:1.service", "User")["User"]
     assert user == "rip"
+    # The balancer's unit sets its priority above the workers' (its sandbox could not).
+    nice = {unit: nice_of(hello, unit) for unit in ("rip-balancer@hello.service",
+                                                    "rip-worker@hello:1.service")}
+    assert nice == {"rip-balancer@hello.service": -5, "rip-worker@hello:1.service": 0}
 
 
 def test_systemctl_reload_under_load_fails_no_request(hello: SystemdBox) -> None:

@@ -7,12 +7,12 @@ import logging
 import sys
 
 from ripsvc import __version__, logs
-from ripsvc.balancer.options import BalancerOptions, parse_networks
+from ripsvc.balancer.options import NICE, BalancerOptions, parse_networks
 from ripsvc.balancer.server import Plan, StaticWorker, run
 from ripsvc.exitcodes import ExitCode
-from ripsvc.process import run_and_exit
+from ripsvc.process import run_and_exit, set_priority
 from ripsvc.sockets import Bind
-from ripsvc.values import parse_seconds, parse_size, typed
+from ripsvc.values import parse_nice, parse_seconds, parse_size, typed
 
 
 def _port(text: str) -> int:
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every listener expects a PROXY protocol v1/v2 header first")
     p.add_argument("--metrics-port", type=typed(_port_or_off, "port"), default=0,
                    help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    p.add_argument("--nice", type=typed(parse_nice, "nice value"), default=NICE,
+                   help="scheduling priority, -20..19 (default: %(default)s, above the "
+                   "workers'; needs root or CAP_SYS_NICE, else it keeps its own)")
     p.add_argument("--json-logging", action="store_true")
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(ExitCode.USAGE)
     logs.setup("balancer", level=getattr(logging, args.log_level.upper()), APP=args.app)
+    set_priority("balancer", args.nice)
     options = BalancerOptions(
         app=args.app, max_queue=args.max_queue, queue_timeout=args.queue_timeout_ms / 1000,
         connect_timeout=args.connect_timeout, response_timeout=args.response_timeout,

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: The balancer's scheduling priority (nice): above the workers' 0. Every request waits for
+#: the balancer twice, once on its way in and once on its way out, so a balancer that the
+#: workers' wake-ups push off the CPU leaves them idle (docs/performance.md).
+NICE = -5
+
 
 def parse_networks(text: str) -> tuple[Network, ...]:
     """`127.0.0.1,10.0.0.0/8` → networks; empty means no proxy is trusted."""
