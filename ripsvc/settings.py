@@ -21,7 +21,7 @@ from typing import Any
 
 from ripsvc import hosts
 from ripsvc.apploader import AppLoadError, parse_spec
-from ripsvc.balancer.options import NICE, parse_networks
+from ripsvc.balancer.options import parse_networks
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.sockets import Bind
 from ripsvc.values import parse_nice, parse_seconds, parse_size
@@ -159,7 +159,7 @@ def _count(value: Any) -> int:
     return int(value)
 
 
-def _nice(value: Any) -> int:
+def _nice(value: Any) -> int | None:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a nice value (a whole number from -20 to 19)")
     return parse_nice(str(value))
@@ -297,11 +297,12 @@ class Settings:
     metrics_port: int = setting(0, _port_or_off, "serve Prometheus /metrics on "
                                 "127.0.0.1:PORT (0: only on the control socket)",
                                 flag="--metrics-port", kind="port", to="balancer")
-    balancer_nice: int = setting(NICE, _nice, "the balancer's scheduling priority, -20..19: "
-                                 "above the workers' 0 (embedded, it needs root or "
-                                 "CAP_SYS_NICE; under systemd its unit's Nice=)",
-                                 flag="--balancer-nice", kind="nice", to="balancer",
-                                 arg="--nice")
+    balancer_nice: int | None = setting("auto", _nice, "the balancer's scheduling priority, "
+                                        "-20..19 (auto: -5, above the workers' 0, or 0 when "
+                                        "its access log goes to journald; below 0 needs root "
+                                        "or CAP_SYS_NICE, or systemd's Nice=)",
+                                        flag="--balancer-nice", kind="nice|auto",
+                                        to="balancer", arg="--nice")
     # Under systemd: settings of the units rather than of the processes.
     user: str = setting("rip", _user, "under systemd: the unprivileged user the workers (the "
                         "app's code) run as; the balancer is always user rip",
@@ -327,7 +328,7 @@ class Settings:
                 # Boolean flags say what differs from the default.
                 if value != f.default:
                     args.append(meta["arg"])
-            elif value != f.default:
+            elif value != f.default and value is not None:  # None: auto, the process decides
                 shown = ",".join(value) if isinstance(value, tuple) else str(value)
                 args += [meta["arg"], shown]
         return args

@@ -27,6 +27,7 @@ import jinja2
 
 from ripsvc import edge
 from ripsvc.apploader import absolute_spec, parse_spec
+from ripsvc.balancer.options import nice_for
 from ripsvc.settings import Settings
 from ripsvc.sockets import Bind
 
@@ -136,7 +137,9 @@ def app_units(settings: Settings, source: Path, python: str) -> dict[str, str]:
             **common),
         f"rip@{name}.service.d/{DROPIN}": render("app-manager.conf.j2", **common),
         f"rip-balancer@{name}.service.d/{DROPIN}": render(
-            "app-balancer.conf.j2", args=balancer_args, nice=settings.balancer_nice,
+            "app-balancer.conf.j2", args=balancer_args,
+            # The units' balancer logs to journald: its access log too, unless turned off.
+            nice=nice_for(settings.balancer_nice, settings.access_log),
             stop_timeout=f"{settings.graceful_timeout + 10:g}s", **common),
     }
 

@@ -21,11 +21,15 @@ def parse_size(text: str) -> int:
     return int(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
-def parse_nice(text: str) -> int:
-    """A scheduling priority as nice(1) and systemd's Nice= take it: -20 (first) to 19."""
+def parse_nice(text: str) -> int | None:
+    """A scheduling priority as nice(1) and systemd's Nice= take it, -20 (first) to 19, or
+    `auto` (None): the process chooses."""
     value = text.strip()
+    if value == "auto":
+        return None
     if not value.lstrip("-").isdigit() or not -20 <= int(value) <= 19:
-        raise ValueError(f"{text!r} is not a nice value (a whole number from -20 to 19)")
+        raise ValueError(f"{text!r} is not a nice value (a whole number from -20 to 19, "
+                         "or auto)")
     return int(value)
 
 

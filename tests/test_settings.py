@@ -90,7 +90,11 @@ def test_process_arguments_are_accepted_by_the_processes():
     assert (balancer.max_queue, balancer.no_access_log, balancer.response_timeout) == \
         (7, True, 9.0)
     assert [str(n) for n in balancer.forwarded_allow_ips] == ["10.0.0.0/8"]
-    assert st.resolve([HELLO], env={}).args_for("balancer") == []
+    assert st.resolve([HELLO], env={}).args_for("balancer") == []  # auto: not passed
+    nice = st.resolve([HELLO, "--balancer-nice", "-7"], env={}).args_for("balancer")
+    assert balancer_parser().parse_args(nice).nice == -7
+    with pytest.raises(st.SettingsError, match="not a nice value"):
+        st.resolve([HELLO, "--balancer-nice", "-21"], env={})
 
 
 def test_readme_settings_table_is_generated_from_the_declarations():

@@ -57,3 +57,19 @@ def test_the_sysusers_entry_creates_the_user_of_the_units(tmp_path: Path) -> Non
                 if line.startswith("rip:"))
     assert user.endswith(":/var/lib/rip:/usr/sbin/nologin")
     assert "User=rip" in (tmp_path / "system" / "rip-balancer@.service").read_text()
+
+
+@pytest.mark.parametrize("settings, nice", [
+    ([], 0),  # auto, with the access log in the journal: the balancer must not starve journald
+    (["--no-access-log"], -5),  # auto: above the workers
+    (["--balancer-nice", "-3"], -3),
+    (["--balancer-nice", "2", "--no-access-log"], 2),
+])
+def test_the_balancer_unit_sets_its_priority(settings: list[str], nice: int) -> None:
+    from ripsvc import settings as st
+    from tests.support.procs import EXAMPLES
+
+    resolved = st.resolve([str(EXAMPLES / "hello"), *settings], env={})
+    dropin = units.app_units(resolved, Path("/etc/rip/hello.toml"), sys.executable)[
+        f"rip-balancer@{resolved.name}.service.d/{units.DROPIN}"]
+    assert f"\nNice={nice}\n" in dropin

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from ripsvc import __version__, logs
-from ripsvc.balancer.options import NICE, BalancerOptions, parse_networks
+from ripsvc.balancer.options import NICE, BalancerOptions, nice_for, parse_networks
 from ripsvc.balancer.server import Plan, StaticWorker, run
 from ripsvc.exitcodes import ExitCode
 from ripsvc.process import run_and_exit, set_priority
@@ -75,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every listener expects a PROXY protocol v1/v2 header first")
     p.add_argument("--metrics-port", type=typed(_port_or_off, "port"), default=0,
                    help="serve Prometheus /metrics on 127.0.0.1:PORT")
-    p.add_argument("--nice", type=typed(parse_nice, "nice value"), default=NICE,
-                   help="scheduling priority, -20..19 (default: %(default)s, above the "
-                   "workers'; needs root or CAP_SYS_NICE, else it keeps its own)")
+    p.add_argument("--nice", type=typed(parse_nice, "nice value"), default=None,
+                   help=f"scheduling priority, -20..19 or auto (the default: {NICE}, above "
+                   "the workers', or 0 when the access log goes to journald); below 0 needs "
+                   "root or CAP_SYS_NICE, else it keeps its own"),
     p.add_argument("--json-logging", action="store_true")
     p.add_argument("--no-access-log", action="store_true")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(ExitCode.USAGE)
     logs.setup("balancer", level=getattr(logging, args.log_level.upper()), APP=args.app)
-    set_priority("balancer", args.nice)
+    set_priority("balancer", nice_for(args.nice, not args.no_access_log
+                                      and logs.stderr_is_journal()))
     options = BalancerOptions(
         app=args.app, max_queue=args.max_queue, queue_timeout=args.queue_timeout_ms / 1000,
         connect_timeout=args.connect_timeout, response_timeout=args.response_timeout,
