@@ -160,9 +160,7 @@ def _count(value: Any) -> int:
 
 
 def _nice(value: Any) -> int | None:
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a nice value (a whole number from -20 to 19)")
-    return parse_nice(str(value))
+    return parse_nice(str(value))  # TOML's true and false are refused as "True", "False"
 
 
 def _seconds(value: Any) -> float:

@@ -4,7 +4,6 @@ the kernel's accept queues."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -27,7 +26,7 @@ from tests.support.client import (
     request,
 )
 from tests.support.haproxy import running_haproxy
-from tests.support.procs import TEST_APPS
+from tests.support.procs import TEST_APPS, nice_in_stat
 from tests.support.waiting import free_port, wait_for
 
 
@@ -315,12 +314,12 @@ def test_an_aiohttp_app_sees_the_client_in_request_remote(start_stack):
 
 
 def _nice_of(pid: int) -> int:
-    # /proc/PID/stat: the 19th field, counted after the command's closing parenthesis.
-    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[16])
+    return nice_in_stat(Path(f"/proc/{pid}/stat").read_text())
 
 
 def test_the_balancer_runs_above_its_workers_priority(start_stack):
     # Every request waits for the balancer twice: it must not queue behind the workers' wake-ups.
+    # (Its log goes to a file here, not to journald: auto means -5.)
     stack = start_stack()
     assert _nice_of(stack.balancer.pid) == -5
     assert {_nice_of(worker.pid) for worker in stack.workers} == {0}
@@ -328,13 +327,6 @@ def test_the_balancer_runs_above_its_workers_priority(start_stack):
 
 
 def test_without_the_privilege_the_balancer_keeps_its_priority_and_says_so():
-    def drop_cap_sys_nice() -> None:
-        # What an unprivileged rip-server is: root without CAP_SYS_NICE after the exec.
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_capbset_drop, cap_sys_nice = 24, 23
-        if libc.prctl(pr_capbset_drop, cap_sys_nice, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
     program = ("import logging, os\n"
                "from ripsvc import logs\n"
                "from ripsvc.process import set_priority\n"
@@ -342,7 +334,9 @@ def test_without_the_privilege_the_balancer_keeps_its_priority_and_says_so():
                "set_priority('balancer', -5)\n"
                "print(os.getpriority(os.PRIO_PROCESS, 0))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}
-    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
-                            preexec_fn=drop_cap_sys_nice, env=env, timeout=60, check=True)
+    # What an unprivileged rip-server is: root without CAP_SYS_NICE (util-linux's setpriv).
+    result = subprocess.run(["setpriv", "--bounding-set=-sys_nice", sys.executable, "-c",
+                             program], capture_output=True, text=True, env=env, timeout=60,
+                            check=True)
     assert result.stdout.strip() == "0"
     assert "running at nice 0: nice -5 needs root or CAP_SYS_NICE" in result.stderr

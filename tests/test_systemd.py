@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from ripsvc import units
+from tests.support.procs import nice_in_stat
 from tests.support.sysbox import SystemdBox, available
 from tests.support.waiting import wait_for
 
@@ -167,8 +168,7 @@ def test_generator_is_fast_for_twenty_apps(box: SystemdBox) -> None:
 def nice_of(box: SystemdBox, unit: str) -> int:
     """The scheduling priority of the unit's running main process."""
     pid = box.show(unit, "MainPID")["MainPID"]
-    stat = box.run("cat", f"/proc/{pid}/stat").stdout
-    return int(stat.rpartition(")")[2].split()[16])  # the 19th field
+    return nice_in_stat(box.run("cat", f"/proc/{pid}/stat").stdout)
 
 
 def test_start_blocks_until_ready_then_serves(hello: SystemdBox) -> None:

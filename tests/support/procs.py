@@ -23,6 +23,12 @@ EXAMPLES = REPO / "examples"
 TEST_APPS = REPO / "tests" / "apps"
 
 
+def nice_in_stat(stat: str) -> int:
+    """A process's nice value from its /proc/PID/stat: the 19th field, counted after the
+    command's closing parenthesis (the command itself may hold spaces)."""
+    return int(stat.rpartition(")")[2].split()[16])
+
+
 class NotifySocket:
     """A NOTIFY_SOCKET the test owns; a thread records every datagram with its arrival time."""
 
