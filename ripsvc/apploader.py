@@ -146,8 +146,8 @@ def _is_machinery(filename: str) -> bool:
 def detect_kind(app: Any, spec: AppSpec) -> AppKind:
     """Tell an aiohttp Application, an ASGI 3 callable and a WSGI callable apart."""
     # An aiohttp Application exists only if its module was imported by the app, so there is
-    # no need to import aiohttp here: that would cost every ASGI or WSGI worker ≈ 100 ms of
-    # CPU at each start (aiohttp's client builds its default TLS contexts on import).
+    # no need to import aiohttp here: that cost every ASGI or WSGI worker 150-250 ms of CPU
+    # at each start (aiohttp's client builds its default TLS contexts on import).
     web_app = sys.modules.get("aiohttp.web_app")
     if web_app is not None and isinstance(app, web_app.Application):
         return "aiohttp"

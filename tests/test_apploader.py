@@ -55,7 +55,7 @@ def test_bad_strings_say_what_is_wrong(text, message):
 @pytest.mark.parametrize("example, kind", [("hello", "asgi"), ("hello_wsgi", "wsgi"),
                                            ("hello_aiohttp", "aiohttp")])
 def test_telling_the_kind_imports_aiohttp_only_for_aiohttp_apps(example, kind):
-    # Importing aiohttp costs a worker ≈ 100 ms of CPU at every start (its client builds TLS
+    # Importing aiohttp costs a worker 150-250 ms of CPU at every start (its client builds TLS
     # contexts), which every rolling restart and recycle pays; only aiohttp apps need it.
     program = (
         "import sys\n"
