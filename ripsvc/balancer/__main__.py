@@ -7,10 +7,10 @@ import logging
 import sys
 
 from ripsvc import __version__, logs
-from ripsvc.balancer.options import NICE, BalancerOptions, nice_for, parse_networks
+from ripsvc.balancer.options import NICE, BalancerOptions, parse_networks
 from ripsvc.balancer.server import Plan, StaticWorker, run
 from ripsvc.exitcodes import ExitCode
-from ripsvc.process import run_and_exit, set_priority
+from ripsvc.process import run_and_exit
 from ripsvc.sockets import Bind
 from ripsvc.values import parse_nice, parse_seconds, parse_size, typed
 
@@ -93,8 +93,6 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(ExitCode.USAGE)
     logs.setup("balancer", level=getattr(logging, args.log_level.upper()), APP=args.app)
-    set_priority("balancer", nice_for(args.nice, not args.no_access_log
-                                      and logs.stderr_is_journal()))
     options = BalancerOptions(
         app=args.app, max_queue=args.max_queue, queue_timeout=args.queue_timeout_ms / 1000,
         connect_timeout=args.connect_timeout, response_timeout=args.response_timeout,
@@ -106,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         hosts=tuple(h for h in args.hosts.split(",") if h), hosts_file=args.hosts_file,
         tls_ports=tuple(args.tls_port), redirect_ports=tuple(args.redirect_port),
         cert=args.cert, key=args.key, hsts=args.hsts, hsts_max_age=args.hsts_max_age,
-        proxy_protocol=args.proxy_protocol, metrics_port=args.metrics_port)
+        proxy_protocol=args.proxy_protocol, metrics_port=args.metrics_port, nice=args.nice)
     plan = Plan(options, args.listen, args.control, args.worker, args.graceful_timeout)
     run_and_exit("balancer", run(plan))
 

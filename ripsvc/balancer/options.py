@@ -65,3 +65,4 @@ class BalancerOptions:
     hsts_max_age: int = 31536000
     proxy_protocol: bool = False
     metrics_port: int = 0
+    nice: int | None = None  # the scheduling priority; None: auto (nice_for)

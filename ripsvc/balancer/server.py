@@ -19,9 +19,10 @@ from ripsvc import compiled, edge, hosts, logs, sd
 from ripsvc.balancer.control import make_app, metrics_handler
 from ripsvc.balancer.core import Balancer
 from ripsvc.balancer.front import ClientConnection, ProxyThenTLS
-from ripsvc.balancer.options import BalancerOptions
+from ripsvc.balancer.options import BalancerOptions, nice_for
 from ripsvc.control import bind_socket
 from ripsvc.exitcodes import ExitCode
+from ripsvc.process import set_priority
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe, local_port
 
 log = logs.get("balancer")
@@ -107,6 +108,9 @@ async def run(plan: Plan) -> ExitCode:
     except (edge.CertificateError, hosts.HostFileError) as exc:
         log.error("%s", exc)
         return ExitCode.USAGE
+    access_log = balancer.access_log  # where it goes decides the priority (nice_for)
+    set_priority("balancer", nice_for(plan.options.nice,
+                                      access_log.enabled and access_log.journal))
     passed = sd.listen_sockets()
     control_sock = passed.pop("control", None)
     sockets = list(passed.values()) + [bind.open() for bind in plan.listen]
