@@ -171,18 +171,23 @@ class Stack:
     procs: list[Proc] = field(default_factory=list)
     port: int = 0
     access_log: Path | None = None
+    #: Where its processes start, and what their environment adds: bench/ab.py runs the rip
+    #: of another tree (its directory, and PYTHONPATH pointing there).
+    root: Path = ROOT
+    env: dict[str, str] = field(default_factory=dict)
 
     def start(self, name: str, command: list[str], stdout: Path | None = None,
               env: dict[str, str] | None = None) -> Proc:
-        """Start a process in ROOT; stdout goes to `stdout` if given, else with stderr;
-        `env` is added to the environment."""
+        """Start a process in the stack's root; stdout goes to `stdout` if given, else with
+        stderr; `env` is added to the environment."""
         output = self.dir / f"{name}.out"
         with contextlib.ExitStack() as files:
             err = files.enter_context(output.open("wb"))
             out = files.enter_context(stdout.open("wb")) if stdout else err
             # A session of its own: only stop_process() signals it, not a Ctrl-C on the terminal.
             process = subprocess.Popen(
-                command, cwd=ROOT, env={**CHILD_ENV, **(env or {})}, stdin=subprocess.DEVNULL,
+                command, cwd=self.root, env={**CHILD_ENV, **self.env, **(env or {})},
+                stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err, start_new_session=True,
             )
@@ -355,7 +360,7 @@ def start_rip_workers(stack: Stack, app: str = "examples/hello") -> list[Path]:
     sockets = [stack.dir / f"w{n}.sock" for n in (1, 2)]
     start_backends(stack, {
         f"w{n}": (path, [
-            ".venv/bin/rip-worker", app, "--bind", str(path),
+            str(VENV_BIN / "rip-worker"), app, "--bind", str(path),
             "--log-level", "warning", "--recycle", "r:0,0s,0r",
         ])
         for n, path in enumerate(sockets, 1)
@@ -367,7 +372,7 @@ def start_balancer(stack: Stack, workers: list[Path], *, access_log: bool,
                    tls: bool = False, nice: int = NICE) -> Proc:
     stack.port = free_port()
     command = [
-        ".venv/bin/python", "-m", "ripsvc.balancer", "--app", "hello",
+        str(VENV_BIN / "python"), "-m", "ripsvc.balancer", "--app", "hello",
         "--listen", f"tcp:127.0.0.1:{stack.port}", "--control", str(stack.dir / "ctl.sock"),
     ]
     if tls:
@@ -547,9 +552,10 @@ RIP = CONFIGS[0]
 
 
 @contextlib.contextmanager
-def launched(config: Config, directory: Path, tools: dict[str, str]) -> Iterator[Stack]:
+def launched(config: Config, directory: Path, tools: dict[str, str], root: Path = ROOT,
+             env: dict[str, str] | None = None) -> Iterator[Stack]:
     """Start a configuration, wait until it answers, and stop all of it whatever happens."""
-    stack = Stack(config.name, directory, tools)
+    stack = Stack(config.name, directory, tools, root=root, env=env or {})
     try:
         front = config.start(stack)
         connect = over_tls(stack.port) if config.scheme == "https" else over_tcp(stack.port)
