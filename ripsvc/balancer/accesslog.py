@@ -17,7 +17,6 @@ from typing import IO, TYPE_CHECKING
 from systemd import journal
 
 from ripsvc import logs
-from ripsvc.logs import stderr_is_journal
 
 if TYPE_CHECKING:
     from ripsvc.balancer.exchange import Exchange
@@ -41,7 +40,7 @@ class AccessLog:
         self.enabled = enabled
         self.json_format = json_format
         self.out = out or sys.stdout
-        self.journal = out is None and stderr_is_journal()
+        self.journal = out is None and logs.stderr_is_journal()
         self._app_field = f"APP={app}"
         self._lines: list[str] = []
         self._flush: asyncio.TimerHandle | None = None
