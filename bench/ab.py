@@ -133,7 +133,7 @@ def main() -> None:
                     if problem:
                         problems.append(problem)
                 print(f"pair {pair + 1:2}: " + "  ".join(
-                    f"{side.label} {side.requests_per_s[-1]:8,.0f}" for side in sides),
+                    f"{side.label[:10]:10} {side.requests_per_s[-1]:8,.0f}" for side in sides),
                     flush=True)
     print(f"\n{'':12} {'req/s':>8} {'balancer µs/req':>16} {'workers µs/req':>15}")
     for name, side in zip("AB", sides, strict=True):
