@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ripsvc import settings as st
 from ripsvc import units
+from tests.support.procs import EXAMPLES
 
 
 def test_install_renders_the_interpreter_into_every_unit(tmp_path: Path) -> None:
@@ -66,9 +68,6 @@ def test_the_sysusers_entry_creates_the_user_of_the_units(tmp_path: Path) -> Non
     (["--balancer-nice", "2", "--no-access-log"], 2),
 ])
 def test_the_balancer_unit_sets_its_priority(settings: list[str], nice: int) -> None:
-    from ripsvc import settings as st
-    from tests.support.procs import EXAMPLES
-
     resolved = st.resolve([str(EXAMPLES / "hello"), *settings], env={})
     dropin = units.app_units(resolved, Path("/etc/rip/hello.toml"), sys.executable)[
         f"rip-balancer@{resolved.name}.service.d/{units.DROPIN}"]
