@@ -21,6 +21,9 @@ configuration files (rendered from bench/conf/) and logs in a temporary director
     haproxy-rip      HAProxy as in haproxy-uvicorn -> the 2 rip workers: what a balancer in C
                      makes of the same workers, the bound of any balancer's speed-up
     haproxy-https-rip  the same, HAProxy serving HTTPS
+    floor-rip        bench/floor.py -> the 2 rip workers: a balancer in Python that does no
+                     HTTP work (no parsing, headers, log, timeouts): the floor of the design
+    floor-https-rip  the same, bench/floor.py serving HTTPS
     *-close          rip-https and nginx-https-gunicorn with `Connection: close`: a TLS
                      handshake per request
 
@@ -268,6 +271,9 @@ INFO_RATIOS = (("rip-nolog", "rip"),  # without / with the access log
                # HAProxy in front of rip's workers: how far a balancer in C gets with them
                ("haproxy-rip", "nginx-gunicorn"),
                ("haproxy-https-rip", "nginx-https-gunicorn"),
+               # a balancer in Python that does no HTTP work, in front of rip's workers
+               ("floor-rip", "nginx-gunicorn"),
+               ("floor-https-rip", "nginx-https-gunicorn"),
                ("rip-https-close", "nginx-https-gunicorn-close"))  # a handshake per request
 
 
@@ -497,6 +503,26 @@ def haproxy_https_rip(stack: Stack) -> Proc:
     return start_haproxy(stack, "w", tls=True, nice=NICE)
 
 
+def start_floor(stack: Stack, tls: bool = False) -> Proc:
+    """bench/floor.py in front of rip's two workers, at rip's balancer priority."""
+    workers = start_rip_workers(stack)
+    stack.port = free_port()
+    command = [str(VENV_BIN / "python"), str(ROOT / "bench" / "floor.py"), str(stack.port),
+               *map(str, workers), "--nice", str(NICE)]
+    if tls:
+        cert, key = certificate(stack)
+        command += ["--cert", str(cert), "--key", str(key)]
+    return stack.start("floor", command)
+
+
+def floor_rip(stack: Stack) -> Proc:
+    return start_floor(stack)
+
+
+def floor_https_rip(stack: Stack) -> Proc:
+    return start_floor(stack, tls=True)
+
+
 def nginx_uvicorn(stack: Stack) -> Proc:
     start_uvicorns(stack)
     return start_nginx(stack, "uvicorn")
@@ -543,6 +569,11 @@ CONFIGS = (
            "/ping", haproxy_rip),
     Config("haproxy-https-rip", "haproxy-rip serving HTTPS (the same certificate, keep-alive "
            "clients)", "/ping", haproxy_https_rip, scheme="https"),
+    Config("floor-rip", "bench/floor.py -> the 2 rip workers: a balancer in Python that only "
+           "frames requests and responses (no HTTP parsing, headers, log or timeouts), at nice "
+           f"{NICE}", "/ping", floor_rip),
+    Config("floor-https-rip", "floor-rip serving HTTPS (the same certificate, keep-alive "
+           "clients)", "/ping", floor_https_rip, scheme="https"),
     Config("rip-https-close", "rip-https with Connection: close (a handshake per request)",
            "/ping", rip_https, scheme="https", close=True),
     Config("nginx-https-gunicorn-close", "nginx-https-gunicorn with Connection: close",
