@@ -158,7 +158,11 @@ def main() -> None:
     if bool(args.cert) != bool(args.key):
         parser.error("--cert and --key go together")
     if args.nice:
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except PermissionError:  # as rip's balancer does without CAP_SYS_NICE: say so, go on
+            print(f"floor: may not run at nice {args.nice}, runs at "
+                  f"{os.getpriority(os.PRIO_PROCESS, 0)}", file=sys.stderr)
     uvloop.install()  # uvloop.run() is newer than Debian 12's uvloop 0.17
     asyncio.run(serve(args))
 
