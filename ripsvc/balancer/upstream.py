@@ -16,6 +16,7 @@ import httptools
 
 from ripsvc import logs
 from ripsvc.balancer.exchange import Exchange, Response
+from ripsvc.http11 import NO_CALLBACKS
 
 if TYPE_CHECKING:
     from ripsvc.balancer.core import Balancer
@@ -83,6 +84,7 @@ class Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = httptools.HttpResponseParser(NO_CALLBACKS)  # a cycle less (front.py)
         if self.slot.upstream is self:
             self.slot.upstream = None
         exchange = self.exchange
