@@ -31,8 +31,10 @@ Every run is `wrk -t2 -c50 --latency` for --duration seconds after --warmup seco
 not recorded. The machine is small and noisy, so the configurations alternate within each
 round (the order rotates by one every round) and the figures compared are medians over the
 rounds. Then a memory check sends 1,000,000 requests (100,000 with --quick) through one rip
-stack and samples the balancer's RSS after every fifth of them; --profile adds a run under
-py-spy (bench/results/balancer-profile.svg and .txt).
+stack and samples the balancer's RSS after every fifth of them, and a second one 50,000 (5,000)
+over HTTPS with a new connection for each (rip-https-close), where what a closed connection
+leaves behind would show; --profile adds a run under py-spy (bench/results/balancer-profile.svg
+and .txt).
 
 Then the embedded manager, `rip-server examples/hello w:2 http:PORT` (clients on 127.0.0.1):
 
@@ -580,6 +582,7 @@ CONFIGS = (
            "/ping", nginx_https_gunicorn, scheme="https", close=True),
 )
 RIP = CONFIGS[0]
+HTTPS_CLOSE = next(config for config in CONFIGS if config.name == "rip-https-close")
 
 
 @contextlib.contextmanager
@@ -825,24 +828,27 @@ def rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def memory_check(settings: Settings, tools: dict[str, str], workdir: Path,
-                 rate: float) -> dict[str, Any]:
-    """Send memory_requests requests through one rip stack, sampling the balancer's RSS."""
-    total = settings.memory_requests
-    directory = workdir / "memory"
+def memory_check(settings: Settings, tools: dict[str, str], workdir: Path, rate: float,
+                 config: Config = RIP, total: int = 0) -> dict[str, Any]:
+    """Send `total` requests (memory_requests by default) through one stack of `config`
+    (rip's), sampling the balancer's RSS after every fifth of them."""
+    total = total or settings.memory_requests
+    directory = workdir / f"memory-{config.name}"
     directory.mkdir()
-    print(f"\nmemory: {total:,} requests through one rip stack (wrk -t{settings.threads} "
-          f"-c{settings.connections}), balancer RSS after every fifth", flush=True)
+    print(f"\nmemory: {total:,} requests through one {config.name} stack (wrk "
+          f"-t{settings.threads} -c{settings.connections}"
+          f"{', Connection: close' if config.close else ''}), balancer RSS after every fifth",
+          flush=True)
     done = errors = 0
-    with launched(RIP, directory, tools) as stack:
+    with launched(config, directory, tools) as stack:
         pid = stack.pid("balancer")
-        url = f"http://127.0.0.1:{stack.port}{RIP.path}"
+        url = f"{config.scheme}://127.0.0.1:{stack.port}{config.path}"
         samples = [{"requests": 0, "rss_kb": rss_kb(pid)}]
         print(f"  before: {samples[0]['rss_kb'] / 1024:.1f} MB", flush=True)
         for fifth in range(1, 6):
             while done < total * fifth // 5:
                 seconds = max(1, math.ceil((total * fifth // 5 - done) / rate))
-                run = parse_wrk(run_wrk(settings, url, seconds), RIP.name, 0)
+                run = parse_wrk(run_wrk(settings, url, seconds, config.close), config.name, 0)
                 done += run.requests
                 errors += run.non_2xx_3xx + run.socket_errors
                 rate = max(run.requests_per_s, 100.0)
@@ -851,7 +857,7 @@ def memory_check(settings: Settings, tools: dict[str, str], workdir: Path,
                   f"(errors so far {errors})", flush=True)
         stack.check_alive()
     shutil.rmtree(directory, ignore_errors=True)
-    return judge_memory(samples, errors)
+    return {"config": config.name} | judge_memory(samples, errors)
 
 
 def judge_memory(samples: list[dict[str, int]], errors: int) -> dict[str, Any]:
@@ -880,7 +886,7 @@ def print_memory(memory: dict[str, Any]) -> None:
     limit = "met" if memory["within_limit"] else "NOT met"
     trend = "met" if memory["no_growth_trend"] else "NOT met"
     print(
-        f"balancer RSS: {memory['before_kb'] / 1024:.1f} MB before, "
+        f"balancer RSS ({memory['config']}): {memory['before_kb'] / 1024:.1f} MB before, "
         f"{memory['after_kb'] / 1024:.1f} MB after {memory['samples'][-1]['requests']:,} "
         f"requests: <= {RSS_LIMIT_KB // 1024} MB {limit}\n"
         f"balancer RSS growth from 20 % to 100 %: {memory['growth_after_first_fifth_kb']} kB "
@@ -1587,11 +1593,16 @@ def main() -> int:
     runs: list[Measured] = []
     summary: dict[str, dict[str, Any]] = {}
     memory: dict[str, Any] = {}
+    memory_tls: dict[str, Any] = {}
     try:
         if settings.comparison:
             runs = run_rounds(settings, tools, workdir)
             summary = summarize(runs)
             memory = memory_check(settings, tools, workdir, summary["rip"]["requests_per_s"])
+            # A TLS connection per request: what a closed connection leaves behind shows here.
+            memory_tls = memory_check(settings, tools, workdir,
+                                      summary[HTTPS_CLOSE.name]["requests_per_s"],
+                                      HTTPS_CLOSE, settings.memory_requests // 20)
         rolling = attempt("rolling restarts", lambda: rolling_restarts(
             settings, tools, workdir, facts)) if settings.rolling else None
         cold = attempt("cold start", lambda: cold_starts(
@@ -1607,8 +1618,10 @@ def main() -> int:
         checks = check_targets(summary)
         print_summary(summary, checks)
         print_memory(memory)
+        print_memory(memory_tls)
         rip_errors = (sum(run.errors for run in runs if run.config.startswith("rip"))
-                      + memory["errors"] + (profiled["errors"] if profiled else 0))
+                      + memory["errors"] + memory_tls["errors"]
+                      + (profiled["errors"] if profiled else 0))
         new = {
             "machine": facts,
             "settings": asdict(settings) | {
@@ -1619,6 +1632,7 @@ def main() -> int:
             "runs": [asdict(run) for run in runs],
             "medians": summary,
             "memory": memory,
+            "memory_https_close": memory_tls,
             "profile": profiled,
             "rip_errors": rip_errors,
         }
