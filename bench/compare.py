@@ -857,33 +857,36 @@ def memory_check(settings: Settings, tools: dict[str, str], workdir: Path, rate:
                   f"(errors so far {errors})", flush=True)
         stack.check_alive()
     shutil.rmtree(directory, ignore_errors=True)
-    judged = judge_memory(samples, errors)
-    if config is not RIP:  # information only: the limits are the keep-alive check's targets
-        for key in ("limit_kb", "growth_limit_kb", "within_limit", "no_growth_trend"):
-            del judged[key]
-    return {"config": config.name} | judged
+    # The limits are targets of the keep-alive check only; the others are information.
+    return {"config": config.name} | judge_memory(samples, errors, targets=config is RIP)
 
 
-def judge_memory(samples: list[dict[str, int]], errors: int) -> dict[str, Any]:
-    """Final RSS against the limit; growth from the first fifth (warm) to the end as the trend."""
+def judge_memory(samples: list[dict[str, int]], errors: int,
+                 targets: bool = True) -> dict[str, Any]:
+    """Growth from the first fifth (warm) to the end as the trend; with `targets`, the final
+    RSS and that growth against their limits."""
     final = samples[-1]["rss_kb"]
     growth = final - samples[1]["rss_kb"]
     later = samples[1:]
     slope = statistics.linear_regression(
         [sample["requests"] for sample in later], [sample["rss_kb"] for sample in later]
     ).slope
-    return {
+    judged: dict[str, Any] = {
         "samples": samples,
         "before_kb": samples[0]["rss_kb"],
         "after_kb": final,
         "growth_after_first_fifth_kb": growth,
         "slope_kb_per_100k_requests": round(slope * 100_000, 2),
-        "limit_kb": RSS_LIMIT_KB,
-        "growth_limit_kb": RSS_GROWTH_KB,
-        "within_limit": final <= RSS_LIMIT_KB,
-        "no_growth_trend": growth <= RSS_GROWTH_KB,
         "errors": errors,
     }
+    if targets:
+        judged |= {
+            "limit_kb": RSS_LIMIT_KB,
+            "growth_limit_kb": RSS_GROWTH_KB,
+            "within_limit": final <= RSS_LIMIT_KB,
+            "no_growth_trend": growth <= RSS_GROWTH_KB,
+        }
+    return judged
 
 
 def print_memory(memory: dict[str, Any]) -> None:
