@@ -8,8 +8,9 @@ flight per worker and a FIFO queue for the rest, TLS by the same uvloop layer as
 balancer. What it leaves out is everything rip's balancer does besides: no HTTP parsing (a
 request ends at its blank line, a response after its Content-Length), no headers added or
 checked, no access log, no timeouts, no retries, no limits, no status or metrics. It serves
-`GET` requests without a body, from clients that send one request at a time, and answers
-nothing else correctly: a benchmark's stand-in, not a server.
+`GET` requests without a body, from keep-alive clients that send one request at a time (a
+`Connection: close` goes to the worker, which closes, and the floor stops), and answers nothing
+else correctly: a benchmark's stand-in, not a server.
 
 How far it gets in front of rip's own workers bounds what any balancer in Python gets from
 them on the same machine, as HAProxy's rows bound what a balancer in C gets.
