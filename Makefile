@@ -24,7 +24,7 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ripsvc/__init__.py)
 # Architecture-dependent: the hot path is compiled (setup.py).
 DEB := build/deb/rip-server_$(VERSION)_$(shell dpkg --print-architecture).deb
 
-.PHONY: run test lint unit unit-debian deps compile bench clean deb
+.PHONY: run test lint unit unit-interpreted unit-debian deps compile bench clean deb
 
 deps: $(STAMP)
 
@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml scripts/apt-ensure
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@# The editable install only points at the tree; `compile` builds the extensions in it.
-	RIP_MYPYC=0 $(BIN)/pip install -q -e '.[dev]'
+	RIPSVC_COMPILE=0 $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 # The hot path (ripsvc/compiled.py) compiled by mypyc into the tree, next to its source, and
@@ -42,12 +42,13 @@ $(STAMP): pyproject.toml scripts/apt-ensure
 COMPILED := ripsvc/.compiled
 compile: $(COMPILED)
 
-# RIP_MYPYC=0 make …: the plain Python package (the extensions are removed, nothing built).
-ifeq ($(RIP_MYPYC),0)
+# RIPSVC_COMPILE=0 make …: the plain Python package (the extensions are removed, nothing built).
+# (A build switch, not a setting: settings are the RIP_* variables.)
+ifeq ($(RIPSVC_COMPILE),0)
 .PHONY: $(COMPILED)
 endif
 $(COMPILED): $(STAMP) setup.py $(wildcard ripsvc/*.py ripsvc/*/*.py)
-ifeq ($(RIP_MYPYC),0)
+ifeq ($(RIPSVC_COMPILE),0)
 	find ripsvc -name '*.so' -delete
 	rm -f $@
 else
@@ -72,8 +73,8 @@ unit: deps compile
 $(DEBIAN_STAMP): pyproject.toml scripts/apt-ensure
 	scripts/apt-ensure $(DEBIAN_PACKAGES)
 	test -x $(DEBIAN_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(DEBIAN_VENV)
-	$(DEBIAN_VENV)/bin/pip install -q 'pytest>=7.2' 'pytest-timeout>=2.1'
-	RIP_MYPYC=0 $(DEBIAN_VENV)/bin/pip install -q --no-deps -e .
+	$(DEBIAN_VENV)/bin/pip install -q 'pytest>=7.2' 'pytest-timeout>=2.1' 'hypothesis>=6.36'
+	RIPSVC_COMPILE=0 $(DEBIAN_VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 # Runtime libraries from Debian (dist-packages), only the test tools from PyPI.
@@ -83,7 +84,23 @@ unit-debian: $(DEBIAN_STAMP) compile
 		print("Debian packages: aiohttp", aiohttp.__version__)'
 	$(DEBIAN_VENV)/bin/python -m pytest
 
-test: lint unit unit-debian
+# The adversarial tests once more, against the interpreted build, from a copy of the tree
+# without the extensions: compiled and interpreted must behave the same (SPEC §8).
+INTERPRETED := build/interpreted
+ADVERSARIAL := tests/test_compiled.py tests/test_availability.py tests/test_balancer_machine.py \
+	tests/test_fuzz.py
+unit-interpreted: deps
+	rm -rf $(INTERPRETED) && mkdir -p $(INTERPRETED)
+	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
+		--exclude=__pycache__ --exclude='.*_cache' --exclude='*.so' \
+		--exclude=./ripsvc/.compiled . | tar -x -C $(INTERPRETED)
+	cd $(INTERPRETED) && RIPSVC_COMPILE=0 $(abspath $(BIN))/python -m pytest $(ADVERSARIAL)
+
+# Every part runs, and a failure of one does not hide the others'.
+test:
+	@failed=""; for part in lint unit unit-interpreted unit-debian; do \
+		$(MAKE) --no-print-directory $$part || failed="$$failed $$part"; done; \
+	if [ -n "$$failed" ]; then echo "make test: failed:$$failed"; exit 1; fi
 
 # Built again only when a file it is built from changed (the tests ask for it several times):
 # the tree as the recipe copies it, packaging/debian included.

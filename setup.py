@@ -4,7 +4,7 @@ compiled to C extensions by mypyc from their type-annotated source.
 mypyc type-checks what it compiles and uses the types of what it imports: `make compile`
 builds in the virtualenv and the Debian build with its Build-Depends installed (an isolated
 build without them still compiles, with those calls left untyped).
-RIP_MYPYC=0 builds the plain Python package instead (the balancer and workers log that
+RIPSVC_COMPILE=0 builds the plain Python package instead (the balancer and workers log that
 their hot path is interpreted).
 """
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(root))  # a PEP 517 backend does not put the tree on the 
 from ripsvc.compiled import source_paths  # noqa: E402
 
 ext_modules = []
-if os.environ.get("RIP_MYPYC", "1") != "0":
+if os.environ.get("RIPSVC_COMPILE", "1") != "0":
     from mypyc.build import mypycify
 
     paths = [str(path.relative_to(root)) for path in source_paths(root)]

@@ -5,7 +5,7 @@
 
 Drives the real protocol objects with in-memory transports, one request after the other:
 
-    balancer         GET /ping: ClientConnection → Balancer → Upstream, and the worker's
+    balancer         GET /ping: Client → Balancer → Upstream, and the worker's
                      response back to the client (access log and metrics on)
     balancer-local   GET /server, answered by the balancer itself
     worker           GET /ping as the balancer sends it: HttpConnection → the ASGI adapter →
@@ -40,9 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ripsvc.apploader import parse_spec  # noqa: E402
-from ripsvc.balancer.core import Balancer  # noqa: E402
-from ripsvc.balancer.front import ClientConnection  # noqa: E402
+from ripsvc.balancer.accesslog import AccessLog  # noqa: E402
+from ripsvc.balancer.client import Client  # noqa: E402
 from ripsvc.balancer.options import BalancerOptions  # noqa: E402
+from ripsvc.balancer.server import make_balancer  # noqa: E402
 from ripsvc.balancer.upstream import Upstream  # noqa: E402
 from ripsvc.recycle import RecyclePolicy  # noqa: E402
 from ripsvc.worker.core import Worker, WorkerOptions  # noqa: E402
@@ -99,15 +100,17 @@ class NullLog:
 
 def balancer_round(requests: int, local: bool = False) -> float:
     loop = uvloop.new_event_loop()
-    balancer = Balancer(BalancerOptions(app="bench"), loop)
-    balancer.access_log.out = NullLog()
-    balancer.access_log.journal = False
+    balancer = make_balancer(BalancerOptions(app="bench"), loop)
+    access_log = balancer.access_log
+    assert isinstance(access_log, AccessLog)
+    access_log.out = NullLog()
+    access_log.journal = False
     slot = balancer.join("1", "/nonexistent.sock", "")
     upstream = Upstream(balancer, slot)
     worker_transport = MemoryTransport(None)
-    upstream.connection_made(worker_transport)  # type: ignore[arg-type]
+    upstream.connection_made(worker_transport)
     slot.upstream = upstream
-    client = ClientConnection(balancer)
+    client = Client(balancer)
     client_transport = MemoryTransport()
     client.connection_made(client_transport)  # type: ignore[arg-type]
     started = time.process_time()
@@ -119,7 +122,7 @@ def balancer_round(requests: int, local: bool = False) -> float:
             client.data_received(REQUEST)
             upstream.data_received(RESPONSE)
     elapsed = time.process_time() - started
-    balancer.access_log.flush()
+    access_log.flush()
     loop.close()
     assert client_transport.writes == requests, client_transport.writes
     assert worker_transport.writes == (0 if local else requests), worker_transport.writes

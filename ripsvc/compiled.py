@@ -21,7 +21,7 @@ MODULES = (
     "ripsvc.balancer.accesslog",
     "ripsvc.balancer.core",
     "ripsvc.balancer.exchange",
-    "ripsvc.balancer.front",
+    "ripsvc.balancer.client",
     "ripsvc.balancer.metrics",
     "ripsvc.balancer.pool",
     "ripsvc.balancer.upstream",

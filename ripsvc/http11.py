@@ -13,7 +13,7 @@ _STATUS_LINES = {
 BUSY_HEADER = b"rip-worker-busy: 1\r\n"
 #: The callbacks of an httptools parser that must call nothing: one probing the parser's
 #: behaviour, or one put in place of a closed connection's, whose own would keep that
-#: connection in a reference cycle (balancer/front.py).
+#: connection in a reference cycle (balancer/client.py).
 NO_CALLBACKS = object()
 #: A header field's name is a token (RFC 9110 §5.6.2); names seen valid are remembered (apps
 #: use a handful), up to a bound.

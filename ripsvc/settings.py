@@ -249,7 +249,8 @@ class Settings:
                                     to="balancer")
     connect_timeout: float = setting(2.0, _seconds, "time to connect to a worker",
                                      flag="--connect-timeout", kind="seconds", to="balancer")
-    response_timeout: float = setting(60.0, _seconds, "a worker silent this long is hung "
+    response_timeout: float = setting(60.0, _seconds, "a worker silent this long (before "
+                                      "its response, or between two pieces of it) is hung "
                                       "(504)", flag="--response-timeout", kind="seconds",
                                       to="balancer")
     header_timeout: float = setting(10.0, _seconds, "time for a client to send its request "
@@ -261,6 +262,9 @@ class Settings:
     keepalive_timeout: float = setting(75.0, _seconds, "idle keep-alive connections close "
                                        "after this", flag="--keepalive-timeout",
                                        kind="seconds", to="balancer")
+    send_timeout: float = setting(60.0, _seconds, "a client that reads nothing of its "
+                                  "response for this long is disconnected", flag="--send-timeout",
+                                  kind="seconds", to="balancer")
     status_path: str = setting("/status", _text, "the balancer's health endpoint",
                                flag="--status-path", kind="path", to="balancer")
     server_path: str = setting("/server", _text, "the balancer's liveness endpoint",

@@ -17,11 +17,11 @@ COMPILED_STAMP = ROOT / "ripsvc" / ".compiled"
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The suite tests the hot path as it ships: compiled by mypyc (`make compile` builds it
     into the tree). Extensions older than a module's source would test yesterday's code, so
-    they stop the run; RIP_MYPYC=0 tests the plain Python package, with no extension about."""
+    they stop the run; RIPSVC_COMPILE=0 tests the plain Python package, with no extension about."""
     extensions = sorted(ROOT.glob("ripsvc/**/*.so"))
-    if os.environ.get("RIP_MYPYC", "1") == "0":
+    if os.environ.get("RIPSVC_COMPILE", "1") == "0":
         if extensions:
-            pytest.exit(f"RIP_MYPYC=0 but the tree holds compiled modules ({extensions[0]}); "
+            pytest.exit(f"RIPSVC_COMPILE=0 but the tree holds compiled modules ({extensions[0]}); "
                         "`make clean` removes them", returncode=2)
         return
     sources = list(ROOT.glob("ripsvc/**/*.py"))
@@ -29,7 +29,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     changed = [path for path in sources if path.stat().st_mtime > built]
     if changed:
         pytest.exit(f"the compiled hot path is missing or older than {changed[0].name}: run "
-                    "`make compile` (or set RIP_MYPYC=0 to test the interpreted package)",
+                    "`make compile` (or set RIPSVC_COMPILE=0 to test the interpreted package)",
                     returncode=2)
 
 
@@ -94,13 +94,15 @@ class Stack:
 
 @pytest.fixture
 def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
-    """start_stack(workers=2, app=probe, worker_args=(), args=(), stdout=None) → a running
-    Stack (`stdout`: a file for the balancer's stdout instead of its log)."""
+    """start_stack(workers=2, app=probe, worker_args=(), args=(), stdout=None,
+    balancer_env=None) → a running Stack (`stdout`: a file for the balancer's stdout instead
+    of its log; `balancer_env`: more environment for the balancer)."""
     procs: list[BalancerProcess | WorkerProcess] = []
 
     def start(workers: int = 2, app: str = str(TEST_APPS / "probe.py"),
               worker_args: tuple[str, ...] = ("--recycle", "r:0,0s,0r"),
-              args: tuple[str, ...] = (), stdout: str | None = None) -> Stack:
+              args: tuple[str, ...] = (), stdout: str | None = None,
+              balancer_env: dict[str, str] | None = None) -> Stack:
         started = []
         stack = len([p for p in procs if isinstance(p, BalancerProcess)])  # several per test
         prefix = f"s{stack}" if stack else ""
@@ -111,8 +113,8 @@ def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
         for worker in started:
             worker.wait_ready()
         joins = [f"--worker={n + 1}={w.socket_path}" for n, w in enumerate(started)]
-        balancer = BalancerProcess(short_tmp, [*joins, *args], name=f"{prefix}balancer",
-                                   stdout=stdout)
+        balancer = BalancerProcess(short_tmp, [*joins, *args], env=balancer_env,
+                                   name=f"{prefix}balancer", stdout=stdout)
         procs.append(balancer)
         balancer.wait_ready()
         return Stack(balancer, started)

@@ -117,7 +117,8 @@ def test_status_and_server_endpoints(start_stack):
     assert reply.status == 200
     assert status["status"] == "healthy"
     assert status["app"] == "probe"
-    assert status["workers"] == {"ready": 2, "busy": 0, "draining": 0, "total": 2}
+    assert status["workers"] == {"ready": 2, "busy": 0, "probing": 0, "draining": 0,
+                                 "drained": 0, "total": 2}
     assert status["queue"] == {"depth": 0, "max": 1024}
     assert status["ports"] == [f"http://127.0.0.1:{stack.port}"]
     assert status["uptime"] >= 0 and status["version"]
@@ -206,13 +207,13 @@ def test_control_join_drain_leave(start_stack, short_tmp):
     _, pool = control(stack.control, "pool")
     busy_id = next(w["id"] for w in pool["data"] if w["state"] == "busy")
     status, reply = control(stack.control, "drain", {"id": busy_id})
-    assert status == 200 and reply["data"]["state"] == "draining"
+    assert status == 200 and reply["data"]["state"] == "drained"
     assert time.monotonic() - start >= 0.7
     assert slow_conn.getresponse().status == 200
     other = stack.workers[1 - (int(busy_id) - 1)]
     assert {fetch(stack.port, "/pid").headers["x-pid"] for _ in range(4)} == {str(other.pid)}
     _, pool = control(stack.control, "pool")
-    assert {w["id"]: w["state"] for w in pool["data"]}[busy_id] == "draining"
+    assert {w["id"]: w["state"] for w in pool["data"]}[busy_id] == "drained"
 
 
 @pytest.mark.parametrize(

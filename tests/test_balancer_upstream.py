@@ -5,7 +5,6 @@ closed connection does not outlive its close."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import sys
 import weakref
@@ -15,10 +14,9 @@ from types import ModuleType
 import httptools
 import pytest
 
-from ripsvc.balancer import front
-from ripsvc.balancer.core import Balancer
-from ripsvc.balancer.options import BalancerOptions
-from ripsvc.balancer.upstream import Upstream, header_fields, passable
+from ripsvc.balancer import client as front
+from ripsvc.balancer.upstream import header_fields, passable
+from tests.support.machine import Rig
 
 PLAIN = (b"HTTP/1.1 200 OK\r\ndate: Tue, 01 Dec 2026 17:00:00 GMT\r\n"
          b"Content-Type: text/plain\r\nContent-Length: 5\r\n")
@@ -101,29 +99,27 @@ def test_a_closed_connection_is_freed_without_the_cyclic_collector():
     that cycle kept each connection and its transport until the cyclic collector ran: over TLS
     the transport holds uvloop's 256 KB buffer and OpenSSL's state, and with a new connection
     per request the balancer's heap grew by 100 MB (docs/performance.md)."""
-    MemoryTransport = import_hotpath().MemoryTransport  # its close() raises: none happens here
-    loop = asyncio.new_event_loop()
-    balancer = Balancer(BalancerOptions(app="test", access_log=False), loop)
+    rig = Rig(workers=1)
     gc.disable()
     try:
-        client = front.ClientConnection(balancer, b"https")
-        transport = MemoryTransport()
-        client.connection_made(transport)  # type: ignore[arg-type]
-        client.data_received(b"GET /server HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert transport.written.startswith(b"HTTP/1.1 200 "), transport.written
-        client.connection_lost(None)
-        client_transport = weakref.ref(transport)
-        del client, transport
+        client = rig.connect(b"https")
+        client.send(b"GET /server HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert client.received.startswith(b"HTTP/1.1 200 "), client.received
+        client.reset()
+        client_transport = weakref.ref(client.transport)
+        rig.clients.clear()
+        del client
 
-        upstream = Upstream(balancer, balancer.join("1", "/nonexistent.sock", ""))
-        transport = MemoryTransport(None)
-        upstream.connection_made(transport)  # type: ignore[arg-type]
-        upstream.connection_lost(None)
-        upstream_transport = weakref.ref(transport)
-        del upstream, transport
+        worker = rig.worker("1")
+        other = rig.connect()
+        other.send(b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        rig.settle()
+        worker.respond(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        upstream_transport = weakref.ref(worker.connections[0])
+        worker.close()
+        worker.connections.clear()
 
         assert client_transport() is None, "a closed client connection is kept by a cycle"
         assert upstream_transport() is None, "a closed worker connection is kept by a cycle"
     finally:
         gc.enable()
-        loop.close()

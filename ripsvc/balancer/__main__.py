@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-timeout", type=seconds, default=d.body_timeout,
                    help="time for a client to send its body, else 408")
     p.add_argument("--keepalive-timeout", type=seconds, default=d.keepalive_timeout)
+    p.add_argument("--send-timeout", type=seconds, default=d.send_timeout,
+                   help="a client that reads nothing for this long is disconnected")
     p.add_argument("--graceful-timeout", type=seconds, default=30.0)
     p.add_argument("--max-body", type=typed(parse_size, "size"), default=d.max_body)
     p.add_argument("--status-path", default=d.status_path)
@@ -97,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         app=args.app, max_queue=args.max_queue, queue_timeout=args.queue_timeout_ms / 1000,
         connect_timeout=args.connect_timeout, response_timeout=args.response_timeout,
         header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-        keepalive_timeout=args.keepalive_timeout, max_body=args.max_body,
+        keepalive_timeout=args.keepalive_timeout, send_timeout=args.send_timeout,
+        max_body=args.max_body,
         status_path=args.status_path, server_path=args.server_path,
         access_log=not args.no_access_log, json_logging=args.json_logging,
         forwarded_allow_ips=args.forwarded_allow_ips,

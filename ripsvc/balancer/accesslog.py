@@ -66,16 +66,19 @@ class AccessLog:
             return
         now = time.time()
         ms = seconds * 1000
+        note = exchange.note  # how it ended, when not simply answered
         if self.journal:
             self._send_to_journal(now, status, exchange.method, ms, exchange.worker_id, sent,
-                                  exchange.request_id, exchange.target)
+                                  exchange.request_id, exchange.target, note)
             return
         if self.json_format:
             line = self._json(now, status, exchange.method, ms, exchange.worker_id, sent,
-                              exchange.request_id, exchange.target)
+                              exchange.request_id, exchange.target, note)
         else:
             line = self._human(now, status, exchange.method, ms, exchange.worker_id, sent,
                                exchange.request_id, exchange.target)
+            if note:
+                line += f" ({note})"
         lines = self._lines
         lines.append(line)
         if len(lines) >= FLUSH_LINES:
@@ -125,16 +128,19 @@ class AccessLog:
                 f"{target.decode('latin-1')}")
 
     def _json(self, now: float, status: int, method: str, ms: float, worker: str, sent: int,
-              request_id: str, target: bytes) -> str:
-        return json.dumps({
+              request_id: str, target: bytes, note: str) -> str:
+        entry: dict[str, object] = {
             "time": f"{self._stamp_of(int(now))}.{int(now % 1 * 1000):03d}Z", "app": self.app,
             "status": status, "method": method, "path": target.decode("latin-1"),
             "duration_ms": round(ms, 3), "worker": worker, "bytes": sent,
             "request_id": request_id,
-        })
+        }
+        if note:
+            entry["note"] = note
+        return json.dumps(entry)
 
     def _send_to_journal(self, now: float, status: int, method: str, ms: float, worker: str,
-                         sent: int, request_id: str, target: bytes) -> None:
+                         sent: int, request_id: str, target: bytes, note: str) -> None:
         """One native journal entry with the line's fields.
 
         `journal.sendv` with the fields written out, not `journal.send`: send() looks up its
@@ -142,6 +148,14 @@ class AccessLog:
         time), which made the balancer's part of an entry 40 µs instead of 14."""
         path = target.decode("latin-1")
         try:
+            if note:
+                journal.sendv(f"MESSAGE={status} {method} {path} {ms:.1f}ms w{worker} {sent}B "
+                              f"{request_id} ({note})", self._app_field, f"WORKER={worker}",
+                              f"REQUEST_ID={request_id}", f"STATUS={status}",
+                              f"METHOD={method}", f"PATH={path}", f"DURATION_MS={ms:.3f}",
+                              f"BYTES={sent}", f"NOTE={note}",
+                              "SYSLOG_IDENTIFIER=rip-balancer", "PRIORITY=6")
+                return
             journal.sendv(f"MESSAGE={status} {method} {path} {ms:.1f}ms w{worker} {sent}B "
                           f"{request_id}", self._app_field, f"WORKER={worker}",
                           f"REQUEST_ID={request_id}", f"STATUS={status}", f"METHOD={method}",

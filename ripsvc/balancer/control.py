@@ -33,7 +33,7 @@ def make_app(balancer: Balancer) -> web.Application:
     async def leave(body: dict[str, Any]) -> Any:
         """Remove a worker at once: {"id"} (drain it first to let its request finish)."""
         slot = find(body)
-        pool.remove(slot, "left")
+        balancer.leave(slot, "left")
         return slot.describe()
 
     async def drain(body: dict[str, Any]) -> Any:
@@ -43,8 +43,15 @@ def make_app(balancer: Balancer) -> web.Application:
         timeout = body.get("timeout", 30)
         if not isinstance(timeout, (int, float)) or timeout < 0:
             raise CommandError("bad-request", "'timeout' must be a number of seconds")
+        drained = asyncio.get_running_loop().create_future()
+
+        def done() -> None:
+            if not drained.done():
+                drained.set_result(None)
+
+        balancer.drain(slot, done)
         try:
-            await asyncio.wait_for(asyncio.shield(pool.drain(slot)), timeout)
+            await asyncio.wait_for(drained, timeout)
         except TimeoutError:
             raise CommandError("drain-timeout", f"worker {slot.id!r} still busy after "
                                f"{timeout} s", 504) from None

@@ -1,42 +1,82 @@
-"""One client request on its way through the balancer, and the response that comes back."""
+"""One request and its response on their way through the balancer: an explicit state machine.
+
+An exchange is created when a client's request is complete, and moves only along the arrows of
+TRANSITIONS (`move` refuses any other, so a bug shows where it happens instead of corrupting a
+later request):
+
+    PIPELINED ──▶ QUEUED ──▶ WAITING ──▶ STREAMING ──▶ FLUSHING ──▶ DONE
+        │            │       ▲  │  │          │             │
+        └────────────┼───────┘  │  │          │             │
+                     ▲──────────┘  │ retry    │             │
+        every state ─┴─────────────┴──────────┴─────────────┴──▶ DONE
+
+- PIPELINED: complete; waits behind an earlier request of its connection (answers go out in
+  order), or for its connection to take it up.
+- QUEUED: waits in the balancer's FIFO queue for an idle worker.
+- WAITING: sent to a worker (its connection opening, the request being written, or written);
+  no byte of the response yet. A retry sends it to another worker (WAITING again) or queues it.
+- STREAMING: the response head went to the client; the body follows as the worker sends it.
+- FLUSHING: the worker is done (and free again); the client still gets what was spooled.
+- DONE: answered, refused or given up; logged once.
+
+A request answered by the balancer itself (/status, an error, a redirect) goes from PIPELINED
+(or QUEUED, WAITING: 502, 503, 504) straight to DONE.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from ripsvc.body import Body
+from ripsvc.body import Body, Spool
 
 if TYPE_CHECKING:
-    from ripsvc.balancer.front import ClientConnection
+    from ripsvc.balancer.client import Client
     from ripsvc.balancer.pool import Slot
+
+PIPELINED: Final = 0
+QUEUED: Final = 1
+WAITING: Final = 2
+STREAMING: Final = 3
+FLUSHING: Final = 4
+DONE: Final = 5
+NAMES = ("pipelined", "queued", "waiting", "streaming", "flushing", "done")
+
+
+def _bits(*states: int) -> int:
+    mask = 0
+    for state in states:
+        mask |= 1 << state
+    return mask
+
+
+#: For each state, the states it may move to (a bit per state).
+TRANSITIONS: tuple[int, ...] = (
+    _bits(QUEUED, WAITING, DONE),  # PIPELINED
+    _bits(WAITING, DONE),  # QUEUED
+    _bits(WAITING, QUEUED, STREAMING, DONE),  # WAITING
+    _bits(FLUSHING, DONE),  # STREAMING
+    _bits(DONE),  # FLUSHING
+    0,  # DONE
+)
 
 #: Methods that may be sent to a second worker after the first may have started on them.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
-class Response:
-    """A worker's response, buffered whole unless the app asked for streaming."""
-
-    __slots__ = ("body", "busy", "head", "headers", "status", "streaming")
-
-    def __init__(self) -> None:
-        self.status = 0
-        #: The worker's status line and header lines, when they can go to the client as they
-        #: are (the common case: see upstream.passable); else b"" and the fields in `headers`.
-        self.head = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body = Body()
-        self.busy = False  # Rip-Worker-Busy: the worker did not take the request
-        self.streaming = False  # X-Accel-Buffering: no
+class StateError(Exception):
+    """A transition the state machine does not have: a bug, reported where it happens."""
 
 
 class Exchange:
-    __slots__ = ("attempts", "body", "client", "head", "host", "keep_alive", "method",
-                 "queue_deadline", "request_id", "slot", "started", "target", "unknown_host",
-                 "waiting", "worker_id")
+    __slots__ = ("attempts", "body", "chunked", "client", "close_after", "dispatched",
+                 "first_byte", "head", "head_only", "host", "http10", "keep_alive", "last_byte",
+                 "method", "note", "queue_deadline", "queued", "received", "request_id", "sent",
+                 "slot", "spool", "state", "status", "target", "unbuffered", "unknown_host",
+                 "upgrade", "worker_busy", "worker_id")
 
-    def __init__(self, client: ClientConnection, method: str, target: bytes, head: bytes,
-                 body: Body, keep_alive: bool, request_id: str, started: float) -> None:
+    def __init__(self, client: Client, method: str, target: bytes, head: bytes, body: Body,
+                 keep_alive: bool, request_id: str, received: float) -> None:
+        # the request
         self.client = client
         self.method = method
         self.target = target
@@ -44,20 +84,48 @@ class Exchange:
         self.body = body
         self.keep_alive = keep_alive
         self.request_id = request_id
-        self.started = started
-        self.attempts = 0
-        self.waiting = False  # in the queue
-        self.queue_deadline = 0.0
-        self.slot: Slot | None = None
-        self.worker_id = "-"
-        self.unknown_host = False  # not in the host registry: 404
         self.host = b""  # its Host header
+        self.unknown_host = False  # not in the host registry: 404
+        self.http10 = False
+        self.upgrade = False  # asked for a protocol upgrade, served as plain HTTP/1.1
+        # its way through the balancer
+        self.state = PIPELINED
+        self.attempts = 0  # workers it was sent to
+        self.slot: Slot | None = None  # the worker serving it, WAITING and STREAMING
+        self.worker_id = "-"
+        self.received = received  # times: request complete, queued, sent, response bytes
+        self.queued = 0.0
+        self.queue_deadline = 0.0
+        self.dispatched = 0.0
+        self.first_byte = 0.0
+        self.last_byte = 0.0
+        # the response
+        self.status = 0
+        self.sent = 0  # body bytes the client was given (or handed to its transport)
+        self.head_only = method == "HEAD"
+        self.chunked = False  # re-framed with chunked coding for the client
+        self.close_after = False  # the body ends when the connection does (HTTP/1.0 client)
+        self.unbuffered = False  # X-Accel-Buffering: no: never spooled, holds its worker
+        self.spool: Spool | None = None  # what the client could not take yet
+        self.worker_busy = False  # the worker answered Rip-Worker-Busy: not taken, retried
+        self.note = ""  # how it ended, when not simply answered ("client closed", …)
+
+    def move(self, to: int) -> None:
+        if not (TRANSITIONS[self.state] >> to) & 1:
+            raise StateError(f"exchange {self.request_id}: {NAMES[self.state]} -> {NAMES[to]}")
+        self.state = to
 
     @property
     def idempotent(self) -> bool:
         return self.method in IDEMPOTENT
 
-    def queue_timed_out(self) -> None:
-        self.waiting = False
-        self.client.balancer.stats["queue_timeout"] += 1
-        self.client.respond_error(self, 504, "queue timeout")
+    @property
+    def started(self) -> bool:
+        """Taken up by its connection: between PIPELINED and DONE."""
+        return self.state != PIPELINED and self.state != DONE
+
+    def release_buffers(self) -> None:
+        self.body.close()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None

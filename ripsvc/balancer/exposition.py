@@ -49,7 +49,7 @@ class Collector:
             "rip_queue_wait_seconds", "Time requests waited in the queue for a worker",
             buckets=metrics.queue_wait.cumulative(), sum_value=metrics.queue_wait.sum)
         yield GaugeMetricFamily("rip_queue_depth", "Requests waiting for a worker",
-                                value=len(balancer.pool.queue))
+                                value=balancer.pool.queued)
         yield GaugeMetricFamily("rip_queue_max", "Queue capacity (503 beyond)",
                                 value=balancer.pool.max_queue)
         for name, key, text in (
@@ -61,7 +61,21 @@ class Collector:
                  "(as reported by the manager)"),
                 ("rip_reloads", "reloads", "Rolling restarts (as reported by the manager)"),
                 ("rip_access_log_lost", "access_log_lost", "Access-log entries that could "
-                 "not be written")):
+                 "not be written"),
+                ("rip_worker_out_of_rotation", "worker_probing", "Times a worker was taken "
+                 "out of rotation until a probe found it idle"),
+                ("rip_worker_back", "worker_back", "Times a worker came back after a probe"),
+                ("rip_client_gone", "client_gone", "Requests whose client left before "
+                 "their answer"),
+                ("rip_send_timeouts", "send_timeout", "Clients disconnected for not reading"),
+                ("rip_spool_errors", "spool_errors", "Bodies that could not be spooled to "
+                 "disk"),
+                ("rip_descriptors_exhausted", "descriptors_exhausted", "Seconds in which the "
+                 "balancer ran out of file descriptors (connections refused)"),
+                ("rip_internal_errors", "internal_errors", "Bugs of the balancer's, caught "
+                 "and repaired (each is logged)"),
+                ("rip_invariant_repairs", "invariant_repairs", "Times the pool's invariants "
+                 "were found broken and repaired")):
             yield CounterMetricFamily(name, text, value=stats[key])
         workers = GaugeMetricFamily("rip_workers", "Workers in the pool, by state",
                                     labels=["state"])

@@ -44,6 +44,7 @@ class BalancerOptions:
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
+    send_timeout: float = 60.0
     max_body: int = 100 << 20
     max_header_bytes: int = 64 << 10
     status_path: str = "/status"

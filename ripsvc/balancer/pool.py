@@ -1,20 +1,34 @@
 """The pool of workers and the queue of requests waiting for one.
 
-Only registered, ready workers are in the pool; each serves at most one request at a time.
-Idle workers are taken round-robin (a deque: taken from the left, returned on the right), and
-when none is idle a request waits in a bounded FIFO that is served in arrival order.
+Each registered worker has a Slot, whose state machine is the pool's rule (SPEC §4, §8): a
+worker leaves the pool only when it is removed (its process is gone, or it was drained);
+any other trouble (a broken response, a timeout, a refused connection, a client that left
+mid-request) ends that one connection and puts the slot in PROBING, from which a probe on a
+fresh connection brings it back once the worker answers that it is idle.
+
+    READY ◀──▶ BUSY ──▶ PROBING ──▶ READY (or BUSY, when a request waits)
+      │          │         │
+      │          ▼         │
+      │      DRAINING      │
+      ▼          ▼         ▼
+    DRAINED ◀────┴─────────┘        any state ──▶ GONE (removed)
+
+Idle workers are taken round-robin (a deque: from the left, returned on the right); while old
+and new versions serve side by side (a rolling restart), an idle new-version worker is taken
+first. When none is idle a request waits in a bounded FIFO served in arrival order. The pool
+does no I/O and calls nothing: the balancer (core.py) acts on what it returns.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from ripsvc import logs
+from ripsvc.balancer.exchange import QUEUED
 
 if TYPE_CHECKING:
     from ripsvc.balancer.exchange import Exchange
@@ -22,185 +36,224 @@ if TYPE_CHECKING:
 
 log = logs.get("balancer.pool")
 
+READY: Final = 0
+BUSY: Final = 1
+PROBING: Final = 2
+DRAINING: Final = 3  # no new requests; busy with its last one
+DRAINED: Final = 4  # no new requests; idle
+GONE: Final = 5
+NAMES = ("ready", "busy", "probing", "draining", "drained", "gone")
 
-class Slot:
-    """One registered worker."""
 
-    __slots__ = (
-        "busy",
-        "drained",
-        "draining",
-        "failed",
-        "id",
-        "joined",
-        "path",
-        "served",
-        "upstream",
-        "version",
-    )
+def _bits(*states: int) -> int:
+    mask = 0
+    for state in states:
+        mask |= 1 << state
+    return mask
 
-    def __init__(self, worker_id: str, path: str, version: str) -> None:
-        self.id = worker_id
-        self.path = path
-        self.version = version
-        self.busy = False
-        self.draining = False
-        self.failed = ""  # why it left the pool ("" while it is in it)
-        self.served = 0
-        self.joined = time.time()
-        self.upstream: Upstream | None = None
-        self.drained: asyncio.Future[None] | None = None
 
-    @property
-    def usable(self) -> bool:
-        return not (self.draining or self.failed)
+TRANSITIONS: tuple[int, ...] = (
+    _bits(BUSY, PROBING, DRAINED, GONE),  # READY
+    _bits(READY, PROBING, DRAINING, GONE),  # BUSY
+    _bits(READY, BUSY, PROBING, DRAINED, GONE),  # PROBING
+    _bits(DRAINED, GONE),  # DRAINING
+    _bits(GONE),  # DRAINED
+    0,  # GONE
+)
 
-    @property
-    def state(self) -> str:
-        if self.failed:
-            return self.failed
-        if self.draining:
-            return "draining"
-        return "busy" if self.busy else "ready"
-
-    def describe(self) -> dict[str, object]:
-        return {"id": self.id, "socket": self.path, "version": self.version,
-                "state": self.state, "served": self.served, "joined": self.joined}
+#: Probes of a slot in PROBING: the first at once, then backing off to this interval.
+PROBE_FIRST = 0.05
+PROBE_MAX = 1.0
 
 
 class QueueFull(Exception):
     pass
 
 
+class Slot:
+    """One registered worker: its socket, state, and the connection and exchange it has."""
+
+    __slots__ = ("drained", "exchange", "failures", "id", "joined", "path", "probe_at",
+                 "probe_delay", "probe_sent", "reason", "served", "since", "state", "upstream",
+                 "version")
+
+    def __init__(self, worker_id: str, path: str, version: str) -> None:
+        self.id = worker_id
+        self.path = path
+        self.version = version
+        self.state = READY
+        self.since = time.monotonic()  # when it entered its state
+        self.reason = ""  # why it is PROBING (or GONE)
+        self.exchange: Exchange | None = None  # BUSY, DRAINING: the request it serves
+        self.upstream: Upstream | None = None  # its open (or opening) connection
+        self.served = 0
+        self.failures = 0  # times it went to PROBING
+        self.joined = time.time()
+        self.probe_at = 0.0  # PROBING: when the next probe is due (0: one is under way)
+        self.probe_delay = PROBE_FIRST
+        self.probe_sent = 0.0
+        self.drained: list[Callable[[], None]] = []  # called once DRAINED (or GONE)
+
+    def move(self, to: int, now: float) -> None:
+        if not (TRANSITIONS[self.state] >> to) & 1:
+            raise RuntimeError(f"worker {self.id}: {NAMES[self.state]} -> {NAMES[to]}")
+        self.state = to
+        self.since = now
+
+    @property
+    def usable(self) -> bool:
+        """In rotation: READY or BUSY (not probing, draining, or gone)."""
+        return self.state <= BUSY
+
+    def describe(self) -> dict[str, object]:
+        return {"id": self.id, "socket": self.path, "version": self.version,
+                "state": NAMES[self.state], "reason": self.reason, "served": self.served,
+                "failures": self.failures, "joined": self.joined,
+                "for": round(time.monotonic() - self.since, 3)}
+
+
 class Pool:
     def __init__(self, max_queue: int) -> None:
         self.slots: dict[str, Slot] = {}
-        self.idle: deque[Slot] = deque()
-        self.queue: deque[Exchange] = deque()
+        self.idle: deque[Slot] = deque()  # the READY slots
+        self.queue: deque[Exchange] = deque()  # QUEUED exchanges (others are skipped)
+        self.queued = 0  # how many of them are still QUEUED
         self.max_queue = max_queue
         # Version-aware: while old and new versions serve side by side (a rolling restart),
         # an idle new-version worker is taken before any old one.
         self.newest = ""
         self.mixed = False
-        self.dispatch: Callable[[Exchange, Slot], None] | None = None
 
     # -- membership ------------------------------------------------------------------------
-    def join(self, slot: Slot) -> Slot:
-        """Add `slot`; joining again with the same id and socket keeps the slot as it is
-        (a restarted worker re-joins while its successor may already be serving)."""
+    def join(self, slot: Slot) -> tuple[Slot, Slot | None]:
+        """Add `slot` READY. A slot already there with the same id and socket stays as it is
+        (a restarted worker re-joins while its successor may be serving already): returns
+        (the slot in the pool, a slot it replaced and the caller must remove)."""
         old = self.slots.get(slot.id)
-        if old is not None and old.path == slot.path and old.usable:
+        if old is not None and old.path == slot.path and old.state < DRAINING:
             old.version = slot.version or old.version
             self._check_versions()
-            return old
-        if old is not None:
-            self.remove(old, "replaced")
+            return old, None
         self.slots[slot.id] = slot
         log.info("worker %s joined (%s, version %s)", slot.id, slot.path, slot.version or "-")
         if slot.version:
             self.newest = slot.version
+        self.idle.append(slot)
         self._check_versions()
-        self.release(slot)
-        return slot
+        return slot, old
 
-    def remove(self, slot: Slot, why: str) -> None:
-        """Take `slot` out of the pool for good (leave, failure, replacement)."""
+    def remove(self, slot: Slot, why: str, now: float) -> None:
+        """Take `slot` out of the pool for good. The caller closes its connection and deals
+        with its exchange first."""
         if self.slots.get(slot.id) is slot:
             del self.slots[slot.id]
-        slot.failed = slot.failed or why
-        with contextlib.suppress(ValueError):
-            self.idle.remove(slot)
-        if slot.upstream is not None:
-            slot.upstream.close()
-        self._settle_drain(slot)
+        if slot.state == READY:
+            self._unidle(slot)
+        if slot.state != GONE:
+            slot.move(GONE, now)
+        slot.reason = slot.reason or why
+        slot.exchange = None
         self._check_versions()
 
     def _check_versions(self) -> None:
         self.mixed = any(s.version != self.newest for s in self.slots.values() if s.usable)
 
-    def fail(self, slot: Slot, why: str) -> None:
-        """A worker refused connections or broke a response: out of the pool at once."""
-        log.warning("worker %s leaves the pool: %s", slot.id, why)
-        slot.failed = "failed"
-        self.remove(slot, "failed")
+    def _unidle(self, slot: Slot) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.remove(slot)
 
     # -- requests ----------------------------------------------------------------------------
-    def acquire(self) -> Slot | None:
+    def acquire(self, now: float) -> Slot | None:
+        """An idle worker, now BUSY; None when none is idle."""
         idle = self.idle
+        if not idle:
+            return None
+        slot: Slot | None = None
         if self.mixed:
-            for slot in idle:
-                if slot.version == self.newest and slot.usable:
-                    idle.remove(slot)
-                    slot.busy = True
-                    return slot
-        while idle:
+            for candidate in idle:
+                if candidate.version == self.newest:
+                    slot = candidate
+                    break
+            if slot is not None:
+                idle.remove(slot)
+        if slot is None:
             slot = idle.popleft()
-            if slot.usable:
-                slot.busy = True
-                return slot
-        return None
+        slot.move(BUSY, now)
+        return slot
+
+    def acquire_this(self, slot: Slot, now: float) -> None:
+        """`slot`, READY, taken out of the idle ones: BUSY."""
+        self._unidle(slot)
+        slot.move(BUSY, now)
+
+    def set_idle(self, slot: Slot, now: float) -> None:
+        """`slot` (BUSY or PROBING) is ready for a request and none is waiting."""
+        slot.move(READY, now)
+        slot.exchange = None
+        self.idle.append(slot)
 
     def enqueue(self, exchange: Exchange) -> None:
-        if len(self.queue) >= self.max_queue:
+        if self.queued >= self.max_queue:
             raise QueueFull
         self.queue.append(exchange)
+        self.queued += 1
 
-    def release(self, slot: Slot) -> None:
-        """`slot` finished its request: give it to the longest waiting request, or idle it."""
-        slot.busy = False
-        if not slot.usable:
-            self._settle_drain(slot)
-            return
+    def unqueued(self) -> None:
+        """An exchange left QUEUED other than through next_queued (its client left, its
+        time ran out); it stays in the deque until it reaches the front."""
+        self.queued -= 1
+
+    def next_queued(self) -> Exchange | None:
+        """The longest waiting exchange, taken out of the queue."""
         queue = self.queue
         while queue:
             exchange = queue.popleft()
-            if exchange.waiting:
-                slot.busy = True
-                assert self.dispatch is not None
-                self.dispatch(exchange, slot)
-                return
-        self.idle.append(slot)
+            if exchange.state == QUEUED:
+                self.queued -= 1
+                return exchange
+        return None
 
-    def expire_queue(self, now: float) -> None:
-        """Requests whose queue time ran out leave the queue (oldest first: one timeout)."""
+    def expired(self, now: float) -> list[Exchange]:
+        """Exchanges whose queue time ran out (oldest first: they all have the same timeout),
+        taken out of the queue."""
         queue = self.queue
-        while queue and (not queue[0].waiting or queue[0].queue_deadline <= now):
+        found: list[Exchange] = []
+        while queue and (queue[0].state != QUEUED or queue[0].queue_deadline <= now):
             exchange = queue.popleft()
-            if exchange.waiting:
-                exchange.queue_timed_out()
+            if exchange.state == QUEUED:
+                self.queued -= 1
+                found.append(exchange)
+        return found
 
-    # -- draining ----------------------------------------------------------------------------
-    def drain(self, slot: Slot) -> asyncio.Future[None]:
-        """No new requests for `slot`; the future is done when its request in flight is."""
-        slot.draining = True
+    # -- trouble and draining ------------------------------------------------------------------
+    def to_probing(self, slot: Slot, why: str, now: float) -> None:
+        """Out of rotation until a probe finds the worker idle."""
+        if slot.state == READY:
+            self._unidle(slot)
+        slot.move(PROBING, now)
+        slot.reason = why
+        slot.exchange = None
+        slot.failures += 1
+        slot.probe_delay = PROBE_FIRST
+        slot.probe_at = now
+
+    def drain(self, slot: Slot, now: float) -> None:
+        """No new requests for `slot`; DRAINED now if it has none, else once it is done."""
+        if slot.state == READY:
+            self._unidle(slot)
+        if slot.state == BUSY:
+            slot.move(DRAINING, now)
+        elif slot.state in (READY, PROBING):
+            slot.move(DRAINED, now)
         self._check_versions()
-        if slot.drained is None:
-            slot.drained = asyncio.get_running_loop().create_future()
-        with contextlib.suppress(ValueError):
-            self.idle.remove(slot)
-        self._settle_drain(slot)
-        return slot.drained
-
-    @staticmethod
-    def _settle_drain(slot: Slot) -> None:
-        if slot.drained is not None and not slot.busy and not slot.drained.done():
-            slot.drained.set_result(None)
 
     # -- views -------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        ready = busy = draining = 0
+        counts = dict.fromkeys(NAMES[:GONE], 0)
         for slot in self.slots.values():
-            if slot.failed:
-                continue
-            if slot.draining:
-                draining += 1
-            elif slot.busy:
-                busy += 1
-            else:
-                ready += 1
-        return {"ready": ready, "busy": busy, "draining": draining, "total": len(self.slots)}
+            counts[NAMES[slot.state]] += 1
+        return {**counts, "total": len(self.slots)}
 
     @property
     def serving(self) -> bool:
         return any(slot.usable for slot in self.slots.values())
-

@@ -3,29 +3,204 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
+import errno
 import os
+import resource
 import signal
 import socket
 import ssl
+import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 from aiohttp import web
 
 from ripsvc import compiled, edge, hosts, logs, sd
+from ripsvc.balancer import proxyproto
+from ripsvc.balancer.accesslog import AccessLog
+from ripsvc.balancer.client import Client
 from ripsvc.balancer.control import make_app, metrics_handler
-from ripsvc.balancer.core import Balancer
-from ripsvc.balancer.front import ClientConnection, ProxyThenTLS
+from ripsvc.balancer.core import REPORT_INTERVAL, SWEEP_INTERVAL, Balancer
 from ripsvc.balancer.options import BalancerOptions, nice_for
+from ripsvc.balancer.upstream import CONNECTING, Upstream
 from ripsvc.control import bind_socket
 from ripsvc.exitcodes import ExitCode
 from ripsvc.process import set_priority
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe, local_port
 
 log = logs.get("balancer")
+
+
+class LoopNetwork:
+    """The core's way to worker sockets (core.Network), on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, balancer: Callable[[], Balancer],
+                 timeout: float) -> None:
+        self.loop = loop
+        self.balancer = balancer
+        self.timeout = timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def connect(self, path: str, upstream: Upstream) -> None:
+        task = self.loop.create_task(self._connect(path, upstream))
+        self._tasks.add(task)  # a reference, so that the task is not collected half-way
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, path: str, upstream: Upstream) -> None:
+        try:
+            # An asyncio protocol in all but its base class (it is compiled: see client.py)
+            protocol = cast(asyncio.Protocol, upstream)
+            await asyncio.wait_for(self.loop.create_unix_connection(lambda: protocol, path),
+                                   self.timeout)
+        except (OSError, TimeoutError) as exc:
+            if upstream.state == CONNECTING:
+                why = f"cannot connect to {path}: {exc or 'timed out'}"
+                try:
+                    upstream.connect_failed(why)
+                except Exception as error:
+                    self.balancer().internal_error(error, f"a failed connection to {path}")
+
+
+class Sweeper:
+    """Calls the core's tick every SWEEP_INTERVAL: re-armed first, so that nothing the tick
+    does can stop it (and the tick reports its own failures). Once a second it also looks at
+    the process's descriptors (Descriptors)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, balancer: Balancer) -> None:
+        self.loop = loop
+        self.balancer = balancer
+        self.descriptors = Descriptors(balancer)
+        self._timer: asyncio.TimerHandle | None = None
+        self._checked = 0.0
+
+    def start(self) -> None:
+        self._timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        try:
+            now = self.balancer.clock()
+            self.balancer.tick(now)
+            if now - self._checked >= 1.0:
+                self._checked = now
+                self.descriptors.check()
+        except Exception as exc:  # tick catches its own; this is the last line
+            self.balancer.internal_error(exc, "the sweeper")
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class Descriptors:
+    """Running out of file descriptors is silent otherwise: libuv closes the connections it
+    cannot accept (its "EMFILE trick") and tells nobody. Counted (descriptors_exhausted) and
+    logged at most every REPORT_INTERVAL; accepting goes on once descriptors are free."""
+
+    #: Within this many of the limit, accepting fails (libuv keeps one in reserve).
+    HEADROOM = 8
+
+    def __init__(self, balancer: Balancer) -> None:
+        self.balancer = balancer
+        self._reported = -REPORT_INTERVAL
+
+    def check(self) -> None:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        guess = len(self.balancer.clients) + 2 * len(self.balancer.pool.slots) + 32
+        if limit == resource.RLIM_INFINITY or guess < limit // 2:
+            return  # far from it: /proc is not read
+        try:
+            used = len(os.listdir("/proc/self/fd"))
+        except OSError as exc:  # no descriptor left to read the directory with: the answer
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            used = limit
+        if used < limit - self.HEADROOM:
+            return
+        stats = self.balancer.stats
+        stats["descriptors_exhausted"] += 1
+        now = time.monotonic()
+        if now - self._reported >= REPORT_INTERVAL:
+            self._reported = now
+            log.error("out of file descriptors: %d of %d in use, new connections are refused "
+                      "until some close (LimitNOFILE= raises the limit; %d checks so far)",
+                      used, limit, stats["descriptors_exhausted"])
+
+
+def make_balancer(options: BalancerOptions, loop: asyncio.AbstractEventLoop) -> Balancer:
+    """The core with its adapters: the monotonic clock (microseconds: uvloop's loop.time()
+    counts whole milliseconds, too coarse for a request's duration), the loop's network,
+    the access log."""
+    stats: Counter[str] = Counter()
+    access_log = AccessLog(options.app, loop, enabled=options.access_log,
+                           json_format=options.json_logging, stats=stats)
+    balancer = Balancer(options, time.monotonic, LoopNetwork(loop, lambda: balancer,
+                                                            options.connect_timeout),
+                        access_log)
+    balancer.stats = stats
+    return balancer
+
+
+class ProxyThenTLS(asyncio.Protocol):
+    """A PROXY protocol header, then TLS on the same connection (HAProxy's `send-proxy` in
+    front of an HTTPS listener). The handshake may start only after the header, so instead of
+    the server's own TLS, asyncio's TLS protocol is put under the client connection here, and
+    whatever arrived after the header (the start of the ClientHello) is handed to it."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, balancer: Balancer, context: ssl.SSLContext,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.balancer = balancer
+        self.context = context
+        self.loop = loop
+        self.received = b""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._timer = self.loop.call_later(self.balancer.options.header_timeout,
+                                           self.transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        try:
+            info, used = proxyproto.parse(self.received)
+        except proxyproto.ProxyHeaderError as exc:
+            log.info("closing a connection with a bad PROXY protocol header: %s", exc)
+            self.balancer.stats["bad_proxy_header"] += 1
+            self.transport.abort()
+            return
+        if not used:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        client = Client(self.balancer, b"https")
+        if info is not None and info.source is not None:
+            client.proxied_peer = info.source
+        layer = asyncio.sslproto.SSLProtocol(
+            self.loop, client, self.context, None,  # type: ignore[arg-type]
+            server_side=True,
+            ssl_handshake_timeout=self.balancer.options.header_timeout)  # type: ignore[arg-type]
+        self.transport.set_protocol(layer)
+        layer.connection_made(self.transport)
+        rest = memoryview(self.received)[used:]
+        while rest:
+            buffer = layer.get_buffer(len(rest))
+            size = min(len(buffer), len(rest))
+            buffer[:size] = rest[:size]
+            layer.buffer_updated(size)
+            rest = rest[size:]
 
 
 @dataclass(frozen=True)
@@ -69,23 +244,23 @@ async def serve(loop: asyncio.AbstractEventLoop, balancer: Balancer, sock: socke
     options = balancer.options
     port = local_port(sock)
     proxied = options.proxy_protocol
-    factory: Callable[[], asyncio.Protocol]
+    factory: Callable[[], Any]  # Client: an asyncio protocol without the base class
     context: ssl.SSLContext | None = None
     if port in options.tls_ports:
         assert balancer.tls_context is not None
         if proxied:  # the PROXY header comes before the TLS handshake: TLS is put in later
-            factory = partial(ProxyThenTLS, balancer, balancer.tls_context)
+            factory = partial(ProxyThenTLS, balancer, balancer.tls_context, loop)
         else:
             context = balancer.tls_context
-            factory = partial(ClientConnection, balancer, b"https")
+            factory = partial(Client, balancer, b"https")
     elif port in options.redirect_ports:
         bound = [p for p in map(local_port, every) if p in options.tls_ports]
         target = (bound or list(options.tls_ports) or [443])[0]
-        factory = partial(ClientConnection, balancer, redirect_port=target,
-                          proxy_protocol=proxied)
+        factory = partial(Client, balancer, redirect_port=target, proxy_protocol=proxied)
     else:
-        factory = partial(ClientConnection, balancer, proxy_protocol=proxied)
-    return await loop.create_server(factory, sock=sock, ssl=context, backlog=BACKLOG,
+        factory = partial(Client, balancer, proxy_protocol=proxied)
+    return await loop.create_server(cast(Callable[[], asyncio.Protocol], factory), sock=sock,
+                                    ssl=context, backlog=BACKLOG,
                                     ssl_handshake_timeout=options.header_timeout
                                     if context else None)
 
@@ -102,13 +277,15 @@ def load_tls(options: BalancerOptions) -> ssl.SSLContext | None:
 
 async def run(plan: Plan) -> ExitCode:
     loop = asyncio.get_running_loop()
+    raise_descriptor_limit()
     try:
-        balancer = Balancer(plan.options, loop)
+        balancer = make_balancer(plan.options, loop)
         balancer.tls_context = load_tls(plan.options)
     except (edge.CertificateError, hosts.HostFileError) as exc:
         log.error("%s", exc)
         return ExitCode.USAGE
     access_log = balancer.access_log  # where it goes decides the priority (nice_for)
+    assert isinstance(access_log, AccessLog)
     set_priority("balancer", nice_for(plan.options.nice,
                                       access_log.enabled and access_log.journal))
     passed = sd.listen_sockets()
@@ -138,7 +315,8 @@ async def run(plan: Plan) -> ExitCode:
         await web.TCPSite(metrics_runner, "127.0.0.1", plan.options.metrics_port).start()
     for worker in plan.workers:
         balancer.join(worker.id, worker.socket, worker.version)
-    balancer.start_sweeper()
+    sweeper = Sweeper(loop, balancer)
+    sweeper.start()
 
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -157,13 +335,14 @@ async def run(plan: Plan) -> ExitCode:
     for server in servers:
         server.close()
     balancer.begin_stop()
-    try:
-        await asyncio.wait_for(balancer.all_answered.wait(), plan.graceful_timeout)
-    except TimeoutError:
+    deadline = loop.time() + plan.graceful_timeout
+    while balancer.in_flight and loop.time() < deadline:
+        await asyncio.sleep(SWEEP_INTERVAL)
+    if balancer.in_flight:
         log.warning("%d requests still in flight after %.1f s; closing them",
                     balancer.in_flight, plan.graceful_timeout)
-    balancer.stop()
-    balancer.access_log.flush()
+    sweeper.stop()
+    access_log.flush()
     for client in list(balancer.clients):
         client.transport.close()
     for runner in (control_runner, metrics_runner):
@@ -179,3 +358,12 @@ async def run(plan: Plan) -> ExitCode:
     return ExitCode.OK
 
 
+
+
+def raise_descriptor_limit() -> None:
+    """Every client and worker connection is a descriptor: the soft limit (1024 by default)
+    goes up to the hard one, as nginx's worker_rlimit_nofile would do it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and hard != resource.RLIM_INFINITY:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

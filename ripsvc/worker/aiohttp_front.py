@@ -62,6 +62,10 @@ def make_server(worker: Worker) -> web.Server:
     max_body = worker.options.max_body
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        if "Rip-Probe" in request.headers:  # is the worker idle? (http.py: _answer_probe)
+            if worker.accepting and not worker.gate.busy:
+                return web.Response(status=204)
+            return web.Response(status=503, headers=BUSY)
         if not worker.accepting:
             return web.Response(status=503, headers={**BUSY, "Connection": "close"})
         if not worker.gate.acquire():

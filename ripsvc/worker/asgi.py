@@ -48,12 +48,13 @@ class AsgiHost:
             raise LifespanFailed(f"lifespan startup: unexpected message {reply['type']!r}")
 
     async def shutdown(self) -> None:
-        if self._lifespan is None or self._lifespan.done():
+        lifespan = self._lifespan
+        if lifespan is None or lifespan.done():
             return
         reply = await self._exchange({"type": "lifespan.shutdown"})
         if reply is not None and reply["type"] == "lifespan.shutdown.failed":
             log.error("lifespan shutdown failed: %s", reply.get("message", ""))
-        await asyncio.wait({self._lifespan}, timeout=5)
+        await asyncio.wait({lifespan}, timeout=5)
 
     async def _run_lifespan(self, scope: Message) -> None:
         try:
@@ -70,12 +71,13 @@ class AsgiHost:
 
     async def _exchange(self, message: Message) -> Message | None:
         """Send a lifespan event and wait for the reply, or None if the lifespan task ended."""
-        assert self._lifespan is not None
-        if not self._supported or self._lifespan.done():
+        lifespan = self._lifespan
+        assert lifespan is not None
+        if not self._supported or lifespan.done():
             return None
         await self._to_app.put(message)
         reply = asyncio.ensure_future(self._from_app.get())
-        await asyncio.wait({reply, self._lifespan}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({reply, lifespan}, return_when=asyncio.FIRST_COMPLETED)
         if reply.done():
             return reply.result()
         reply.cancel()

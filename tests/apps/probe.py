@@ -8,6 +8,9 @@
 /stream?n=N&ms=M    → N pieces, M ms apart, with X-Accel-Buffering: no
 /secret             → a response carrying an internal Rip-* header
 /client             → the ASGI client and scheme as JSON
+/fail-midway        → a first piece of the body, then the app raises
+/short              → Content-Length 100, 10 bytes, and the app returns
+/charge?n=N&file=F  → appends N to file F (a side effect a test can count)
 """
 
 import asyncio
@@ -59,6 +62,19 @@ async def app(scope, receive, send):
                         "more_body": True})
             await asyncio.sleep(int(query.get("ms", "200")) / 1000)
         return await send({"type": "http.response.body", "body": b""})
+    if path == "/fail-midway":
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"first piece\n", "more_body": True})
+        raise RuntimeError("this route fails midway")
+    if path == "/short":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*headers, (b"content-length", b"100")]})
+        await send({"type": "http.response.body", "body": b"ten bytes\n", "more_body": True})
+        return await send({"type": "http.response.body", "body": b""})
+    if path == "/charge":
+        with open(query["file"], "a") as charged:  # noqa: ASYNC230
+            charged.write(query["n"] + "\n")
+        return await reply(send, b"charged " + query["n"].encode(), headers)
     return await reply(send, PID + b"\n", headers)
 
 

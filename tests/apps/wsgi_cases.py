@@ -36,6 +36,9 @@ def app(environ, start_response):
             start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
                            sys.exc_info())
         return [b"an error page\n"]
+    if path == "/exc-info-late":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return exc_info_late(start_response)
     if path == "/big":
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return (b"%08d" % i * 8192 for i in range(256))  # 256 pieces of 64 KiB
@@ -49,3 +52,12 @@ def app(environ, start_response):
 def late_error():
     yield b"first piece\n"
     1 / 0
+
+
+def exc_info_late(start_response):
+    yield b"first piece\n"
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        start_response("500 Internal Server Error", [], sys.exc_info())  # raises: too late
+    yield b"never\n"
