@@ -41,7 +41,8 @@ def plan_from(settings: Settings, config_dir: Path | None = None) -> ServePlan:
     return ServePlan(app=settings.app, name=settings.name, workers=settings.workers,
                      listen=settings.binds(), worker_args=settings.args_for("worker"),
                      balancer_args=settings.args_for("balancer"), restart_file=restart_file,
-                     watchdog_sec=settings.watchdog_sec, hosts=settings.hosts,
+                     watchdog_sec=settings.watchdog_sec,
+                     graceful_timeout=settings.graceful_timeout, hosts=settings.hosts,
                      cert=settings.cert, key=settings.key)
 
 

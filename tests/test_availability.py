@@ -144,8 +144,10 @@ def test_a_half_sent_request_behind_one_in_flight_is_timed_out(start_stack):
     request before it, and the connection closes."""
     stack = start_stack(workers=1, args=("--header-timeout", "1", "--keepalive-timeout", "2"))
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as sock:
-        sock.sendall(b"GET /slow?ms=300 HTTP/1.1\r\nHost: localhost\r\n\r\n"
-                     b"GET /pid HTTP/1.1\r\nHo")
+        # The header timeout runs out while the first request is still being answered.
+        sock.sendall(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        time.sleep(0.2)
+        sock.sendall(b"GET /pid HTTP/1.1\r\nHo")
         start = time.monotonic()
         replies = read_responses(sock, ["GET", "GET"], timeout=10)
         assert [r.status for r in replies] == [200, 408]

@@ -13,6 +13,10 @@ from ripsvc.balancer import exposition
 from ripsvc.balancer.core import Balancer
 from ripsvc.control import CommandError, require
 
+#: What the manager tells the balancer to count: worker restarts, rolling restarts, workers it
+#: found ready but missing from the pool (joined again), and ids in the pool it does not run.
+MANAGER_EVENTS = ("worker_restarts", "reloads", "pool_rejoins", "pool_strays")
+
 
 def make_app(balancer: Balancer) -> web.Application:
     pool = balancer.pool
@@ -103,10 +107,10 @@ def make_app(balancer: Balancer) -> web.Application:
         return {"cert": options.cert}
 
     async def event(body: dict[str, Any]) -> Any:
-        """The manager counts for the metrics: {"name": "worker_restarts" | "reloads"}."""
+        """The manager counts for the metrics: {"name": one of MANAGER_EVENTS}."""
         name = require(body, "name")
-        if name not in ("worker_restarts", "reloads"):
-            raise CommandError("bad-request", "'name' must be worker_restarts or reloads")
+        if name not in MANAGER_EVENTS:
+            raise CommandError("bad-request", f"'name' must be one of {', '.join(MANAGER_EVENTS)}")
         balancer.stats[name] += 1
         return {name: balancer.stats[name]}
 

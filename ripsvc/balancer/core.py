@@ -456,6 +456,15 @@ class Balancer:
             elif exchange.state == STREAMING and now - exchange.last_byte > limit:
                 self._hung(slot, exchange, now, f"silent mid-response for {limit:g} s")
         elif state == PROBING:
+            limit = self.options.response_timeout
+            if not slot.reported and now - slot.since > limit:
+                # Not idle again within the time a response may take: hung, or gone for good.
+                # The manager replaces a worker reported hung; its successor is probed in.
+                slot.reported = True
+                log.error("worker %s out of rotation for %.0f s (%s): reported hung", slot.id,
+                          now - slot.since, slot.reason)
+                self.hung.append(slot.id)
+                self.stats["hung"] += 1
             if slot.probe_at:
                 if now >= slot.probe_at:
                     self._probe(slot, now)

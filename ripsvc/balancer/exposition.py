@@ -60,6 +60,10 @@ class Collector:
                 ("rip_worker_restarts", "worker_restarts", "Workers restarted after an exit "
                  "(as reported by the manager)"),
                 ("rip_reloads", "reloads", "Rolling restarts (as reported by the manager)"),
+                ("rip_pool_rejoins", "pool_rejoins", "Ready workers the manager found missing "
+                 "from the pool and joined again"),
+                ("rip_pool_strays", "pool_strays", "Workers in the pool the manager does not "
+                 "run, taken out"),
                 ("rip_access_log_lost", "access_log_lost", "Access-log entries that could "
                  "not be written"),
                 ("rip_worker_out_of_rotation", "worker_probing", "Times a worker was taken "

@@ -74,8 +74,8 @@ class Slot:
     """One registered worker: its socket, state, and the connection and exchange it has."""
 
     __slots__ = ("drained", "exchange", "failures", "id", "joined", "path", "probe_at",
-                 "probe_delay", "probe_sent", "reason", "served", "since", "state", "upstream",
-                 "version")
+                 "probe_delay", "probe_sent", "reason", "reported", "served", "since", "state",
+                 "upstream", "version")
 
     def __init__(self, worker_id: str, path: str, version: str) -> None:
         self.id = worker_id
@@ -92,6 +92,7 @@ class Slot:
         self.probe_at = 0.0  # PROBING: when the next probe is due (0: one is under way)
         self.probe_delay = PROBE_FIRST
         self.probe_sent = 0.0
+        self.reported = False  # out of rotation too long: reported hung (once per time out)
         self.drained: list[Callable[[], None]] = []  # called once DRAINED (or GONE)
 
     def move(self, to: int, now: float) -> None:
@@ -231,6 +232,7 @@ class Pool:
         if slot.state == READY:
             self._unidle(slot)
         slot.move(PROBING, now)
+        slot.reported = False
         slot.reason = why
         slot.exchange = None
         slot.failures += 1

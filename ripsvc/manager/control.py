@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from aiohttp import web
 
 from ripsvc import control
 from ripsvc.control import CommandError
+from ripsvc.manager.balancer_client import BalancerUnreachable
 
 if TYPE_CHECKING:
     from ripsvc.manager.core import Manager
@@ -26,24 +25,14 @@ async def serve_control(manager: Manager) -> web.AppRunner:
     return runner
 
 
-async def balancer_query(manager: Manager, command: str) -> Any:
-    connector = aiohttp.UnixConnector(path=str(manager.control_path))
-    async with aiohttp.ClientSession(connector=connector) as session, \
-            session.get(f"http://rip/{urllib.parse.quote(command)}") as resp:
-        reply = json.loads(await resp.read())
-    if not reply.get("ok"):
-        raise CommandError("balancer", f"the balancer answered: {reply.get('error')}", 502)
-    return reply["data"]
-
-
 def make_app(manager: Manager) -> web.Application:
     async def status(body: dict[str, Any]) -> Any:
         """Each worker (id, pid, state, version, requests, uptime), the queue, totals."""
         try:
-            pool = {w["id"]: w for w in await balancer_query(manager, "pool")}
-            stats = await balancer_query(manager, "stats")
-            kernel = await balancer_query(manager, "kernel")
-        except (aiohttp.ClientError, OSError) as exc:
+            pool = {w["id"]: w for w in await manager.client.query("pool")}
+            stats = await manager.client.query("stats")
+            kernel = await manager.client.query("kernel")
+        except BalancerUnreachable as exc:
             raise CommandError("balancer-unreachable", f"the balancer does not answer: {exc}",
                                502) from None
         now = time.time()
@@ -54,8 +43,11 @@ def make_app(manager: Manager) -> web.Application:
                 continue
             seen = pool.get(child.id, {})
             state = seen.get("state") or ("starting" if not child.ready.done() else "out")
+            reason = seen.get("reason", "") if seen else (
+                "" if state == "starting" else "not in the balancer's pool (being joined)")
             workers.append({"id": child.id, "pid": child.pid, "state": state,
-                            "version": child.version, "requests": seen.get("served", 0),
+                            "reason": reason, "version": child.version,
+                            "requests": seen.get("served", 0),
                             "uptime": round(now - child.started, 1), "status": child.status})
         return {"app": manager.plan.name, "version": manager.version, "workers": workers,
                 "queue": stats["queue"], "balancer": stats["status"],
@@ -123,15 +115,12 @@ def make_app(manager: Manager) -> web.Application:
 
     async def metrics(request: web.Request) -> web.Response:
         """The balancer's Prometheus metrics, relayed."""
-        connector = aiohttp.UnixConnector(path=str(manager.control_path))
         try:
-            async with aiohttp.ClientSession(connector=connector) as session, \
-                    session.get("http://rip/metrics") as resp:
-                return web.Response(body=await resp.read(), status=resp.status, headers={
-                    "Content-Type": resp.headers.get("Content-Type", "text/plain")})
-        except (aiohttp.ClientError, OSError) as exc:
+            status, content_type, body = await manager.client.raw("/metrics")
+        except BalancerUnreachable as exc:
             return control.error("balancer-unreachable", f"the balancer does not answer: {exc}",
                                  502)
+        return web.Response(body=body, status=status, headers={"Content-Type": content_type})
 
     return control.make_app({"status": status, "reload": reload, "scale": scale,
                              "stop": stop},

@@ -15,11 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from ripsvc import edge, hosts, logs, paths, sd
 from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
+from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.control import serve_control
 from ripsvc.manager.supervisor import Handle, Post, ServePlan, Supervisor
 from ripsvc.manager.watch import FileWatcher
@@ -28,6 +27,9 @@ log = logs.get("manager")
 
 MAX_BACKOFF = 10.0
 HEALTH_INTERVAL = 1.0
+#: A worker sent SIGABRT (hung, or missed its watchdog) that has not exited this long after is
+#: frozen (SIGSTOP, stuck in the kernel): SIGKILL.
+KILL_AFTER = 5.0
 
 
 class WorkerSlot:
@@ -50,6 +52,8 @@ class Manager:
         self.supervisor = backend(plan, self.post)
         self.runtime = self.supervisor.runtime
         self.control_path = self.runtime / "balancer.ctl"
+        self.client = BalancerClient(self.control_path)
+        self._checking: asyncio.Task[None] | None = None  # the tick's look at the pool
         self.version = 1  # bumped by each rolling restart; workers join with it
         self.slots: list[WorkerSlot] = []
         self.balancer: Handle | None = None
@@ -63,6 +67,7 @@ class Manager:
         self._replacing: set[asyncio.Task[str | None]] = set()
         self._counting: set[asyncio.Task[Any]] = set()
         self._ids_used: set[str] = set()
+        self._leaving: set[str] = set()  # worker ids being drained out of the pool
         self.restart_watch: FileWatcher | None = None
         self.state = plan.state or paths.state_dir(plan.name)
         self.hosts = hosts.Registry(plan.hosts)
@@ -216,8 +221,10 @@ class Manager:
         self.loop.call_later(delay, self.post, "respawn", None, slot.number)
 
     async def handle_tick(self, _: Handle | None, __: int) -> None:
-        """Once a second: kill workers that missed their watchdog or that the balancer
-        reports hung; their exits restart them like crashes."""
+        """Once a second: kill workers that missed their watchdog, and look at the balancer's
+        pool (check_pool, which posts what it finds as a "pool" event). Re-armed first, so
+        that nothing here can stop it."""
+        self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
         if self.stopping:
             return
         now = self.loop.time()
@@ -228,20 +235,78 @@ class Manager:
             if child is None or child.retired or not child.ready.done() or child.exited.done():
                 continue
             if now - child.last_ping > self.plan.watchdog_sec:
-                log.error("worker %s missed its watchdog (%.0f s): killing it", child.id,
-                          self.plan.watchdog_sec)
-                child.abort()
-        hung = await self.balancer_hung()
+                self.abort(child, f"missed its watchdog ({self.plan.watchdog_sec:.0f} s)")
+        if self._checking is None or self._checking.done():
+            self._checking = self.loop.create_task(self.check_pool())
+        if self.started:
+            sd.notify(f"STATUS={self.status_line()}")
+
+    async def check_pool(self) -> None:
+        """Ask the balancer for its pool and counters (short timeouts: never waited on by a
+        handler); what it says is handled in the loop (handle_pool)."""
+        try:
+            stats = await self.client.query("stats")
+            pool = await self.client.query("pool")
+        except BalancerUnreachable as exc:
+            log.debug("the balancer's pool: %s", exc)
+            self._hung_seen = 0  # a restarted balancer starts a new list
+            return
+        self.post("pool", None, (stats, pool))
+
+    async def handle_pool(self, _: Handle | None, seen: tuple[dict[str, Any], Any]) -> None:
+        """The balancer's pool, reconciled with the workers (SPEC §4): a ready worker missing
+        from it is joined again, one it holds that no longer runs is taken out, and a worker it
+        reports hung (no answer in time, or out of rotation too long) is killed, which
+        restarts it. Each gap is logged and counted."""
+        stats, pool = seen
+        if self.stopping or self.balancer is None or not self.balancer.ready.done():
+            return
+        self._requests = int(stats.get("counters", {}).get("answered", self._requests))
+        hung: list[str] = stats.get("hung", [])
+        if len(hung) < self._hung_seen:
+            self._hung_seen = 0
         for worker_id in hung[self._hung_seen:]:
             hung_slot = next((s for s in self.slots if s.id == worker_id), None)
             victim = hung_slot.child if hung_slot is not None else None
             if victim is not None and not victim.exited.done():
-                log.error("the balancer reports worker %s hung: killing it", worker_id)
-                victim.abort()
+                self.abort(victim, "reported hung by the balancer")
         self._hung_seen = len(hung)
-        if self.started:
-            sd.notify(f"STATUS={self.status_line()}")
-        self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
+        if (self.reloading is not None and not self.reloading.done()) or self._replacing:
+            return  # workers join and leave meanwhile: the next look decides
+        in_pool = {w["id"] for w in pool}
+        running = set()
+        for slot in self.slots:
+            child = slot.child
+            if child is None or child.exited.done():
+                continue
+            running.add(child.id)
+            ready = child.ready.done() and not child.ready.cancelled()
+            if ready and not child.retired and child.id not in in_pool:
+                log.warning("worker %s is ready but not in the balancer's pool: joining it "
+                            "again", child.id)
+                self._count("pool_rejoins")
+                await self.control("join", {"id": child.id, "socket": str(slot.path),
+                                            "version": str(child.version)})
+        for worker_id in in_pool - running - self._leaving:
+            log.warning("the balancer's pool holds worker %s, which does not run: taking it "
+                        "out", worker_id)
+            self._count("pool_strays")
+            await self.control("leave", {"id": worker_id})
+
+    def abort(self, child: Handle, why: str) -> None:
+        """SIGABRT (a stack dump, as systemd's watchdog does), then SIGKILL if it has not
+        exited KILL_AFTER seconds later; its exit restarts it like a crash."""
+        log.error("worker %s %s: killing it", child.id, why)
+        child.abort()
+        self.loop.call_later(KILL_AFTER, self.post, "kill_if_alive", child, 0)
+
+    async def handle_kill_if_alive(self, child: Handle | None, _: int) -> None:
+        """KILL_AFTER seconds after SIGABRT: a worker still there is frozen."""
+        assert child is not None
+        if not child.exited.done():
+            log.error("worker %s still runs %.0f s after SIGABRT (frozen?): SIGKILL", child.id,
+                      KILL_AFTER)
+            child.kill()
 
     async def handle_restart_file(self, _: Handle | None, __: int) -> None:
         """The restart file was touched: a rolling restart (refused if one is running)."""
@@ -262,20 +327,6 @@ class Manager:
             log.warning("the restart file %s is not watched: %s", path, exc)
             return
         log.info("touch %s for a rolling restart", path)
-
-    async def balancer_hung(self) -> list[str]:
-        from ripsvc.manager.control import balancer_query
-
-        try:
-            stats = await balancer_query(self, "stats")
-        except (aiohttp.ClientError, OSError, CommandError):
-            self._hung_seen = 0  # a restarted balancer starts a new list
-            return []
-        self._requests = int(stats.get("counters", {}).get("answered", self._requests))
-        hung: list[str] = stats.get("hung", [])
-        if len(hung) < self._hung_seen:
-            self._hung_seen = 0
-        return hung
 
     async def handle_respawn(self, _: Handle | None, number: int) -> None:
         """Restart the worker of slot `number` after its back-off."""
@@ -417,8 +468,7 @@ class Manager:
         if slot in self.slots:
             self.slots[self.slots.index(slot)] = fresh
         if old is not None:
-            await self.control("drain", {"id": slot.id, "timeout": 30})
-            await self.control("leave", {"id": slot.id})
+            await self.drain_and_leave(slot.id)
             old.terminate()
             await old.exited
         self.supervisor.release_socket(slot.path)
@@ -457,8 +507,7 @@ class Manager:
             child = slot.child
             if child is not None:
                 child.retired = True
-                await self.control("drain", {"id": child.id, "timeout": 30})
-                await self.control("leave", {"id": child.id})
+                await self.drain_and_leave(child.id)
                 child.terminate()
                 await child.exited
             self.supervisor.release_socket(slot.path)
@@ -491,7 +540,19 @@ class Manager:
                 await self.control("join", {"id": slot.child.id, "socket": str(slot.path),
                                             "version": str(slot.child.version)})
 
-    async def control(self, command: str, body: dict[str, object]) -> dict[str, Any] | None:
+    async def drain_and_leave(self, worker_id: str) -> None:
+        """No new requests for the worker; its request in flight may take graceful_timeout
+        (then the worker is stopped anyway), and it leaves the pool."""
+        self._leaving.add(worker_id)
+        try:
+            timeout = self.plan.graceful_timeout
+            await self.control("drain", {"id": worker_id, "timeout": timeout}, timeout + 5)
+            await self.control("leave", {"id": worker_id})
+        finally:
+            self._leaving.discard(worker_id)
+
+    async def control(self, command: str, body: dict[str, object],
+                      timeout: float | None = None) -> dict[str, Any] | None:
         """A command to the balancer's control socket; failures are logged, not raised.
         Returns the reply ({"ok": …}), None if there was none."""
         if self.balancer is None:
@@ -499,16 +560,14 @@ class Manager:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self.balancer.ready)
         try:
-            connector = aiohttp.UnixConnector(path=str(self.control_path))
-            async with aiohttp.ClientSession(connector=connector) as session, \
-                    session.post(f"http://rip/{command}", json=body) as resp:
-                reply = await resp.json()
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            reply = await (self.client.call(command, body) if timeout is None
+                           else self.client.call(command, body, timeout))
+        except BalancerUnreachable as exc:
             log.error("balancer control %s failed: %s", command, exc)
             return None
         if not reply.get("ok"):
             log.error("balancer control %s: %s", command, reply.get("error"))
-        return dict(reply)
+        return reply
 
     def status_line(self) -> str:
         """systemd's one-line status: "4/4 workers ready, v3, 12034 requests" (the count as
@@ -521,4 +580,7 @@ class Manager:
     async def _cleanup(self) -> None:
         if self.restart_watch is not None:
             self.restart_watch.close()
+        if self._checking is not None:
+            self._checking.cancel()
+        await self.client.close()
         await self.supervisor.close()

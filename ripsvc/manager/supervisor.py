@@ -26,6 +26,7 @@ class ServePlan:
     balancer_args: list[str] = field(default_factory=list)
     restart_file: Path | None = None
     watchdog_sec: float = 30.0
+    graceful_timeout: float = 30.0
     hosts: tuple[str, ...] = ()  # configured (the balancer gets them in balancer_args too)
     cert: str = ""
     key: str = ""

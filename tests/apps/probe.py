@@ -5,7 +5,7 @@
 /echo               → the body back
 /headers            → the request headers as JSON
 /big?size=N         → N bytes
-/stream?n=N&ms=M    → N pieces, M ms apart, with X-Accel-Buffering: no
+/stream?n=N&ms=M    → N pieces, M ms apart, with X-Accel-Buffering: no (&status=S: its status)
 /secret             → a response carrying an internal Rip-* header
 /client             → the ASGI client and scheme as JSON
 /fail-midway        → a first piece of the body, then the app raises
@@ -55,7 +55,7 @@ async def app(scope, receive, send):
     if path == "/secret":
         return await reply(send, b"ok", [*headers, (b"rip-secret", b"1"), (b"rip-worker-x", b"2")])
     if path == "/stream":
-        await send({"type": "http.response.start", "status": 200,
+        await send({"type": "http.response.start", "status": int(query.get("status", "200")),
                     "headers": [*headers, (b"x-accel-buffering", b"no")]})
         for i in range(int(query.get("n", "3"))):
             await send({"type": "http.response.body", "body": b"piece %d\n" % i,
