@@ -25,7 +25,7 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ripsvc/__init__.py)
 # Architecture-dependent: the hot path is compiled (setup.py).
 DEB := build/deb/rip-server_$(VERSION)_$(shell dpkg --print-architecture).deb
 
-.PHONY: run test lint unit unit-debian deps compile bench clean deb deb-tree
+.PHONY: run test lint unit unit-debian deps compile bench clean deb
 
 deps: $(STAMP)
 
@@ -105,6 +105,7 @@ $(DEB): $(DEB_SOURCES)
 
 # The source tree of the package, in DEB_TREE (a new directory): what `make deb` builds, and
 # what tests/test_deb.py builds again in a clean Debian root holding only the Build-Depends.
+.PHONY: deb-tree
 deb-tree:
 	@test -n "$(DEB_TREE)" || { echo "make deb-tree: give DEB_TREE=DIR" >&2; exit 2; }
 	@test ! -e "$(DEB_TREE)" || { echo "make deb-tree: $(DEB_TREE) exists" >&2; exit 2; }
