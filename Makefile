@@ -17,9 +17,10 @@ DEBIAN_PACKAGES := python3-aiohttp python3-httptools python3-uvloop python3-syst
 DEBIAN_STAMP := $(DEBIAN_VENV)/.installed
 PORT ?= 8000
 
-# The .deb: built from a copy of the tree with packaging/debian as debian/.
-DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-jinja2 \
-	python3-setuptools python3-mypy python3-httptools python3-systemd lintian
+# The .deb: built from a copy of the tree with packaging/debian as debian/. Its Build-Depends
+# (packaging/debian/control; tests/test_deb.py checks that this list holds them), and lintian.
+DEB_BUILD_PACKAGES := debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-idna \
+	python3-jinja2 python3-setuptools python3-mypy python3-httptools python3-systemd lintian
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ripsvc/__init__.py)
 # Architecture-dependent: the hot path is compiled (setup.py).
 DEB := build/deb/rip-server_$(VERSION)_$(shell dpkg --print-architecture).deb
@@ -112,16 +113,25 @@ deb: $(DEB)
 
 $(DEB): $(DEB_SOURCES)
 	scripts/apt-ensure $(DEB_BUILD_PACKAGES)
-	rm -rf build/deb && mkdir -p build/deb/rip-server-$(VERSION)
-	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
-		--exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache \
-		--exclude=.ruff_cache --exclude=./packaging --exclude='*.so' \
-		--exclude=./ripsvc/.compiled . | tar -x -C build/deb/rip-server-$(VERSION)
-	cp -rL packaging/debian build/deb/rip-server-$(VERSION)/debian
+	rm -rf build/deb
+	$(MAKE) -s deb-tree DEB_TREE=build/deb/rip-server-$(VERSION)
 	@# Debian's own interpreter and tools, whatever else PATH holds (pyenv, a venv)
 	cd build/deb/rip-server-$(VERSION) && \
 		env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
 	@echo "make deb: $(DEB)"
+
+# The source tree of the package, in DEB_TREE (a new directory): what `make deb` builds, and
+# what tests/test_deb.py builds again in a clean Debian root holding only the Build-Depends.
+.PHONY: deb-tree
+deb-tree:
+	@test -n "$(DEB_TREE)" || { echo "make deb-tree: give DEB_TREE=DIR" >&2; exit 2; }
+	@test ! -e "$(DEB_TREE)" || { echo "make deb-tree: $(DEB_TREE) exists" >&2; exit 2; }
+	mkdir -p "$(DEB_TREE)"
+	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \
+		--exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache \
+		--exclude=.ruff_cache --exclude=./packaging --exclude='*.so' \
+		--exclude=./ripsvc/.compiled . | tar -x -C "$(DEB_TREE)"
+	cp -rL packaging/debian "$(DEB_TREE)/debian"
 
 bench: deps compile
 	scripts/apt-ensure wrk

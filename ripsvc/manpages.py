@@ -96,9 +96,11 @@ def rip_toml_page() -> str:
               ".SH DESCRIPTION",
               roff("Each file /etc/rip/APP.toml defines the app APP. At boot and on every "
                    "systemctl daemon-reload, rip-generator turns the files into systemd units "
-                   "(rip@APP.service and its balancer and workers); a file with a problem "
-                   "gets no units, and its problems are written to /run/rip/generator.log. "
-                   "ripctl check APP prints every problem of a file."),
+                   "(rip@APP.service and its balancer and workers). A file with a problem "
+                   "gets only a rip@APP.service that fails to start, with the file's "
+                   "problems in its journal (systemctl status rip@APP shows them); they are "
+                   "also written to /run/rip/generator.log. ripctl check APP prints every "
+                   "problem of a file; after fixing it, run systemctl daemon-reload."),
               ".PP",
               roff("Each setting may also come from the environment variable RIP_NAME (upper "
                    "case) or from rip-server's command line; the command line wins over the "

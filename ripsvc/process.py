@@ -8,8 +8,6 @@ import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
-import uvloop
-
 from ripsvc import logs
 from ripsvc.exitcodes import ExitCode
 from ripsvc.sd import ActivationError
@@ -19,6 +17,10 @@ from ripsvc.sockets import SocketError
 def run_and_exit(role: str, main: Coroutine[Any, Any, ExitCode]) -> NoReturn:
     """Only entry points exit: library code raises, and the errors a process can meet while
     setting up its sockets end it here with one clear log line."""
+    # Imported here, by the processes that run a loop: the parsers of the commands (which
+    # the man pages are made from at package build time) do not need uvloop.
+    import uvloop
+
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             code = runner.run(main)

@@ -455,8 +455,13 @@ def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
         from_file(file, values, problems)
     from_env(os.environ if env is None else env, values, problems)
     values.update(cli)
+    # The app's problems say where it came from, like those of every other setting.
+    where = ("command line" if "app" in cli else
+             "environment RIP_APP" if "RIP_APP" in (os.environ if env is None else env) else
+             str(file) if file is not None else "")
+    app = f"{where}: app" if where else "app"
     if not values.get("app"):
-        problems.append("app: not given (a directory with app.py, file.py[:attr] or "
+        problems.append(f"{app}: not given (a directory with app.py, file.py[:attr] or "
                         "module:attr)")
     else:
         try:
@@ -464,9 +469,9 @@ def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
             values.setdefault("name", spec.directory.name if spec.module == "app"
                               else spec.module)
         except AppLoadError as exc:
-            problems.append(f"app: {exc}")
+            problems.append(f"{app}: {exc}")
     for name, f in FIELDS.items():
-        if name not in values:
+        if name not in values and name != "app":  # no default app: reported above
             try:
                 values[name] = f.metadata["parse"](f.default)
             except ValueError as exc:  # a declaration bug; tests check every default
