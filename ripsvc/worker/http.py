@@ -64,6 +64,7 @@ class HttpConnection(asyncio.Protocol):
         self._body = Body()
         self._skip_body = False
         self._client: tuple[str, int] | None = None
+        self._server: tuple[str, int] | None = None
         self._scheme = "http"
         # per response being written
         self.response_started = False
@@ -121,6 +122,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._client = None
+        self._server = None
         self._scheme = "http"
         self._headers = []
         self._header_bytes = 0
@@ -141,6 +143,8 @@ class HttpConnection(asyncio.Protocol):
         if name.startswith(b"rip-"):  # from the balancer, for us; not the app's business
             if name == b"rip-client":
                 self._client = parse_client(value)
+            elif name == b"rip-server":
+                self._server = parse_client(value)
             return
         if name == b"x-forwarded-proto" and value in (b"http", b"https"):
             self._scheme = value.decode()
@@ -177,6 +181,7 @@ class HttpConnection(asyncio.Protocol):
             self._body,
             self._client,
             self._scheme,
+            self._server,
         )
         if self.active is not None or self.pending:
             self.pending.append(request)  # pipelined: answered in order
