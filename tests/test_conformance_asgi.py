@@ -161,9 +161,9 @@ def test_fastapi_memoryview_body_and_what_starlette_sees(start_worker):
 
 
 def test_django_under_asgi_is_served_and_cannot_be_spoofed(start_worker):
-    # Django's ASGI handler raises on the lifespan scope (an app without lifespan), reads
-    # SERVER_NAME/SERVER_PORT from scope["server"], and maps header names to META as WSGI
-    # does: X_Auth_User would be merged into the proxy's X-Auth-User.
+    # Django's ASGI handler raises on the lifespan scope (an app without lifespan) and reads
+    # SERVER_NAME/SERVER_PORT from scope["server"] (else "unknown" and "0"). It maps header
+    # names to META as WSGI does; recent versions skip names with an underscore themselves.
     worker = start_worker(str(TEST_APPS / "django_site" / "asgi.py") + ":application")
     seen = json.loads(get(worker.socket_path, "/seen", headers={
         "Host": "example.org", **BEHIND_BALANCER}).body)
