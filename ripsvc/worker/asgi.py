@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -134,13 +134,15 @@ class AsgiHost:
             await conn.wait_done()
             return {"type": "http.disconnect"}
 
-        pending_start: Mapping[str, Any] | None = None
+        pending_start: Message | None = None
 
         # The message is typed loosely on purpose: compiled, a declared type is checked at run
         # time, and the spec allows more than one (any iterable of [name, value] headers, any
         # bytes-like body); each value is checked and converted below, alike in both builds.
-        async def send(message: Mapping[str, Any]) -> None:
+        async def send(message: Any) -> None:
             nonlocal pending_start
+            if not isinstance(message, dict):  # narrowed, compiled code reads it as a dict
+                message = dict(message)
             kind = message["type"]
             if kind == "http.response.body":
                 if pending_start is None:
@@ -181,24 +183,27 @@ class AsgiHost:
                 conn.closing = True  # it promised a body that will never come
 
 
-def status_code(start: Mapping[str, Any]) -> int:
+def status_code(start: Message) -> int:
     status = start["status"]
     if isinstance(status, int):  # HTTPStatus too
         return int(status)
     raise TypeError(f"http.response.start's status must be an int, not {status!r}")
 
 
-def header_fields(headers: Iterable[Any]) -> list[tuple[bytes, bytes]]:
+def header_fields(headers: Any) -> list[tuple[bytes, bytes]]:
     """http.response.start's headers, any iterable of two bytes-like items, as a list of
     (bytes, bytes). In the spec's own notation, a list of lists."""
+    if isinstance(headers, list):
+        for field in headers:
+            if not (isinstance(field, tuple) and len(field) == 2
+                    and isinstance(field[0], bytes) and isinstance(field[1], bytes)):
+                break
+        else:
+            return headers  # the usual shape: no copy
     fields: list[tuple[bytes, bytes]] = []
     for field in headers:
         name, value = field
-        if not isinstance(name, bytes):
-            name = as_bytes(name, "a header name")
-        if not isinstance(value, bytes):
-            value = as_bytes(value, "a header value")
-        fields.append((name, value))
+        fields.append((as_bytes(name, "a header name"), as_bytes(value, "a header value")))
     return fields
 
 

@@ -22,7 +22,7 @@ import httptools
 from ripsvc import logs
 from ripsvc.body import Body
 from ripsvc.http11 import BUSY_HEADER, field_lines, simple_response, status_line
-from ripsvc.worker.request import Request, parse_client
+from ripsvc.worker.request import Request, parse_client, parse_server
 
 if TYPE_CHECKING:
     from ripsvc.worker.core import Worker
@@ -144,7 +144,7 @@ class HttpConnection(asyncio.Protocol):
             if name == b"rip-client":
                 self._client = parse_client(value)
             elif name == b"rip-server":
-                self._server = parse_client(value)
+                self._server = parse_server(value)
             return
         if name == b"x-forwarded-proto" and value in (b"http", b"https"):
             self._scheme = value.decode()
