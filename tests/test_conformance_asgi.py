@@ -88,6 +88,16 @@ def test_what_an_app_may_send(start_worker, path):
         assert answer == RESPONSES[path]
 
 
+def test_messages_may_be_any_mapping(start_worker):
+    # The spec says dict; a dict's type, declared in compiled code, would have refused others
+    # where the interpreted build took them.
+    worker = start_worker(f"{SHAPES}:mappings")
+    assert exchange(worker.socket_path, "/") == (
+        b"HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 8\r\nconnection: close\r\n\r\nmapping\n")
+    worker.signal()
+    assert worker.wait_exit() == 0
+
+
 @pytest.mark.parametrize(("path", "error"), [
     ("/str-body", "TypeError: http.response.body's body must be bytes-like, not str"),
     ("/str-header", "TypeError: a header value must be bytes-like, not str"),

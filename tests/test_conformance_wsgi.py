@@ -87,6 +87,9 @@ RESPONSES = {
                         b"one two\n",
     "/write": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
               b"8\r\nwritten \r\n9\r\nreturned\n\r\n0\r\n\r\n",
+    "/file-wrapper": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n"
+                     b"\r\n4\r\nfrom\r\n4\r\n a f\r\n4\r\nile-\r\n4\r\nlike\r\n1\r\n\n\r\n"
+                     b"0\r\n\r\n",
 }
 
 

@@ -31,7 +31,7 @@ class AsgiHost:
         self.app = app
         self.state: dict[str, Any] = {}
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
-        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Any] = asyncio.Queue()
         self._lifespan: asyncio.Task[None] | None = None
         self._supported = True
         self._replied = False  # the app answered a lifespan event
@@ -92,7 +92,8 @@ class AsgiHost:
         await asyncio.wait({reply, self._lifespan}, return_when=asyncio.FIRST_COMPLETED)
         if reply.done():
             self._replied = True
-            return reply.result()
+            result = reply.result()  # Any: compiled, a declared dict would refuse a Mapping
+            return result if isinstance(result, dict) else dict(result)
         reply.cancel()
         if self._supported:
             raise LifespanFailed(f"lifespan task ended without answering {message['type']!r}")

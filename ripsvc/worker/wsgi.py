@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from queue import SimpleQueue
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from ripsvc import logs
@@ -69,14 +69,17 @@ def server_address(request: Request, conn: HttpConnection, host: str | None) -> 
 class FileWrapper:
     """`wsgi.file_wrapper`: iterates a file-like object in blocks and closes it afterwards."""
 
-    def __init__(self, filelike: IO[bytes], blksize: int = 64 * 1024) -> None:
+    # `filelike` is the app's: Any, so that the compiled build does not check that its read()
+    # returns bytes, where the interpreted one would not; the pieces are checked as any
+    # body's pieces are (as_bytes), in both.
+    def __init__(self, filelike: Any, blksize: int = 64 * 1024) -> None:
         self.filelike = filelike
         self.blksize = blksize
         close = getattr(filelike, "close", None)
         if close is not None:
             self.close = close
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[object]:
         while block := self.filelike.read(self.blksize):
             yield block
 

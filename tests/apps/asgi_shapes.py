@@ -22,6 +22,7 @@ without answering it.
 
 import array
 import json
+from types import MappingProxyType
 
 
 async def app(scope, receive, send):
@@ -81,3 +82,16 @@ async def took_startup(scope, receive, send):
         await receive()
         return
     await app(scope, receive, send)
+
+
+async def mappings(scope, receive, send):
+    """Every message it sends is a read-only mapping, not a dict, lifespan replies included."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send(MappingProxyType({"type": message["type"] + ".complete"}))
+            if message["type"] == "lifespan.shutdown":
+                return
+    await send(MappingProxyType({"type": "http.response.start", "status": 200,
+                                 "headers": [(b"x-a", b"1")]}))
+    await send(MappingProxyType({"type": "http.response.body", "body": b"mapping\n"}))

@@ -79,6 +79,9 @@ def bodies(environ, start_response):
         write = start_response("200 OK", [])
         write(bytearray(b"written "))
         return [b"returned\n"]
+    if path == "/file-wrapper":
+        start_response("200 OK", [])
+        return environ["wsgi.file_wrapper"](BytearrayFile(b"from a file-like\n"), 4)
     if path == "/str-piece":
         start_response("200 OK", [])
         return iter(["text"])
@@ -90,3 +93,14 @@ def bodies(environ, start_response):
         return [b"bytes\n"]
     start_response("404 Not Found", [])
     return [b""]
+
+
+class BytearrayFile:
+    """A file-like object whose read() returns bytearrays, as a buffer-backed reader may."""
+
+    def __init__(self, data):
+        self.data = bytearray(data)
+
+    def read(self, size):
+        piece, self.data = self.data[:size], self.data[size:]
+        return piece
