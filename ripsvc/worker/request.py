@@ -47,11 +47,12 @@ class Request:
 def without_underscores(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """The header fields without those whose name holds an underscore.
 
-    WSGI (and Django under ASGI) turns `-` into `_` in header names, so `X_Auth_User: evil`
-    would reach the app as the same HTTP_X_AUTH_USER as the `X-Auth-User` set by an
-    authenticating proxy, and be merged with it. The balancer drops such fields already;
-    this keeps them from reaching the app when a request comes any other way. gunicorn
-    (`header_map = drop`) and nginx (`underscores_in_headers off`) drop them too."""
+    WSGI turns `-` into `_` in header names (so do ASGI frameworks that build CGI-style names,
+    as Django does), so `X_Auth_User: evil` would reach the app as the same HTTP_X_AUTH_USER
+    as the `X-Auth-User` set by an authenticating proxy, and be merged with it. The balancer
+    drops such fields already; this keeps them from reaching the app when a request comes any
+    other way. gunicorn (`header_map = drop`) and nginx (`underscores_in_headers off`) drop
+    them too."""
     for name, _ in headers:
         if _UNDERSCORE in name:
             return [(name, value) for name, value in headers if _UNDERSCORE not in name]
