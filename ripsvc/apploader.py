@@ -119,11 +119,35 @@ def import_app(spec: AppSpec) -> Any:
         try:
             obj = getattr(obj, name)
         except AttributeError:
-            raise AttributeMissing(
-                f"module {spec.module!r} ({getattr(module, '__file__', '?')}) "
-                f"has no attribute {spec.attr!r}"
-            ) from None
+            message = (f"module {spec.module!r} ({getattr(module, '__file__', '?')}) "
+                       f"has no attribute {spec.attr!r}")
+            if obj is module:
+                message += _suggestions(module)
+            raise AttributeMissing(message) from None
     return obj
+
+
+def _suggestions(module: Any) -> str:
+    """The end of the message for a module that lacks the attribute asked for: the names in it
+    that look like apps (a Django project's wsgi.py and asgi.py call theirs `application`)."""
+    names = [name for name, value in vars(module).items()
+             if not name.startswith("_") and _looks_like_app(value, module.__name__)]
+    if not names:
+        return ", nor any callable that looks like an app"
+    return "; callables in it that look like apps: " + ", ".join(repr(n) for n in names)
+
+
+def _looks_like_app(value: Any, module_name: str) -> bool:
+    if _is_aiohttp_app(value):
+        return True
+    if inspect.ismodule(value) or inspect.isclass(value) or not callable(value):
+        return False
+    if inspect.isroutine(value) and getattr(value, "__module__", None) != module_name:
+        return False  # a function imported from elsewhere (a framework's helper)
+    try:
+        return _is_async_callable(value) or _wsgi_call_problem(value) is None
+    except Exception:  # a proxy (werkzeug's `request`) raises outside of a request
+        return False
 
 
 def _is_prefix(name: str, module: str) -> bool:
@@ -144,34 +168,78 @@ def _is_machinery(filename: str) -> bool:
 
 
 def detect_kind(app: Any, spec: AppSpec) -> AppKind:
-    """Tell an aiohttp Application, an ASGI 3 callable and a WSGI callable apart."""
+    """Tell an aiohttp Application, an ASGI 3 app and a WSGI app apart by what the object is,
+    as hypercorn does: an async callable is ASGI, any other callable WSGI. Parameters are
+    not counted: WSGI middleware is often a `(*args, **kwargs)` wrapper (wsgiref's validator,
+    a decorator without functools.wraps), and gunicorn serves those. A callable is refused
+    only when calling it with (environ, start_response) could never work."""
+    if _is_aiohttp_app(app):
+        return "aiohttp"
+    name = f"{spec.module}:{spec.attr}"
+    if not callable(app):
+        raise NotAnApp(f"{name} is a {type(app).__name__}, not an app")
+    if inspect.isclass(app):
+        # Calling a class makes an instance: an ASGI 3 app if the instance is awaitable
+        # (uvicorn's test), a WSGI app if it is the response's iterable (PEP 3333's example).
+        if _class_attribute(app, "__await__") is not None:
+            return "asgi"
+        if _is_async(_class_attribute(app, "__call__")):
+            raise NotAnApp(
+                f"{name} is a class whose instances take (receive, send): an ASGI 2 app, which "
+                "is not supported; give an ASGI 3 callable, a WSGI callable or an aiohttp "
+                "Application"
+            )
+        if _class_attribute(app, "__iter__") is None:
+            raise NotAnApp(
+                f"{name} is a class whose instances are neither awaitable (ASGI 3) nor "
+                "iterable (WSGI): not an app (an instance of it, perhaps?)"
+            )
+    elif _is_async_callable(app):
+        return "asgi"
+    problem = _wsgi_call_problem(app)
+    if problem is not None:
+        raise NotAnApp(
+            f"{name} cannot be called as a WSGI app, app(environ, start_response): {problem}; "
+            "nor is it an ASGI 3 app, an async callable (`async def`, or an object whose "
+            "__call__ is `async def`), nor an aiohttp Application"
+        )
+    return "wsgi"
+
+
+def _is_aiohttp_app(obj: Any) -> bool:
     # An aiohttp Application exists only if its module was imported by the app, so there is
     # no need to import aiohttp here: that cost every ASGI or WSGI worker 150-250 ms of CPU
     # at each start (aiohttp's client builds its default TLS contexts on import).
     web_app = sys.modules.get("aiohttp.web_app")
-    if web_app is not None and isinstance(app, web_app.Application):
-        return "aiohttp"
-    if not callable(app):
-        raise NotAnApp(f"{spec.module}:{spec.attr} is a {type(app).__name__}, not an app")
-    call = app if inspect.isroutine(app) or inspect.isclass(app) else app.__call__
-    if inspect.iscoroutinefunction(call):
-        return "asgi"
-    if inspect.isclass(app):
-        raise NotAnApp(
-            f"{spec.module}:{spec.attr} is a class; ASGI 2 apps are not supported, "
-            "give an ASGI 3 callable, a WSGI callable or an aiohttp Application"
-        )
+    return web_app is not None and isinstance(obj, web_app.Application)
+
+
+def _is_async(obj: Any) -> bool:
+    """A coroutine function, also behind functools.partial or inspect.markcoroutinefunction."""
+    return obj is not None and inspect.iscoroutinefunction(obj)
+
+
+def _is_async_callable(obj: Any) -> bool:
+    """An async function, or an object whose __call__ is one (Starlette, Django's handler)."""
+    return _is_async(obj) or _is_async(_class_attribute(type(obj), "__call__"))
+
+
+def _class_attribute(cls: type, name: str) -> Any:
+    """`name` as the class's own instances see it (not its metaclass's)."""
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None
+
+
+def _wsgi_call_problem(app: Any) -> str | None:
+    """Why `app(environ, start_response)` would raise TypeError, or None if it would not."""
     try:
-        params = [
-            p for p in inspect.signature(call).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        signature = inspect.signature(app)
     except (TypeError, ValueError):  # builtins without a signature: trust the WSGI shape
-        return "wsgi"
-    if len(params) == 2:
-        return "wsgi"
-    raise NotAnApp(
-        f"{spec.module}:{spec.attr} takes {len(params)} positional arguments: not an ASGI 3 app "
-        "(async (scope, receive, send)), a WSGI app ((environ, start_response)) "
-        "or an aiohttp Application"
-    )
+        return None
+    try:
+        signature.bind(object(), object())
+    except TypeError as exc:
+        return f"its signature is {signature} ({exc})"
+    return None

@@ -42,19 +42,26 @@ BUSY = {"Rip-Worker-Busy": "1"}
 
 
 def from_balancer(request: web.BaseRequest) -> web.BaseRequest:
-    """The client's address (`request.remote`) and scheme as the balancer saw them; its
-    internal Rip-* headers are not shown to the app."""
+    """The client's address (`request.remote`) and scheme as the balancer saw them, and for a
+    request without a Host header, the address it connected to (`request.host`, where aiohttp
+    would put this machine's name). Neither the balancer's internal Rip-* headers nor fields
+    whose name holds an underscore are shown to the app (request.without_underscores)."""
+    changes: dict[str, Any] = {}
+    kept = [(name, value) for name, value in request.headers.items()
+            if "_" not in name and not name.lower().startswith("rip-")]
+    if len(kept) != len(request.headers):
+        changes["headers"] = CIMultiDict(kept)
     client = request.headers.get("Rip-Client")
-    if client is None:
-        return request
-    parsed = parse_client(client.encode("latin-1"))
-    proto = request.headers.get("X-Forwarded-Proto")
-    headers = CIMultiDict((name, value) for name, value in request.headers.items()
-                          if not name.lower().startswith("rip-"))
-    if parsed is None:
-        return request.clone(headers=headers)
-    return request.clone(headers=headers, remote=parsed[0],
-                         scheme=proto if proto in ("http", "https") else "http")
+    parsed = parse_client(client.encode("latin-1")) if client is not None else None
+    if parsed is not None:
+        proto = request.headers.get("X-Forwarded-Proto")
+        changes["remote"] = parsed[0]
+        changes["scheme"] = proto if proto in ("http", "https") else "http"
+    server = request.headers.get("Rip-Server")
+    if (server is not None and "Host" not in request.headers
+            and parse_client(server.encode("latin-1")) is not None):
+        changes["host"] = server  # HOST:PORT, [HOST]:PORT for IPv6, as a Host header has it
+    return request.clone(**changes) if changes else request
 
 
 def make_server(worker: Worker) -> web.Server:

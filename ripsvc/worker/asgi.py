@@ -9,10 +9,10 @@ from urllib.parse import unquote_to_bytes
 
 from ripsvc import logs
 from ripsvc.apploader import AppLoadError
+from ripsvc.worker.request import Request, as_bytes
 
 if TYPE_CHECKING:
     from ripsvc.worker.http import HttpConnection
-    from ripsvc.worker.request import Request
 
 log = logs.get("worker.asgi")
 
@@ -31,9 +31,10 @@ class AsgiHost:
         self.app = app
         self.state: dict[str, Any] = {}
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
-        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Any] = asyncio.Queue()
         self._lifespan: asyncio.Task[None] | None = None
         self._supported = True
+        self._replied = False  # the app answered a lifespan event
 
     # -- lifespan ----------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -60,7 +61,7 @@ class AsgiHost:
         try:
             await self.app(scope, self._to_app.get, self._from_app.put)
         except BaseException as exc:
-            if self._from_app.empty() and self._supported:
+            if self._never_replied():
                 # Raising before the first reply is how an app says it has no lifespan.
                 log.debug("the app does not support lifespan (%r)", exc)
                 self._supported = False
@@ -68,6 +69,19 @@ class AsgiHost:
                 log.exception("error in the app's lifespan task")
             if isinstance(exc, asyncio.CancelledError):
                 raise
+        else:
+            if self._never_replied():
+                # So is returning without a reply: `if scope["type"] != "http": return` in
+                # minimal apps; uvicorn and hypercorn serve those as apps without lifespan.
+                if self._to_app.empty():  # it took lifespan.startup, though
+                    log.warning("the app's lifespan returned without answering "
+                                "'lifespan.startup': serving it without lifespan")
+                else:
+                    log.debug("the app does not support lifespan (it returned at once)")
+                self._supported = False
+
+    def _never_replied(self) -> bool:
+        return self._supported and not self._replied and self._from_app.empty()
 
     async def _exchange(self, message: Message) -> Message | None:
         """Send a lifespan event and wait for the reply, or None if the lifespan task ended."""
@@ -79,7 +93,9 @@ class AsgiHost:
         reply = asyncio.ensure_future(self._from_app.get())
         await asyncio.wait({reply, lifespan}, return_when=asyncio.FIRST_COMPLETED)
         if reply.done():
-            return reply.result()
+            self._replied = True
+            result = reply.result()  # Any: compiled, a declared dict would refuse a Mapping
+            return result if isinstance(result, dict) else dict(result)
         reply.cancel()
         if self._supported:
             raise LifespanFailed(f"lifespan task ended without answering {message['type']!r}")
@@ -101,7 +117,7 @@ class AsgiHost:
             "root_path": "",
             "headers": request.headers,
             "client": request.client or conn.client,
-            "server": conn.server,
+            "server": request.server or conn.server or unix_server(conn),
             "state": self.state.copy(),
         }
         # A body in memory is one piece: no generator to create (and close) per request.
@@ -123,19 +139,25 @@ class AsgiHost:
 
         pending_start: Message | None = None
 
-        async def send(message: Message) -> None:
+        # The message is typed loosely on purpose: compiled, a declared type is checked at run
+        # time, and the spec allows more than one (any iterable of [name, value] headers, any
+        # bytes-like body); each value is checked and converted below, alike in both builds.
+        async def send(message: Any) -> None:
             nonlocal pending_start
+            if not isinstance(message, dict):  # narrowed, compiled code reads it as a dict
+                message = dict(message)
             kind = message["type"]
             if kind == "http.response.body":
                 if pending_start is None:
                     raise RuntimeError("http.response.body before http.response.start")
-                body = message.get("body", b"")
-                more = message.get("more_body", False)
+                body = as_bytes(message.get("body", b""), "http.response.body's body")
+                more = bool(message.get("more_body", False))
                 if not conn.response_started:
                     # Headers wait for the first body piece so that a one-piece response
                     # leaves in one write with its Content-Length.
-                    conn.start_response(pending_start["status"],
-                                        pending_start.get("headers", []), body, more)
+                    conn.start_response(status_code(pending_start),
+                                        header_fields(pending_start.get("headers", ())),
+                                        body, more)
                 else:
                     conn.write(body, more)
                 if more:
@@ -148,3 +170,48 @@ class AsgiHost:
                 raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
         await self.app(scope, receive, send)
+        if pending_start is not None and not conn.response_started:
+            # Started, and returned without a body message: the response is complete as
+            # started, with an empty body (hypercorn answers 500, uvicorn sends the head and
+            # closes, which leaves a client of a 200 with an incomplete body).
+            fields = header_fields(pending_start.get("headers", ()))
+            status = status_code(pending_start)
+            if status not in (204, 304):
+                log.warning("%s %s: the app returned after http.response.start %d without "
+                            "http.response.body: an empty body was sent", request.method,
+                            request.target.decode("latin-1"), status)
+            conn.start_response(status, fields, b"", False)
+            if any(name.lower() == b"content-length" and value.strip() != b"0"
+                   for name, value in fields):
+                conn.closing = True  # it promised a body that will never come
+
+
+def status_code(start: Message) -> int:
+    status = start["status"]
+    if isinstance(status, int):  # HTTPStatus too
+        return int(status)
+    raise TypeError(f"http.response.start's status must be an int, not {status!r}")
+
+
+def header_fields(headers: Any) -> list[tuple[bytes, bytes]]:
+    """http.response.start's headers, any iterable of two bytes-like items, as a list of
+    (bytes, bytes). In the spec's own notation, a list of lists."""
+    if isinstance(headers, list):
+        for field in headers:
+            if not (isinstance(field, tuple) and len(field) == 2
+                    and isinstance(field[0], bytes) and isinstance(field[1], bytes)):
+                break
+        else:
+            return headers  # the usual shape: no copy
+    fields: list[tuple[bytes, bytes]] = []
+    for field in headers:
+        name, value = field
+        fields.append((as_bytes(name, "a header name"), as_bytes(value, "a header value")))
+    return fields
+
+
+def unix_server(conn: HttpConnection) -> tuple[str, None] | None:
+    """ASGI `server` for a request that came straight to a Unix socket, not through the
+    balancer (tests, a proxy of one's own): [path, None] as the spec says and uvicorn gives."""
+    path = conn.transport.get_extra_info("sockname")
+    return (path, None) if isinstance(path, str) and path else None

@@ -22,7 +22,7 @@ import httptools
 from ripsvc import logs
 from ripsvc.body import Body
 from ripsvc.http11 import BUSY_HEADER, field_lines, simple_response, status_line
-from ripsvc.worker.request import Request, parse_client
+from ripsvc.worker.request import Request, parse_client, parse_server
 
 if TYPE_CHECKING:
     from ripsvc.worker.core import Worker
@@ -64,6 +64,7 @@ class HttpConnection(asyncio.Protocol):
         self._body = Body()
         self._skip_body = False
         self._client: tuple[str, int] | None = None
+        self._server: tuple[str, int] | None = None
         self._scheme = "http"
         self._probe = False
         # per response being written
@@ -124,6 +125,7 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._client = None
+        self._server = None
         self._scheme = "http"
         self._headers = []
         self._header_bytes = 0
@@ -145,6 +147,8 @@ class HttpConnection(asyncio.Protocol):
         if name.startswith(b"rip-"):  # from the balancer, for us; not the app's business
             if name == b"rip-client":
                 self._client = parse_client(value)
+            elif name == b"rip-server":
+                self._server = parse_server(value)
             elif name == b"rip-probe":
                 self._probe = True
             return
@@ -186,6 +190,7 @@ class HttpConnection(asyncio.Protocol):
             self._body,
             self._client,
             self._scheme,
+            self._server,
         )
         if self.active is not None or self.pending:
             self.pending.append(request)  # pipelined: answered in order

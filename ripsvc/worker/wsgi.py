@@ -21,20 +21,18 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from queue import SimpleQueue
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 from ripsvc import logs
 from ripsvc.http11 import field_lines
+from ripsvc.worker.request import Request, as_bytes
 
 if TYPE_CHECKING:
     from ripsvc.worker.http import HttpConnection
-    from ripsvc.worker.request import Request
 
 log = logs.get("worker.wsgi")
 
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 _Job = tuple[dict[str, Any], "_Response"]
 _SPECIAL_HEADERS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 
@@ -50,17 +48,38 @@ def split_host(host: str) -> tuple[str, str]:
     return name, port
 
 
+def server_address(request: Request, conn: HttpConnection, host: str | None) -> tuple[str, str]:
+    """SERVER_NAME and SERVER_PORT as gunicorn gives them: the address and port the client
+    connected to (the balancer's Rip-Server header, or this socket's), not what the client
+    wrote in its Host header, which an app reads as HTTP_HOST."""
+    server = request.server or conn.server
+    if server is not None:
+        return server[0], str(server[1])
+    # Straight to our Unix socket, which PEP 3333 has no words for: like gunicorn, the Host
+    # header names the server (a proxy of one's own sets it), else the socket's path. Unlike
+    # gunicorn, the port is never empty: PEP 3333 says it cannot be.
+    default_port = "443" if request.scheme == "https" else "80"
+    if host:
+        name, port = split_host(host)
+        return name, port or default_port
+    path = conn.transport.get_extra_info("sockname")
+    return (path if isinstance(path, str) and path else "localhost"), default_port
+
+
 class FileWrapper:
     """`wsgi.file_wrapper`: iterates a file-like object in blocks and closes it afterwards."""
 
-    def __init__(self, filelike: IO[bytes], blksize: int = 64 * 1024) -> None:
+    # `filelike` is the app's: Any, so that the compiled build does not check that its read()
+    # returns bytes, where the interpreted one would not; the pieces are checked as any
+    # body's pieces are (as_bytes), in both.
+    def __init__(self, filelike: Any, blksize: int = 64 * 1024) -> None:
         self.filelike = filelike
         self.blksize = blksize
         close = getattr(filelike, "close", None)
         if close is not None:
             self.close = close
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[object]:
         while block := self.filelike.read(self.blksize):
             yield block
 
@@ -68,7 +87,7 @@ class FileWrapper:
 class WsgiHost:
     kind = "wsgi"
 
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+    def __init__(self, app: Callable[..., Iterable[object]]) -> None:
         self.app = app
         # One thread for the app, for the host's life: the worker runs one request at a time,
         # and a WSGI app may rely on thread-local state staying put between requests.
@@ -107,21 +126,16 @@ class WsgiHost:
             "wsgi.run_once": False,
             "wsgi.file_wrapper": FileWrapper,
         }
+        # Names with an underscore are gone already (Request), or X_Auth_User would be merged
+        # into the HTTP_X_AUTH_USER of an authenticating proxy's X-Auth-User.
         for name, value in request.headers:
             key = _SPECIAL_HEADERS.get(name)
             if key is None:
                 key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
             text = value.decode("latin-1")
             environ[key] = f"{environ[key]},{text}" if key in environ else text
-        if conn.server is not None:
-            server_name, server_port = conn.server[0], str(conn.server[1])
-        else:
-            server_name, server_port = "localhost", "80"
-        if host := environ.get("HTTP_HOST"):
-            server_name, port = split_host(host)
-            server_port = port or server_port
-        environ["SERVER_NAME"] = server_name
-        environ["SERVER_PORT"] = server_port
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = server_address(
+            request, conn, environ.get("HTTP_HOST"))
         client = request.client or conn.client
         if client is not None:
             environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
@@ -150,12 +164,24 @@ class WsgiHost:
                 response.body = b"".join(result)
             else:
                 for chunk in result:
-                    if chunk and not response.send(chunk):
+                    if chunk and not response.send(as_bytes(chunk, "a WSGI body's piece")):
                         return  # the client went away: stop producing
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+
+def _encode_fields(headers: Iterable[Any]) -> list[tuple[bytes, bytes]]:
+    """start_response's headers, any iterable of (name, value) str pairs as gunicorn takes
+    them (PEP 3333 asks for a list of tuples), as latin-1 bytes."""
+    fields = []
+    for field in headers:
+        name, value = field
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"a WSGI header's name and value must be str, not {field!r}")
+        fields.append((name.encode("latin-1"), value.encode("latin-1")))
+    return fields
 
 
 class _Response:
@@ -172,9 +198,11 @@ class _Response:
         self.headers_sent = False
         self.body = b""  # the last piece, held until the app is done
 
+    # Called by the app: its arguments are checked here, not by declared types that the
+    # compiled build would enforce with errors of its own (request.as_bytes says why).
     def start_response(
-        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-    ) -> Callable[[bytes], None]:
+        self, status: object, headers: Iterable[Any], exc_info: Any = None
+    ) -> Callable[[object], None]:
         if exc_info is not None:
             try:
                 if self.headers_sent:
@@ -183,17 +211,20 @@ class _Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
+        if not isinstance(status, str):
+            raise TypeError(f"WSGI status must be a str, not {type(status).__name__}")
         code, _, _reason = status.partition(" ")
         if len(code) != 3 or not code.isdigit():
             raise ValueError(f"WSGI status {status!r} does not start with a 3-digit code")
-        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        fields = _encode_fields(headers)
         field_lines(fields)  # a field that would split the response: ValueError, to the app
         self.status = int(code)
         self.headers = fields
         return self.write
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: object) -> None:
         """The legacy write() callable of PEP 3333."""
+        data = as_bytes(data, "the data given to write()")
         if data:
             self.send(data)
 
