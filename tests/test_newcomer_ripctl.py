@@ -1,15 +1,15 @@
 """ripctl as a newcomer uses it: no app named when one runs, several apps, none, a pipe.
 
-The apps run as user nobody with a runtime directory of the test's own (ripctl's view of the
-host is that directory): root's /run/rip is shared with whatever else runs on the machine.
+ripctl's view of the host is the runtime directory (/run/rip for root): the tests give
+rip-server and ripctl one of their own, as root a tmpfs on /run/rip in a private mount
+namespace, so that whatever else runs on the machine is not counted.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
-import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,57 +20,66 @@ from pathlib import Path
 import pytest
 
 from tests.support.client import fetch
-from tests.support.procs import EXAMPLES, REPO
+from tests.support.procs import EXAMPLES
 from tests.support.waiting import free_port
 
-NOBODY = pwd.getpwnam("nobody")
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="runs the apps as user nobody")
+RIPCTL = [sys.executable, "-c", "from ripsvc.cli import ripctl_main; ripctl_main()"]
+RIP_SERVER = [sys.executable, "-c", "from ripsvc.cli import serve_main; serve_main()"]
 
 
 class Host:
-    """A runtime directory owned by nobody, and rip-server and ripctl run as nobody in it."""
+    """A runtime directory of the test's own, and rip-server and ripctl run with it."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.env = {**os.environ, "XDG_RUNTIME_DIR": str(root), "HOME": str(root),
-                    "STATE_DIRECTORY": str(root / "state")}
-        self.apps: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
-
-    def _as_nobody(self) -> dict[str, object]:
-        return {"user": NOBODY.pw_uid, "group": NOBODY.pw_gid, "extra_groups": [],
-                "env": self.env, "cwd": self.root}
+        self.env = {**os.environ, "STATE_DIRECTORY": str(root / "state")}
+        self.apps: dict[str, subprocess.Popen[bytes]] = {}
+        self.holder: subprocess.Popen[str] | None = None
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:
+            self.holder = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "--", "sh", "-c",
+                 "mkdir -p /run/rip && mount -t tmpfs -o mode=0755 rip-test /run/rip && "
+                 "echo ready && exec sleep infinity"], stdout=subprocess.PIPE, text=True)
+            assert self.holder.stdout is not None
+            assert self.holder.stdout.readline() == "ready\n"
+            self.prefix = ["nsenter", "-t", str(self.holder.pid), "-m", "--"]
+            self.runtime = Path("/run/rip")
+        else:
+            self.env["XDG_RUNTIME_DIR"] = str(root)
+            self.runtime = root / "rip"
 
     def start(self, name: str) -> None:
         port = free_port()
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen([sys.executable, "-c", "from ripsvc.cli import serve_main; "
-                                 "serve_main()", str(EXAMPLES / "hello"), "w:1",
-                                 f"http:127.0.0.1:{port}", "--name", name],
-                                stdout=log, stderr=subprocess.STDOUT, **self._as_nobody())
-        self.apps[name] = (proc, port)
+        log_path = self.root / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([*self.prefix, *RIP_SERVER, str(EXAMPLES / "hello"), "w:1",
+                                     f"http:127.0.0.1:{port}", "--name", name], stdout=log,
+                                    stderr=subprocess.STDOUT, env=self.env)
+        self.apps[name] = proc
         deadline = time.monotonic() + 20
         while True:
-            assert proc.poll() is None, (self.root / f"{name}.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
             try:
                 if json.loads(fetch(port, "/status").body)["workers"]["ready"] == 1:
                     return
             except (OSError, ValueError):
                 pass
-            assert time.monotonic() < deadline, (self.root / f"{name}.log").read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.05)
 
     def wait_stopped(self, name: str) -> None:
-        proc, _ = self.apps.pop(name)
-        assert proc.wait(20) == 0
+        assert self.apps.pop(name).wait(20) == 0
+
+    def run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.prefix, *argv], capture_output=True, text=True,
+                              timeout=60, env=self.env)
 
     def ripctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", "from ripsvc.cli import ripctl_main; "
-                               "ripctl_main()", *args], capture_output=True, text=True,
-                              timeout=60, **self._as_nobody())  # type: ignore[call-overload]
+        return self.run([*RIPCTL, *args])
 
     def close(self) -> None:
-        for proc, _ in self.apps.values():
+        for proc in self.apps.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -78,11 +87,13 @@ class Host:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait()
 
 
 @pytest.fixture
 def host(short_tmp: Path) -> Iterator[Host]:
-    os.chown(short_tmp, NOBODY.pw_uid, NOBODY.pw_gid)
     host = Host(short_tmp)
     yield host
     host.close()
@@ -91,7 +102,7 @@ def host(short_tmp: Path) -> Iterator[Host]:
 def test_without_an_app_ripctl_acts_on_the_only_one_running(host):
     none = host.ripctl("status")
     assert none.returncode == 1
-    assert none.stderr == (f"ripctl: no app is running here (none in {host.root}/rip); start "
+    assert none.stderr == (f"ripctl: no app is running here (none in {host.runtime}); start "
                            "one with rip-server APP, or systemctl start rip@APP\n")
     host.start("shop")
     status = host.ripctl("status")
@@ -125,33 +136,20 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(host):
     """`ripctl status | head -1`: the rest of the status goes nowhere, without a traceback."""
     host.start("shop")
     for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", "from ripsvc.cli import ripctl_main; "
-                                 "ripctl_main()", "status", "shop"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, **host._as_nobody())  # type: ignore[call-overload]
+        proc = subprocess.Popen([*host.prefix, *RIPCTL, "status", "shop"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=host.env)
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.close()  # before ripctl writes a byte
         assert proc.wait(30) == 0
         assert proc.stderr.read() == b""
     # and through a shell pipe, as a user types it
-    shell = subprocess.run(f"{sys.executable} -c 'from ripsvc.cli import ripctl_main; "
-                           "ripctl_main()' status | head -1", shell=True, capture_output=True,
-                           text=True, timeout=60, **host._as_nobody())  # type: ignore[call-overload]
+    shell = subprocess.run(f"{shlex.join([*host.prefix, *RIPCTL, 'status'])} | head -1",
+                           shell=True, capture_output=True, text=True, timeout=60, env=host.env)
     assert shell.stdout.startswith("shop: healthy") and shell.stderr == ""
 
 
 def test_rip_server_stop_without_an_app_stops_the_only_one(host):
     host.start("shop")
-    stop = subprocess.run([sys.executable, "-c", "from ripsvc.cli import serve_main; "
-                           "serve_main()", "stop"], capture_output=True, text=True, timeout=60,
-                          **host._as_nobody())  # type: ignore[call-overload]
+    stop = host.run([*RIP_SERVER, "stop"])
     assert (stop.returncode, stop.stdout) == (0, "shop: stopping\n"), stop.stderr
     host.wait_stopped("shop")
-
-
-@pytest.fixture(autouse=True)
-def _readable_repo() -> None:
-    """nobody must read the tree (and the virtualenv) that the tests run."""
-    for path in (REPO, Path(sys.executable).parent):
-        if not os.access(path, os.R_OK | os.X_OK) or path.stat().st_mode & 0o005 != 0o005:
-            pytest.skip(f"{path} is not readable by other users")
-    assert shutil.which("head")
