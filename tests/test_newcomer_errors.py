@@ -5,13 +5,10 @@ The messages are checked whole: they are the documentation a newcomer reads.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from ripsvc import settings as st
 from ripsvc.sockets import Bind
@@ -154,7 +151,6 @@ def test_a_port_in_use_names_the_address_and_another_port(tmp_path):
         f"port, e.g. http:{port + 1}")
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_run_with_its_port_taken_says_how_to_choose_another():
     port = free_port()
     with socket.socket() as taken:
