@@ -410,7 +410,7 @@ def from_env(env: Mapping[str, str], values: dict[str, Any], problems: list[str]
 
 
 #: What gunicorn and uvicorn call options that rip-server spells otherwise: a newcomer's first
-#: guesses, answered with ours. Each of them takes a value.
+#: guesses, answered with ours. All but those of FOREIGN_SWITCHES take a value.
 FOREIGN_OPTIONS = {
     "-w": "--workers N or w:N",
     "-b": "http:PORT (every interface) or http:HOST:PORT",
@@ -431,7 +431,9 @@ FOREIGN_OPTIONS = {
     "-k": "nothing: ASGI, WSGI and aiohttp apps are told apart by themselves",
     "--worker-class": "nothing: ASGI, WSGI and aiohttp apps are told apart by themselves",
     "--interface": "nothing: ASGI, WSGI and aiohttp apps are told apart by themselves",
+    "--factory": "nothing: name the app itself (app = create_app() in a module of yours)",
 }
+FOREIGN_SWITCHES = {"--factory"}
 
 #: The words before a token's ':' (or '=') that a typo or a habit may stand for.
 _TOKEN_WORDS = {"w": "w", "workers": "w", "r": "r", "recycle": "r", "http": "http",
@@ -446,6 +448,9 @@ def token_suggestion(token: str) -> str | None:
     if not sep:
         head, sep, rest = token.partition("=")
     if not sep:
+        glued = re.fullmatch(r"(w|r|http|https|tcp)(\d.*)", token)  # w4, http8000
+        if glued:
+            return f"{glued[1]}:{glued[2]}"
         return "https" if difflib.get_close_matches(token, ["https"], cutoff=0.75) else None
     if not rest:
         return None
@@ -471,7 +476,7 @@ def _may_be_app(token: str, app_exists: Callable[[str], bool]) -> bool:
     if app_exists(token):
         return True
     if ":" in token:
-        return _is_attribute(token.rpartition(":")[2])
+        return _is_attribute(token.rpartition(":")[2].removesuffix("()"))  # () a factory
     return token_suggestion(token) is None
 
 
@@ -491,8 +496,8 @@ def from_command_line(args: Iterable[str], values: dict[str, Any], problems: lis
             f = FLAGS.get(flag)
             if f is None:
                 problems.append(_unknown_option(flag, where))
-                if flag in FOREIGN_OPTIONS and not eq and queue and \
-                        not queue[0].startswith("-"):
+                if flag in FOREIGN_OPTIONS and flag not in FOREIGN_SWITCHES and not eq and \
+                        queue and not queue[0].startswith("-"):
                     queue.pop(0)  # its value
                 continue
             if f.metadata["kind"] == "bool":
@@ -541,6 +546,9 @@ def app_hint(text: str, cwd: Path) -> str:
     """What a newcomer probably meant by an app string that names nothing: a file or
     directory with a close name, or the module:attr of the project in a directory."""
     location, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
+    if attr.endswith("()"):
+        return (f"; rip-server takes the app, not a factory: add `app = {attr}` to a module "
+                f"of yours and name that module's app")
     location = location.rstrip("/") or location
     path = cwd / location
     if path.is_dir():

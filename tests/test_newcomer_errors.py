@@ -89,6 +89,20 @@ def test_a_misspelt_setting_gets_a_did_you_mean():
     ]
 
 
+def test_an_app_factory_and_glued_tokens_are_answered():
+    result = rip_server("myapp:create_app()", "w4", "--factory", "http8000")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "rip-server: command line: 'w4': not understood; did you mean 'w:4'?",
+        "rip-server: command line: --factory: not a rip-server option; here: nothing: name the "
+        "app itself (app = create_app() in a module of yours)",
+        "rip-server: command line: 'http8000': not understood; did you mean 'http:8000'?",
+        "rip-server: app: 'myapp:create_app()': 'create_app()' is not an attribute name; "
+        "rip-server takes the app, not a factory: add `app = create_app()` to a module of "
+        "yours and name that module's app",
+    ]
+
+
 def test_gunicorn_and_uvicorn_options_are_answered_with_ours():
     result = rip_server(HELLO, "-w", "4", "--bind", "0.0.0.0:8000", "--timeout", "30",
                         "--frobnicate")
