@@ -59,10 +59,16 @@ else
 	touch $@
 endif
 
+# On 127.0.0.1 only, like rip-server's own default: the example is not put on the network.
+# A port already taken is said before rip-server starts, with the way to choose another.
 run: deps compile
-	@echo "make run: serving examples/hello on http://127.0.0.1:$(PORT)/ (Ctrl-C stops it)"
-	@echo "make run: try  curl http://127.0.0.1:$(PORT)/ping"
-	$(BIN)/rip-server examples/hello w:2 http:$(PORT)
+	@$(BIN)/python -c 'import socket; s = socket.socket(); \
+		s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", $(PORT)))' \
+		2>/dev/null || { echo "make run: port $(PORT) on 127.0.0.1 is already in use;" \
+		"choose another port: PORT=$$(($(PORT) + 1)) make run" >&2; exit 1; }
+	@echo "make run: serving examples/hello on http://127.0.0.1:$(PORT)/ (Ctrl-C stops it;" \
+		"another port: PORT=9000 make run)"
+	$(BIN)/rip-server examples/hello w:2 http:127.0.0.1:$(PORT)
 
 lint: deps
 	$(BIN)/ruff check ripsvc tests bench setup.py

@@ -3,6 +3,9 @@
 `rip-server APP [w:N] [http:PORT] [r:…] [--reload=…] [--name NAME]` runs the app in the
 foreground: a balancer and N workers under the embedded manager (no systemd needed).
 SIGHUP does a rolling restart; SIGINT/SIGTERM stop everything gracefully.
+
+What a newcomer types first is answered here: no argument or a bad one prints what to type
+instead (exit 2), and ripctl finds the app by itself when only one runs.
 """
 
 from __future__ import annotations
@@ -10,19 +13,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ripsvc import logs
 from ripsvc.apploader import parse_spec
 from ripsvc.exitcodes import ExitCode
-from ripsvc.process import run_and_exit
-from ripsvc.settings import FIELDS, Settings, SettingsError, resolve
+from ripsvc.settings import FIELDS, MISSING_APP, Settings, SettingsError, resolve
 
 USAGE = ("usage: rip-server APP [w:N|auto|half|2x|3x] [http:PORT] [r:REQUESTS,SECONDSs,RELOADSr]"
          " [--option VALUE …] [--config FILE.toml]\n"
          "       rip-server stop|restart [APP]")
+
+#: The first thing a newcomer needs: APP for the three usual frameworks.
+EXAMPLES = """APP, from your project's directory:
+  rip-server mysite.wsgi:application    Django (the directory with manage.py)
+  rip-server app:app                    Flask (app.py)
+  rip-server main:app                   FastAPI (main.py)
+  rip-server ./myapp                    a directory with app.py
+then open http://127.0.0.1:8000/ (another port: http:8080)."""
 
 if TYPE_CHECKING:
     from ripsvc.manager.supervisor import ServePlan
@@ -48,10 +60,8 @@ def plan_from(settings: Settings, config_dir: Path | None = None) -> ServePlan:
 
 def serve_main(argv: list[str] | None = None) -> None:
     tokens = sys.argv[1:] if argv is None else argv
-    if tokens in (["-h"], ["--help"]):
-        print(USAGE)
-        print(settings_help())
-        return
+    if "-h" in tokens or "--help" in tokens:
+        sys.exit(printing(lambda: print(f"{USAGE}\n\n{EXAMPLES}\n{settings_help()}")))
     if tokens and tokens[0] in ("stop", "restart") and len(tokens) <= 2:
         sys.exit(act_on_running(tokens[0], tokens[1] if len(tokens) == 2 else None))
     try:
@@ -59,10 +69,15 @@ def serve_main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"rip-server: {problem}", file=sys.stderr)
+        if MISSING_APP in exc.problems:
+            print(f"{USAGE}\n\n{EXAMPLES}", file=sys.stderr)
+        if not any("did you mean" in problem for problem in exc.problems):
+            print("rip-server --help lists every option.", file=sys.stderr)
         sys.exit(ExitCode.USAGE)
     plan = plan_from(settings)
     from ripsvc.manager.core import Manager
     from ripsvc.manager.embedded import EmbeddedSupervisor
+    from ripsvc.process import run_and_exit  # uvloop: not needed by ripctl or the man pages
 
     logs.setup("server", level=logging.INFO, APP=plan.name)
 
@@ -74,29 +89,32 @@ def serve_main(argv: list[str] | None = None) -> None:
 
 def act_on_running(action: str, app: str | None) -> int:
     """`rip-server stop|restart [APP]`: APP may be left out when exactly one app runs."""
-    from ripsvc import paths
-
-    if app is None:
-        root = paths.runtime_root()
-        running = sorted(p.parent.name for p in root.glob("*/manager.sock")) \
-            if root.is_dir() else []
-        if len(running) != 1:
-            print(f"rip-server: {'no app is' if not running else 'several apps are'} running "
-                  f"({', '.join(running) or root}); name one: rip-server {action} APP",
-                  file=sys.stderr)
-            return ExitCode.USAGE if running else ExitCode.FAILURE
-        app = running[0]
     command = "stop" if action == "stop" else "reload"
     return command_main(argparse.Namespace(command=command, app=app, wait=True, json=False,
-                                           tls=False))
+                                           tls=False), typed=f"rip-server {action}")
+
+
+def printing(write: Callable[[], object]) -> int:
+    """Run `write` (which prints to stdout) and flush; a reader that went away (`ripctl
+    status | head -1`) ends the output quietly instead of with a BrokenPipeError."""
+    try:
+        write()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it where that cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return ExitCode.OK
 
 
 def settings_help() -> str:
     lines = ["", "settings (also in --config FILE.toml and RIP_* variables):"]
     for f in FIELDS.values():
         meta = f.metadata
-        how = (meta["token"] and meta["kind"]) or meta["flag"] or "APP"
-        lines.append(f"  {how:<34} {meta['help']}")
+        forms = [meta["kind"]] if meta["token"] else []
+        forms += [meta["flag"]] if meta["flag"] else []
+        how = ", ".join(forms) or "APP"
+        lines += [f"  {how}", f"  {'':<34} {meta['help']}"] if len(how) > 34 else \
+            [f"  {how:<34} {meta['help']}"]
     return "\n".join(lines)
 
 
@@ -108,11 +126,12 @@ def ripctl_parser() -> argparse.ArgumentParser:
     serve.add_argument("tokens", nargs=argparse.REMAINDER)
     check = commands.add_parser("check", help="validate an app's settings file")
     check.add_argument("target", help="APP (reads /etc/rip/APP.toml) or a path to a .toml file")
-    status = commands.add_parser("status", help="workers, states, queue, request counts")
-    status.add_argument("app")
+    status = commands.add_parser("status", help="workers, states, queue, request counts "
+                                 "(without APP and with several apps running: each app)")
+    status.add_argument("app", nargs="?", help="the app (default: every one running)")
     status.add_argument("-j", "--json", action="store_true", help="print JSON")
     reload = commands.add_parser("reload", help="rolling restart, no failed request")
-    reload.add_argument("app")
+    reload.add_argument("app", nargs="?", help="the app (default: the only one running)")
     reload.add_argument("--wait", action="store_true",
                         help="return when it is done; exit 1 if it failed")
     reload.add_argument("--tls", action="store_true",
@@ -122,12 +141,12 @@ def ripctl_parser() -> argparse.ArgumentParser:
     hosts.add_argument("action", nargs="?", choices=["list", "add", "remove"], default="list")
     hosts.add_argument("host", nargs="?", help="a name, *.example.com or an IP address")
     scale = commands.add_parser("scale", help="run N workers")
-    scale.add_argument("app")
+    scale.add_argument("app", nargs="?", help="the app (default: the only one running)")
     scale.add_argument("workers", type=int)
     stop = commands.add_parser("stop", help="stop the app gracefully")
-    stop.add_argument("app")
+    stop.add_argument("app", nargs="?", help="the app (default: the only one running)")
     logs_ = commands.add_parser("logs", help="the app's journal entries (every process)")
-    logs_.add_argument("app")
+    logs_.add_argument("app", nargs="?", help="the app (default: the only one running)")
     logs_.add_argument("-f", "--follow", action="store_true", help="wait for new entries")
     logs_.add_argument("-n", "--lines", type=int, default=50, help="entries shown first (50)")
     logs_.add_argument("-j", "--json", action="store_true", help="one JSON object per entry")
@@ -165,9 +184,33 @@ def ripctl_main(argv: list[str] | None = None) -> None:
         sys.exit(command_main(args))
 
 
+def the_only_app(typed: str) -> str | int:
+    """The one app running here, or the exit code after saying why there is none to pick
+    (`typed`: the command without its app, `ripctl status` or `rip-server stop`)."""
+    from ripsvc import paths
+    from ripsvc.ctlclient import running_apps
+
+    prog = typed.split()[0]
+    running = running_apps()
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        print(f"{prog}: no app is running here (none in {paths.runtime_root()}); start one "
+              "with rip-server APP, or systemctl start rip@APP", file=sys.stderr)
+        return ExitCode.FAILURE
+    print(f"{prog}: {len(running)} apps are running ({', '.join(running)}); name one: "
+          f"{typed} APP", file=sys.stderr)
+    return ExitCode.USAGE
+
+
 def logs_main(args: argparse.Namespace) -> int:
     from ripsvc import journallog, paths
 
+    if args.app is None:
+        found = the_only_app("ripctl logs")
+        if not isinstance(found, str):
+            return found
+        args.app = found
     try:
         paths.check_name(args.app)
     except ValueError as exc:
@@ -187,10 +230,19 @@ def logs_main(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def command_main(args: argparse.Namespace) -> int:
-    """One command to a running app's manager; errors are one line and a non-zero exit."""
-    from ripsvc.ctlclient import ControlError, call
+def command_main(args: argparse.Namespace, typed: str = "") -> int:
+    """One command to a running app's manager; errors are one line and a non-zero exit.
+    Without an app: the only one running (`status`: each one running)."""
+    from ripsvc.ctlclient import ControlError, call, running_apps
 
+    if args.app is None:
+        running = running_apps()
+        if args.command == "status" and len(running) > 1:
+            return status_of_each(running, args.json)
+        found = the_only_app(typed or f"ripctl {args.command}")
+        if not isinstance(found, str):
+            return found
+        args.app = found
     body: dict[str, object] | None = {}
     command, method = args.command, ""
     if command == "reload":
@@ -212,23 +264,41 @@ def command_main(args: argparse.Namespace) -> int:
     except ControlError as exc:
         print(f"ripctl: {exc}", file=sys.stderr)
         return exc.exit_code
+    text = command_output(args, data)
+    return printing(lambda: print(text) if text else None)
+
+
+def command_output(args: argparse.Namespace, data: Any) -> str:
     if args.command == "status":
-        print(json.dumps(data, indent=2) if args.json else format_status(data))
-    elif args.command == "hosts":
-        for name in data["configured"]:
-            print(name)
-        for name in data["added"]:
-            print(f"{name}\t(added)")
-    elif args.command == "reload" and args.tls:
-        print(f"{args.app}: certificate reloaded")
-    elif args.command == "reload":
-        print(f"{args.app}: rolling restart " + ("done" if args.wait else "started") +
-              f" (version {data['version']})")
-    elif args.command == "scale":
-        print(f"{args.app}: {data['workers']} workers")
-    else:
-        print(f"{args.app}: stopping")
-    return ExitCode.OK
+        return json.dumps(data, indent=2) if args.json else format_status(data)
+    if args.command == "hosts":
+        return "\n".join([*data["configured"], *(f"{name}\t(added)" for name in data["added"])])
+    if args.command == "reload" and args.tls:
+        return f"{args.app}: certificate reloaded"
+    if args.command == "reload":
+        return (f"{args.app}: rolling restart " + ("done" if args.wait else "started") +
+                f" (version {data['version']})")
+    if args.command == "scale":
+        return f"{args.app}: {data['workers']} workers"
+    return f"{args.app}: stopping"
+
+
+def status_of_each(apps: list[str], as_json: bool) -> int:
+    """`ripctl status` with several apps running: each one's first status line (or its
+    whole status as JSON, by app)."""
+    from ripsvc.ctlclient import ControlError, call
+
+    found: dict[str, Any] = {}
+    for app in apps:
+        try:
+            found[app] = call(app, "status", None, timeout=10)
+        except ControlError as exc:
+            found[app] = {"error": str(exc)}
+    if as_json:
+        return printing(lambda: print(json.dumps(found, indent=2)))
+    lines = [f"ripctl: {data['error']}" if "error" in data else format_status(data).split("\n")[0]
+             for data in found.values()]
+    return printing(lambda: print("\n".join(lines)))
 
 
 def format_status(data: dict[str, Any]) -> str:

@@ -36,6 +36,12 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+def running_apps() -> list[str]:
+    """The apps whose manager's socket is in this user's runtime directory, by name."""
+    root = paths.runtime_root()
+    return sorted(sock.parent.name for sock in root.glob("*/manager.sock"))
+
+
 def send(path: str | os.PathLike[str], command: str, body: dict[str, Any] | None = None,
          timeout: float = 600.0, method: str = "") -> tuple[int, dict[str, Any]]:
     """One command on a control socket (GET without a body, POST with JSON, unless `method`

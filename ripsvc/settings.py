@@ -3,7 +3,7 @@
 Each field of `Settings` carries its whole declaration in its metadata: how to parse it, its
 `rip-server` token or flag, its help text, and which process receives it on its command line.
 From that one declaration come the `rip-server` arguments, the app file (`/etc/rip/APP.toml`),
-the `RIP_*` environment variables, `ripctl check`, and the settings table in the README.
+the `RIP_*` environment variables, `ripctl check`, and the settings table in docs/settings.md.
 Precedence: command line > environment > file > default. Every problem is reported at once,
 with where the value came from.
 """
@@ -11,6 +11,7 @@ with where the value came from.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
@@ -212,17 +213,23 @@ class Settings:
     name: str = setting("", _text, "the app's name (default: the config file's or the app "
                         "directory's name)", flag="--name", kind="text")
     workers: int = setting("half", _workers, "how many workers: N, auto (one per CPU), half, "
-                           "2x, 3x", token="w:", kind="w:N|auto|half|2x|3x")
-    listen: tuple[str, ...] = setting(("http:8000",), _listen, "where the balancer listens: "
-                                      "plain HTTP, or HTTPS on https:PORT, a bare PORT, or "
-                                      "`https` (443, else the next free port from 5000)",
-                                      token=("http:", "https:", "tcp:"),
-                                      kind="http:PORT, https:PORT, PORT, tcp:HOST:PORT")
+                           "2x, 3x", token="w:", flag="--workers", kind="w:N|auto|half|2x|3x")
+    # Loopback unless told otherwise, as gunicorn and uvicorn do: an app started without a
+    # listen address is not on the network. A port given without a host (`http:8080`, as
+    # nginx's `listen 8080;`) is every IPv4 interface (sockets.Bind).
+    listen: tuple[str, ...] = setting(("http:127.0.0.1:8000",), _listen, "where the balancer "
+                                      "listens: http:PORT is plain HTTP on every IPv4 "
+                                      "interface, http:HOST:PORT on one address; HTTPS on "
+                                      "https:PORT, a bare PORT, or `https` (443, else the next "
+                                      "free port from 5000)",
+                                      token=("http:", "https:", "tcp:"), flag="--listen",
+                                      kind="http:[HOST:]PORT, https:[HOST:]PORT, PORT, "
+                                      "tcp:HOST:PORT")
     recycle: RecyclePolicy = setting(RecyclePolicy(), _recycle,  # noqa: RUF009 (frozen)
                                      "recycle a worker after that "
                                      "many requests, seconds or module reloads (0: never)",
-                                     token="r:", kind="r:REQUESTS,SECONDSs,RELOADSr",
-                                     to="worker", arg="--recycle")
+                                     token="r:", flag="--recycle",
+                                     kind="r:REQUESTS,SECONDSs,RELOADSr", to="worker")
     recycle_jitter: float = setting(0.1, _jitter, "lower each worker's request and age limits "
                                     "by up to this share", flag="--recycle-jitter",
                                     kind="share or %", to="worker")
@@ -406,6 +413,77 @@ def from_env(env: Mapping[str, str], values: dict[str, Any], problems: list[str]
         _store(values, problems, f"environment {key}", name, raw)
 
 
+#: What gunicorn and uvicorn call options that rip-server spells otherwise: a newcomer's first
+#: guesses, answered with ours. All but those of FOREIGN_SWITCHES take a value.
+FOREIGN_OPTIONS = {
+    "-w": "--workers N or w:N",
+    "-b": "http:PORT (every interface) or http:HOST:PORT",
+    "--bind": "http:PORT (every interface) or http:HOST:PORT",
+    "--host": "http:HOST:PORT",
+    "--port": "http:PORT",
+    "-t": "--response-timeout SECONDS",
+    "--timeout": "--response-timeout SECONDS",
+    "--max-requests": "r:REQUESTS,0s,0r or --recycle r:REQUESTS,0s,0r",
+    "--limit-max-requests": "r:REQUESTS,0s,0r or --recycle r:REQUESTS,0s,0r",
+    "--max-requests-jitter": "--recycle-jitter SHARE",
+    "--keep-alive": "--keepalive-timeout SECONDS",
+    "--timeout-keep-alive": "--keepalive-timeout SECONDS",
+    "--certfile": "--cert PATH",
+    "--ssl-certfile": "--cert PATH",
+    "--keyfile": "--key PATH",
+    "--ssl-keyfile": "--key PATH",
+    "-k": "nothing: ASGI, WSGI and aiohttp apps are told apart by themselves",
+    "--worker-class": "nothing: ASGI, WSGI and aiohttp apps are told apart by themselves",
+    "--interface": "nothing: ASGI, WSGI and aiohttp apps are told apart by themselves",
+    "--factory": "nothing: name the app itself (app = create_app() in a module of yours)",
+}
+FOREIGN_SWITCHES = {"--factory"}
+
+#: The words before a token's ':' (or '=') that a typo or a habit may stand for.
+_TOKEN_WORDS = {"w": "w", "workers": "w", "r": "r", "recycle": "r", "http": "http",
+                "https": "https", "tcp": "tcp", "port": "http", "listen": "http",
+                "bind": "http"}
+
+
+def token_suggestion(token: str) -> str | None:
+    """What a token that is not understood was probably meant to be: `htp:8000` →
+    `http:8000`, `workers=4` → `w:4`, `0.0.0.0:8000` → `http:0.0.0.0:8000`, `htps` → `https`."""
+    head, sep, rest = token.partition(":")
+    if not sep:
+        head, sep, rest = token.partition("=")
+    if not sep:
+        glued = re.fullmatch(r"(w|r|http|https|tcp)(\d.*)", token)  # w4, http8000
+        if glued:
+            return f"{glued[1]}:{glued[2]}"
+        return "https" if difflib.get_close_matches(token, ["https"], cutoff=0.75) else None
+    if not rest:
+        return None
+    word = _TOKEN_WORDS.get(head.lower())
+    if word is None:
+        close = difflib.get_close_matches(head.lower(), ["http", "https", "tcp"], n=1,
+                                          cutoff=0.6)
+        word = close[0] if close else None
+    if word is not None:
+        return f"{word}:{rest}"
+    if rest.isdigit() and sep == ":":
+        return f"http:{token}"  # HOST:PORT, as gunicorn's --bind takes it
+    return None
+
+
+def _is_attribute(text: str) -> bool:
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
+
+
+def _may_be_app(token: str, app_exists: Callable[[str], bool]) -> bool:
+    """A token that is neither a setting nor an option names the app, unless it is a
+    misspelt setting (`htp:8000`): a path, `module:attr`, or a word that may be a path."""
+    if app_exists(token):
+        return True
+    if ":" in token:
+        return _is_attribute(token.rpartition(":")[2].removesuffix("()"))  # () a factory
+    return token_suggestion(token) is None
+
+
 def from_command_line(args: Iterable[str], values: dict[str, Any], problems: list[str],
                       *, app_exists: Callable[[str], bool] = os.path.exists) -> Path | None:
     """rip-server's position-independent arguments; returns the --config file, if any."""
@@ -414,33 +492,89 @@ def from_command_line(args: Iterable[str], values: dict[str, Any], problems: lis
     queue = list(args)
     while queue:
         token = queue.pop(0)
-        if token.startswith("--"):
+        if token.startswith("-") and not token.lstrip("-").isdigit():
             flag, eq, raw = token.partition("=")
             if flag == "--config":
                 config = Path(raw or (queue.pop(0) if queue else ""))
                 continue
             f = FLAGS.get(flag)
             if f is None:
-                problems.append(f"{where}: {token!r}: unknown option (known: --config, "
-                                f"{', '.join(sorted(FLAGS))})")
+                problems.append(_unknown_option(flag, where))
+                if flag in FOREIGN_OPTIONS and flag not in FOREIGN_SWITCHES and not eq and \
+                        queue and not queue[0].startswith("-"):
+                    queue.pop(0)  # its value
                 continue
             if f.metadata["kind"] == "bool":
                 _store(values, problems, where, f.name, raw or "true")
+            elif not eq and (not queue or queue[0].startswith("--")):
+                problems.append(f"{where}: {flag}: needs a value ({f.metadata['kind']})")
             else:
-                raw = raw if eq else (queue.pop(0) if queue else "")
-                _store(values, problems, where, f.name, raw)
+                _store(values, problems, where, f.name, raw if eq else queue.pop(0))
             continue
         prefix = next((t for t in TOKENS if token.startswith(t)), None)
         if prefix is not None:
             _store(values, problems, where, TOKENS[prefix].name, token)
         elif token.isdigit() or token == "https":
             _store(values, problems, where, "listen", token)
-        elif "app" not in values and (app_exists(token) or ":" in token):
+        elif "app" not in values and _may_be_app(token, app_exists):
             _store(values, problems, where, "app", token)
         else:
-            problems.append(f"{where}: {token!r}: not an app path, token (w:, r:, http:) or "
-                            "option")
+            suggestion = token_suggestion(token)
+            if suggestion is not None:
+                problems.append(f"{where}: {token!r}: not understood; did you mean "
+                                f"{suggestion!r}?")
+            elif "app" in values:
+                problems.append(f"{where}: {token!r}: not understood (the app is "
+                                f"{values['app']!r}; settings look like w:N, http:PORT, r:…, "
+                                "--option VALUE)")
+            else:
+                problems.append(f"{where}: {token!r}: not an app, a setting (w:N, http:PORT, "
+                                "r:…) or an option")
     return config
+
+
+def _unknown_option(flag: str, where: str) -> str:
+    if flag in FOREIGN_OPTIONS:
+        return f"{where}: {flag}: not a rip-server option; here: {FOREIGN_OPTIONS[flag]}"
+    close = difflib.get_close_matches(flag, [*FLAGS, "--config"], n=1, cutoff=0.75)
+    if close:
+        return f"{where}: {flag}: unknown option; did you mean {close[0]}?"
+    return f"{where}: {flag}: unknown option (rip-server --help lists every option)"
+
+
+MISSING_APP = ("app: not given: a module:attr, a path/to/file.py[:attr] or a directory with "
+               "app.py")
+
+
+def app_hint(text: str, cwd: Path) -> str:
+    """What a newcomer probably meant by an app string that names nothing: a file or
+    directory with a close name, or the module:attr of the project in a directory."""
+    location, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
+    if attr.endswith("()"):
+        return (f"; rip-server takes the app, not a factory: add `app = {attr}` to a module "
+                f"of yours and name that module's app")
+    location = location.rstrip("/") or location
+    path = cwd / location
+    if path.is_dir():
+        if (path / "main.py").is_file():
+            return f"; for main.py: {location}/main.py:app"
+        projects = sorted(p.parent.name for p in path.glob("*/wsgi.py"))
+        if (path / "manage.py").is_file() and projects:
+            form = f"{projects[0]}.wsgi:application"
+            return (f"; a Django project is served from its directory as {form}"
+                    if path.resolve() == cwd.resolve() else
+                    f"; a Django project: cd {location} && rip-server {form}")
+        return ""
+    parent = path.parent
+    if path.exists() or not parent.is_dir():
+        return ""
+    names = sorted(p.name for p in parent.iterdir()
+                   if p.suffix == ".py" or (p.is_dir() and not p.name.startswith(".")))
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    meant = location[:len(location) - len(path.name)] + close[0] + sep + attr
+    return f"; did you mean {meant!r}?"
 
 
 def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
@@ -461,17 +595,17 @@ def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
              str(file) if file is not None else "")
     app = f"{where}: app" if where else "app"
     if not values.get("app"):
-        problems.append(f"{app}: not given (a directory with app.py, file.py[:attr] or "
-                        "module:attr)")
+        problems.append(MISSING_APP if app == "app" else f"{where}: {MISSING_APP}")
     else:
+        cwd = file.parent if file else Path.cwd()
         try:
-            spec = parse_spec(values["app"], cwd=file.parent if file else None)
+            spec = parse_spec(values["app"], cwd=cwd)
             values.setdefault("name", spec.directory.name if spec.module == "app"
                               else spec.module)
         except AppLoadError as exc:
-            problems.append(f"{app}: {exc}")
+            problems.append(f"{app}: {exc}{app_hint(values['app'], cwd)}")
     for name, f in FIELDS.items():
-        if name not in values and name != "app":  # no default app: reported above
+        if name not in values and name not in ("app", "name"):  # required; from the app
             try:
                 values[name] = f.metadata["parse"](f.default)
             except ValueError as exc:  # a declaration bug; tests check every default
@@ -484,14 +618,13 @@ def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
 
 
 def markdown_table() -> str:
-    """The settings table of the README, generated from the declarations."""
+    """The settings table of docs/settings.md, generated from the declarations."""
     rows = ["| TOML key / `RIP_*` | rip-server | default | meaning |", "| --- | --- | --- | --- |"]
     for f in FIELDS.values():
         meta = f.metadata
-        if meta["token"]:
-            cli = f"`{meta['kind']}`"
-        else:
-            cli = f"`{meta['flag']}`" if meta["flag"] else "first argument"
+        forms = [f"`{meta['kind']}`"] if meta["token"] else []
+        forms += [f"`{meta['flag']}`"] if meta["flag"] else []
+        cli = " or ".join(forms) or "first argument"
         default = f.default
         if isinstance(default, tuple):
             shown = ", ".join(default)
@@ -503,5 +636,5 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m ripsvc.settings: the README's table
+if __name__ == "__main__":  # python -m ripsvc.settings: the table of docs/settings.md
     print(markdown_table())

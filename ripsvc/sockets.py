@@ -65,7 +65,7 @@ class Bind:
             return self._bind_tcp(self.port)
         except OSError as exc:
             if not self.fallback or exc.errno not in (errno.EACCES, errno.EADDRINUSE):
-                raise
+                raise self.cannot_listen(exc) from None
         for port in range(FALLBACK_FIRST, FALLBACK_LAST + 1):
             try:
                 return self._bind_tcp(port)
@@ -87,6 +87,26 @@ class Bind:
             sock.close()
             raise
         return sock
+
+    def cannot_listen(self, exc: OSError) -> Exception:
+        """The error a person can act on: which address, why, and what to type instead."""
+        assert self.host is not None
+        address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        other = self.port + 1 if self.port < 65535 else 8000
+        if exc.errno == errno.EADDRINUSE:
+            return SocketError(f"cannot listen on {address}: the address is already in use "
+                               f"(another process listens on port {self.port}: `ss -ltnp "
+                               f"'sport = {self.port}'` shows which); choose another port, "
+                               f"e.g. {scheme}:{other}")
+        if exc.errno == errno.EACCES and self.port < 1024:
+            return SocketError(f"cannot listen on {address}: ports below 1024 need root or "
+                               "CAP_NET_BIND_SERVICE (under systemd, rip@APP opens them); "
+                               f"choose a port from 1024, e.g. {scheme}:8080")
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return SocketError(f"cannot listen on {address}: no interface of this machine "
+                               f"has the address {self.host}")
+        return exc
 
     @property
     def scheme(self) -> str:

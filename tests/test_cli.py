@@ -23,7 +23,8 @@ def test_rip_server_serves_the_example_until_interrupted(tmp_path):
     log = open(tmp_path / "out", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-c", "from ripsvc.cli import serve_main; serve_main()",
-         str(EXAMPLES / "hello"), f"http:127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+         str(EXAMPLES / "hello"), f"http:127.0.0.1:{port}", "--name", f"rip-cli-{port}"],
+        stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 15
         body = b""
@@ -35,22 +36,35 @@ def test_rip_server_serves_the_example_until_interrupted(tmp_path):
                 assert proc.poll() is None, (tmp_path / "out").read_text()
                 time.sleep(0.05)
         assert body.startswith(b"pong "), (tmp_path / "out").read_text()
+        ready = f"ready: try  curl http://127.0.0.1:{port}/"
+        while ready not in (tmp_path / "out").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "out").read_text()
+            time.sleep(0.05)
+        # what the ready line points at answers
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            assert r.status == 200
+            assert r.read().startswith(b"Hello from rip-server: examples/hello is serving")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 0
-        out = (tmp_path / "out").read_text()
-        assert f"ready: try  curl http://127.0.0.1:{port}/" in out
     finally:
         proc.kill()
         proc.wait()
 
 
 def test_rip_server_reports_every_bad_token_with_exit_2():
-    result = run_cli("serve", "w:0", "http:99999", "nowhere")
+    result = run_cli("serve", "w:0", "http:99999", "nowhere", "elsewhere")
     assert result.returncode == 2
-    assert "command line: workers: 'w:0' is not a worker count" in result.stderr
-    assert "'http:99999': expected http:[HOST:]PORT" in result.stderr
-    assert "'nowhere': not an app path" in result.stderr
-    assert "app: not given" in result.stderr
+    assert result.stderr.splitlines() == [
+        "rip-server: command line: workers: 'w:0' is not a worker count (N, auto, half, 2x, "
+        "3x)",
+        "rip-server: command line: listen: 'http:99999': expected http:[HOST:]PORT with PORT "
+        "in 1..65535",
+        "rip-server: command line: 'elsewhere': not understood (the app is 'nowhere'; "
+        "settings look like w:N, http:PORT, r:…, --option VALUE)",
+        "rip-server: app: 'nowhere' is neither a directory nor a file; a module must be given "
+        "as module:attr",
+        "rip-server --help lists every option.",
+    ]
 
 
 def test_ripctl_unknown_command_is_a_usage_error():

@@ -24,7 +24,7 @@ def test_every_default_passes_its_own_validator():
     resolved = st.resolve([HELLO], env={})
     assert resolved.name == "hello"
     assert resolved.recycle == RecyclePolicy()
-    assert resolved.listen == ("http:8000",)
+    assert resolved.listen == ("http:127.0.0.1:8000",)  # loopback unless told otherwise
 
 
 def test_precedence_command_line_over_environment_over_file_over_default(tmp_path):
@@ -97,9 +97,25 @@ def test_process_arguments_are_accepted_by_the_processes():
         st.resolve([HELLO, "--balancer-nice", "-21"], env={})
 
 
-def test_readme_settings_table_is_generated_from_the_declarations():
-    readme = (REPO / "README.md").read_text()
-    assert st.markdown_table() in readme, "regenerate: python -m ripsvc.settings"
+def test_settings_reference_table_is_generated_from_the_declarations():
+    reference = (REPO / "docs" / "settings.md").read_text()
+    assert st.markdown_table() in reference, \
+        "regenerate the table in docs/settings.md: python -m ripsvc.settings"
+
+
+def test_every_setting_has_a_command_line_form_and_the_table_shows_it():
+    """The settings reference says every setting can be given on the command line: each
+    one has a flag (those with a token too, as gunicorn's and uvicorn's users type them)."""
+    for name, f in st.FIELDS.items():
+        assert f.metadata["flag"] or name == "app", name
+    table = st.markdown_table()
+    assert "| `w:N\\|auto\\|half\\|2x\\|3x` or `--workers` |" in table
+    assert "`r:REQUESTS,SECONDSs,RELOADSr` or `--recycle`" in table
+    resolved = st.resolve([HELLO, "--workers", "3", "--listen", "http:9001", "--listen=9443",
+                           "--recycle=r:5,0s,0r"], env={})
+    assert (resolved.workers, resolved.listen) == (3, ("http:9001", "9443"))
+    assert resolved.recycle == RecyclePolicy(5, 0, 0)
+    assert resolved.args_for("worker")[:2] == ["--recycle", "r:5,0s,0r"]
 
 
 def test_ripctl_check(tmp_path):

@@ -1,5 +1,6 @@
 """The hello example: a plain ASGI 3 app with no dependencies.
 
+/          → a greeting and the paths below
 /ping      → "pong <timestamp>"
 /slow?ms=N → answers after N milliseconds
 /echo      → the request body back, with its length
@@ -12,6 +13,10 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 HERE = Path(__file__).parent
+HOME = b"""Hello from rip-server: examples/hello is serving this.
+Try /ping, /slow?ms=500, /echo (POST a body) or /version;
+/status is the balancer's own health report.
+"""
 
 
 async def app(scope, receive, send):
@@ -24,7 +29,9 @@ async def app(scope, receive, send):
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     path = scope["path"]
-    if path == "/ping":
+    if path == "/":
+        await reply(send, HOME)
+    elif path == "/ping":
         await reply(send, b"pong %.6f\n" % time.time())
     elif path == "/slow":
         ms = int(parse_qs(scope["query_string"].decode()).get("ms", ["100"])[0])
