@@ -9,11 +9,13 @@ BIN := $(VENV)/bin
 APT_PACKAGES := python3-venv python3-dev gcc pkg-config libsystemd-dev curl procps dbus \
 	haproxy mkcert
 STAMP := $(VENV)/.installed
-# The same tests against Debian 12's own python3-* packages, which the .deb depends on.
+# The same tests against Debian 12's own python3-* packages, which the .deb depends on (and
+# the frameworks of the test apps from Debian 12 too: the versions its users have).
 DEBIAN_VENV := .venv-debian
 DEBIAN_PACKAGES := python3-aiohttp python3-httptools python3-uvloop python3-systemd \
 	python3-dbus-fast python3-jinja2 python3-pyroute2 python3-cryptography \
-	python3-prometheus-client python3-venv
+	python3-prometheus-client python3-venv \
+	python3-django python3-flask python3-fastapi python3-uvicorn gunicorn
 DEBIAN_STAMP := $(DEBIAN_VENV)/.installed
 PORT ?= 8000
 

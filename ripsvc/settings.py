@@ -590,7 +590,8 @@ def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
     from_env(os.environ if env is None else env, values, problems)
     values.update(cli)
     # The app's problems say where it came from, like those of every other setting.
-    where = ("command line" if "app" in cli else
+    # (The command line's own problems need no "command line:", as every other setting's.)
+    where = ("" if "app" in cli else
              "environment RIP_APP" if "RIP_APP" in (os.environ if env is None else env) else
              str(file) if file is not None else "")
     app = f"{where}: app" if where else "app"

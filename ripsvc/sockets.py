@@ -13,8 +13,12 @@ FALLBACK_FIRST = 5000
 FALLBACK_LAST = 5099
 
 
-class SocketError(RuntimeError):
-    """No usable listening socket."""
+class SocketError(OSError):
+    """No usable listening socket; `errno` is the system's reason, when there is one."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -98,14 +102,14 @@ class Bind:
             return SocketError(f"cannot listen on {address}: the address is already in use "
                                f"(another process listens on port {self.port}: `ss -ltnp "
                                f"'sport = {self.port}'` shows which); choose another port, "
-                               f"e.g. {scheme}:{other}")
+                               f"e.g. {scheme}:{other}", exc.errno)
         if exc.errno == errno.EACCES and self.port < 1024:
             return SocketError(f"cannot listen on {address}: ports below 1024 need root or "
                                "CAP_NET_BIND_SERVICE (under systemd, rip@APP opens them); "
-                               f"choose a port from 1024, e.g. {scheme}:8080")
+                               f"choose a port from 1024, e.g. {scheme}:8080", exc.errno)
         if exc.errno == errno.EADDRNOTAVAIL:
             return SocketError(f"cannot listen on {address}: no interface of this machine "
-                               f"has the address {self.host}")
+                               f"has the address {self.host}", exc.errno)
         return exc
 
     @property

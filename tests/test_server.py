@@ -316,7 +316,7 @@ def test_a_worker_reported_hung_by_the_balancer_is_replaced(short_tmp):
         server.wait_healthy(1)
         before = fetch(server.port, "/").body
         assert fetch(server.port, "/slow?s=5").status == 504
-        server.wait_output("reports worker 1 hung")
+        server.wait_output("worker 1 reported hung by the balancer: killing it")
         server.wait_healthy(1)
         assert fetch(server.port, "/").body != before
     finally:
