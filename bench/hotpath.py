@@ -54,7 +54,8 @@ REQUEST = b"GET /ping HTTP/1.1\r\nHost: localhost:8080\r\n\r\n"
 LOCAL_REQUEST = b"GET /server HTTP/1.1\r\nHost: localhost:8080\r\n\r\n"
 WORKER_REQUEST = (b"GET /ping HTTP/1.1\r\nhost: localhost:8080\r\nx-forwarded-for: 127.0.0.1\r\n"
                   b"x-forwarded-proto: http\r\nrip-client: 127.0.0.1:40000\r\n"
-                  b"x-forwarded-host: localhost:8080\r\nx-request-id: 0123abcd-1f\r\n\r\n")
+                  b"x-forwarded-host: localhost:8080\r\nrip-server: 127.0.0.1:8080\r\n"
+                  b"x-request-id: 0123abcd-1f\r\n\r\n")
 #: What examples/hello's worker answers to it.
 RESPONSE = (b"HTTP/1.1 200 OK\r\ndate: Tue, 01 Dec 2026 17:00:00 GMT\r\n"
             b"content-type: text/plain\r\ncontent-length: 23\r\n\r\npong 1796146863.879826\n")

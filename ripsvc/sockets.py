@@ -18,7 +18,7 @@ class SocketError(OSError):
 
     def __init__(self, message: str, errno_: int | None = None) -> None:
         super().__init__(message)
-        self.errno = errno_  # type: ignore[assignment]
+        self.errno = errno_
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,7 @@ class Client:
         self._host = b""
         self._hosts = 0
         self._upgrade = False
+        self._says_connection = False  # the request has a Connection field
         self._upgrade_body = 0  # body bytes to read by hand after an upgrade request
         self._upgraded: Exchange | None = None
         self._request_id = ""  # kept from a trusted proxy
@@ -273,7 +274,10 @@ class Client:
         """A request line has single spaces around its target (RFC 9112 §3): the parser
         takes `POST  /x` too, so it is checked here on the bytes. Checked where a request
         starts a read, which is where one starts unless a client pipelines; the target of a
-        pipelined one is re-written for the worker from what the parser understood anyway."""
+        pipelined one is re-written for the worker from what the parser understood anyway.
+        One search for two spaces in a row first: most reads have none anywhere."""
+        if not self._line and data.find(b"  ") < 0:
+            return
         line = self._line + data if self._line else data
         start = 0
         while line.startswith(b"\r\n", start):  # empty lines before a request are allowed
@@ -328,6 +332,7 @@ class Client:
         self._header_bytes = 0
         self._body = Body()
         self._upgrade = False
+        self._says_connection = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -347,7 +352,9 @@ class Client:
             if name.find(b" ") >= 0 or name.find(b"\t") >= 0:  # "Content-Length : 3"
                 raise BadRequest(400, "white space in a header name")
         name = name.lower()
-        if name == b"host":
+        if name == b"connection":
+            self._says_connection = True
+        elif name == b"host":
             self._hosts += 1
             if self._hosts > 1:  # RFC 9112 §3.2: which one would the app see?
                 raise BadRequest(400, "more than one Host header")
@@ -361,8 +368,7 @@ class Client:
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.state = BODY
-        self.since = self.clock()
+        self.state = BODY  # its clock runs on from the head's: since is set by each body read
         lengths = 0
         length = 0
         chunked = expect = False
@@ -408,8 +414,7 @@ class Client:
 
     def on_message_complete(self) -> None:
         parser = self.parser
-        self.state = IDLE
-        self.since = self.clock()
+        self.state = IDLE  # no clock: a connection answering a request is never idle
         method = parser.get_method().decode("ascii")
         self._request_id = ""
         host = self._host
@@ -418,9 +423,12 @@ class Client:
         local = ((method == "GET" or method == "HEAD") and not self.trusted
                  and self._url.partition(b"?")[0] in self.balancer.local_paths)
         head = b"" if local else self._upstream_head(method)
-        http10 = parser.get_http_version() == "1.0"
+        keep_alive = parser.should_keep_alive()
+        # HTTP/1.0 matters only to a keep-alive request that says so (its response must say
+        # so too) and to one without Host: the version is asked for only then.
+        http10 = (not keep_alive or self._says_connection) and parser.get_http_version() == "1.0"
         exchange = Exchange(self, method, self._url, head, self._body,
-                            parser.should_keep_alive() and not self._upgrade,
+                            keep_alive and not self._upgrade,
                             self._request_id or new_request_id(), self.since)
         exchange.host = host
         exchange.http10 = http10
@@ -429,7 +437,7 @@ class Client:
         if host != self._allowed_host or hosts.generation != self._allowed_generation:
             if hosts.allows(host):
                 self._allowed_host, self._allowed_generation = host, hosts.generation
-            elif not host and not http10:
+            elif not host and parser.get_http_version() != "1.0":
                 raise BadRequest(400, "no Host header")
             else:
                 exchange.unknown_host = True
@@ -745,7 +753,7 @@ class Client:
         up the next request (or close, when this was the last)."""
         if exchange.state == DONE:
             return
-        self.balancer.finished(exchange)
+        now = self.balancer.finished(exchange)
         exchange.release_buffers()
         if self.exchanges and self.exchanges[0] is exchange:
             self.exchanges.popleft()
@@ -753,7 +761,7 @@ class Client:
             self._close()
             return
         if not self.exchanges:
-            self.since = self.clock()  # the keep-alive clock starts
+            self.since = now  # the keep-alive clock starts
         self._advance()
 
     def timed_out(self, now: float) -> None:

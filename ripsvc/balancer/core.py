@@ -259,7 +259,9 @@ class Balancer:
         if exchange.state != WAITING:
             return
         exchange.move(STREAMING)
-        exchange.first_byte = exchange.last_byte = self.clock()
+        # Its silence is timed from here, which response_read says when it is not over at
+        # the end of this read (the common response ends in it: no clock read for it).
+        exchange.last_byte = exchange.dispatched
         exchange.client.response_head(exchange, status, head, fields)
 
     def response_body(self, exchange: Exchange, chunk: bytes) -> None:
@@ -407,14 +409,16 @@ class Balancer:
         if state != DONE:
             self.finished(exchange)
 
-    def finished(self, exchange: Exchange) -> None:
-        """`exchange` is answered (or given up): counted and logged, once."""
+    def finished(self, exchange: Exchange) -> float:
+        """`exchange` is answered (or given up): counted and logged, once. Returns the time."""
         if not exchange.status:
             exchange.status = 499  # given up before any response: its client left
         exchange.move(DONE)
-        seconds = self.clock() - exchange.received
+        now = self.clock()
+        seconds = now - exchange.received
         self.metrics.request(exchange.status, seconds)
         self.access_log.record(exchange, exchange.status, exchange.sent, seconds)
+        return now
 
     # -- timeouts and invariants ------------------------------------------------------------------
     def tick(self, now: float) -> None:

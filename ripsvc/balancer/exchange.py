@@ -69,7 +69,7 @@ class StateError(Exception):
 
 class Exchange:
     __slots__ = ("attempts", "body", "chunked", "client", "close_after", "dispatched",
-                 "first_byte", "head", "head_only", "host", "http10", "keep_alive", "last_byte",
+                 "head", "head_only", "host", "http10", "keep_alive", "last_byte",
                  "method", "note", "queue_deadline", "queued", "received", "request_id", "sent",
                  "slot", "spool", "state", "status", "target", "unbuffered", "unknown_host",
                  "upgrade", "worker_busy", "worker_id")
@@ -93,11 +93,10 @@ class Exchange:
         self.attempts = 0  # workers it was sent to
         self.slot: Slot | None = None  # the worker serving it, WAITING and STREAMING
         self.worker_id = "-"
-        self.received = received  # times: request complete, queued, sent, response bytes
+        self.received = received  # times: request begun, queued, sent, last response bytes
         self.queued = 0.0
         self.queue_deadline = 0.0
         self.dispatched = 0.0
-        self.first_byte = 0.0
         self.last_byte = 0.0
         # the response
         self.status = 0
