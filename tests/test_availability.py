@@ -24,9 +24,9 @@ HEAD = b"HEAD /pid HTTP/1.1\r\nHost: localhost\r\n\r\n"
 POST = b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\r\nbody"
 
 
-def healed(port: int, workers: int, timeout: float = 10.0) -> None:
+def healed(port: int, workers: int, timeout: float = 10.0, path: str = "/pid") -> None:
     """The invariant after every test: the pool back to `workers` ready workers, none busy
-    or out of rotation, an empty queue, and a fresh request answered within 2 s."""
+    or out of rotation, an empty queue, and a fresh request (`path`) answered within 2 s."""
     deadline = time.monotonic() + timeout
     status: dict[str, object] = {}
     while time.monotonic() < deadline:
@@ -40,7 +40,7 @@ def healed(port: int, workers: int, timeout: float = 10.0) -> None:
     else:
         raise AssertionError(f"the pool did not heal: {status}")
     start = time.monotonic()
-    assert fetch(port, "/pid").status == 200
+    assert fetch(port, path).status == 200
     assert time.monotonic() - start < 2
 
 

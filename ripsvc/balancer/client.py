@@ -35,7 +35,7 @@ import httptools
 
 from ripsvc import logs
 from ripsvc.balancer import proxyproto
-from ripsvc.balancer.exchange import DONE, FLUSHING, PIPELINED, STREAMING, Exchange
+from ripsvc.balancer.exchange import DONE, FLUSHING, PIPELINED, STREAMING, WAITING, Exchange
 from ripsvc.body import Body, Spool
 from ripsvc.http11 import NO_CALLBACKS, simple_response, status_line
 
@@ -144,6 +144,7 @@ class Client:
         self._proxy_header: bytes | None = b"" if proxy_protocol else None
         self._out: list[bytes] = []  # response bytes of this turn, written at once by flush
         self._advancing = False
+        self._eof_probes = 0  # interim responses written since the client's EOF
         # per request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -198,14 +199,29 @@ class Client:
             self._upgraded = None
 
     def eof_received(self) -> bool:
-        """The client will send no more (a half-close, or the first half of a close): its
+        """The client will send no more: a half-close, or the first half of a close. Its
         requests still get their answers (as nginx and HAProxy do), then the connection
-        closes. True keeps the transport open for them."""
+        closes; True keeps the transport open for them.
+
+        Which of the two it was shows only when we write: to a client that closed for good,
+        its kernel answers with a reset, which ends the connection and tells the app its
+        client left (ASGI http.disconnect). So an HTTP/1.1 client whose request waits for its
+        response gets an interim `100 Continue`, which HTTP/1.1 clients must read and skip
+        (RFC 9110 §15.2), now and once more at the next sweep (the write that meets the
+        reset fails)."""
         if self.state < ENDED:
             if self.state != IDLE:
                 self._body.close()  # a request that can no longer be complete
             self.state = ENDED
+        self._probe_eof()
         return bool(self.exchanges)
+
+    def _probe_eof(self) -> None:
+        exchange = self._current()
+        if (exchange is not None and exchange.state <= WAITING and self._eof_probes < 2
+                and not exchange.http10 and self.scheme == b"http"):
+            self._eof_probes += 1
+            self.transport.write(CONTINUE)
 
     def _set_peer(self, host: str, port: int) -> None:
         self.peer = host.encode()
@@ -789,6 +805,8 @@ class Client:
                 self._close()
         elif state == LINGER and now - self.since > LINGER_SECONDS:
             self._close()
+        elif self._eof_probes == 1:
+            self._probe_eof()
 
     def _refuse(self, exc: BadRequest) -> None:
         """A bad request: answered once the requests before it are (then the connection

@@ -11,6 +11,8 @@
 /fail-midway        → a first piece of the body, then the app raises
 /short              → Content-Length 100, 10 bytes, and the app returns
 /charge?n=N&file=F  → appends N to file F (a side effect a test can count)
+/sse?n=N&ms=M       → N Server-Sent Events, M ms apart, with no special header
+/wait-disconnect?file=F → waits for http.disconnect, then writes its delay to file F
 """
 
 import asyncio
@@ -71,6 +73,21 @@ async def app(scope, receive, send):
                     "headers": [*headers, (b"content-length", b"100")]})
         await send({"type": "http.response.body", "body": b"ten bytes\n", "more_body": True})
         return await send({"type": "http.response.body", "body": b""})
+    if path == "/sse":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*headers, (b"content-type", b"text/event-stream")]})
+        for i in range(int(query.get("n", "3"))):
+            await send({"type": "http.response.body", "body": b"data: event %d\n\n" % i,
+                        "more_body": True})
+            await asyncio.sleep(int(query.get("ms", "200")) / 1000)
+        return await send({"type": "http.response.body", "body": b""})
+    if path == "/wait-disconnect":
+        start = asyncio.get_running_loop().time()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        with open(query["file"], "w") as seen:  # noqa: ASYNC230
+            seen.write(str(asyncio.get_running_loop().time() - start))
+        return None
     if path == "/charge":
         with open(query["file"], "a") as charged:  # noqa: ASYNC230
             charged.write(query["n"] + "\n")
