@@ -24,6 +24,7 @@ MODULES = (
     "ripsvc.balancer.client",
     "ripsvc.balancer.metrics",
     "ripsvc.balancer.pool",
+    "ripsvc.balancer.tunnel",
     "ripsvc.balancer.upstream",
     "ripsvc.worker.asgi",
     "ripsvc.worker.core",

@@ -17,3 +17,6 @@ class ExitCode(enum.IntEnum):
     APP_LOAD_ERROR = 4
     #: The worker reached a recycling limit and asks to be replaced (EX_TEMPFAIL).
     RECYCLE = 75
+    #: A WebSocket worker whose app has no WebSockets (WSGI): not to be started again
+    #: (EX_CONFIG).
+    NO_WEBSOCKETS = 78

@@ -79,6 +79,7 @@ class Stack:
     def __init__(self, balancer: BalancerProcess, workers: list[WorkerProcess]) -> None:
         self.balancer = balancer
         self.workers = workers
+        self.websocket_workers: list[WorkerProcess] = []
 
     @property
     def port(self) -> int:
@@ -95,14 +96,15 @@ class Stack:
 @pytest.fixture
 def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
     """start_stack(workers=2, app=probe, worker_args=(), args=(), stdout=None,
-    balancer_env=None) → a running Stack (`stdout`: a file for the balancer's stdout instead
-    of its log; `balancer_env`: more environment for the balancer)."""
+    balancer_env=None, websockets=0) → a running Stack (`stdout`: a file for the balancer's
+    stdout instead of its log; `balancer_env`: more environment for the balancer;
+    `websockets`: WebSocket workers, stack.websocket_workers)."""
     procs: list[BalancerProcess | WorkerProcess] = []
 
     def start(workers: int = 2, app: str = str(TEST_APPS / "probe.py"),
               worker_args: tuple[str, ...] = ("--recycle", "r:0,0s,0r"),
               args: tuple[str, ...] = (), stdout: str | None = None,
-              balancer_env: dict[str, str] | None = None) -> Stack:
+              balancer_env: dict[str, str] | None = None, websockets: int = 0) -> Stack:
         started = []
         stack = len([p for p in procs if isinstance(p, BalancerProcess)])  # several per test
         prefix = f"s{stack}" if stack else ""
@@ -110,14 +112,24 @@ def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
             worker = WorkerProcess(short_tmp, app, worker_args, name=f"{prefix}w{n + 1}")
             procs.append(worker)
             started.append(worker)
-        for worker in started:
+        websocket_workers = []
+        for n in range(websockets):
+            worker = WorkerProcess(short_tmp, app, ("--websocket", *worker_args),
+                                   name=f"{prefix}ws{n + 1}")
+            procs.append(worker)
+            websocket_workers.append(worker)
+        for worker in started + websocket_workers:
             worker.wait_ready()
         joins = [f"--worker={n + 1}={w.socket_path}" for n, w in enumerate(started)]
+        joins += [f"--websocket-worker=ws{n + 1}={w.socket_path}"
+                  for n, w in enumerate(websocket_workers)]
         balancer = BalancerProcess(short_tmp, [*joins, *args], env=balancer_env,
                                    name=f"{prefix}balancer", stdout=stdout)
         procs.append(balancer)
         balancer.wait_ready()
-        return Stack(balancer, started)
+        stack = Stack(balancer, started)
+        stack.websocket_workers = websocket_workers
+        return stack
 
     yield start
     for proc in reversed(procs):

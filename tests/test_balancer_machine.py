@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 
 import httptools
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
@@ -23,6 +23,8 @@ from ripsvc.balancer.pool import READY
 from tests.support.machine import ClientEnd, Rig, Transport
 
 WORKERS = 3
+WEBSOCKET = (b"Upgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Version: 13\r\n"
+             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
 HOSTS = [b"localhost", b"localhost:8080", b"evil.example", b""]
 METHODS = [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS"]
 PATHS = [b"/", b"/ping", b"/status", b"/server", b"/a?b=c"]
@@ -30,28 +32,38 @@ PATHS = [b"/", b"/ping", b"/status", b"/server", b"/a?b=c"]
 
 @st.composite
 def requests(draw: st.DrawFn) -> bytes:
-    """One request, mostly valid, sometimes not in one of the ways clients are not."""
+    """One request: seven in ten plain and valid (the ones that reach workers), the rest
+    invalid or unusual in one of the ways clients are."""
     method = draw(st.sampled_from(METHODS))
     path = draw(st.sampled_from(PATHS))
-    version = draw(st.sampled_from([b"HTTP/1.1"] * 6 + [b"HTTP/1.0"]))
+    version = b"HTTP/1.1"
+    hosts = [b"localhost"]
+    extras: list[bytes] = []
+    if draw(st.integers(0, 9)) >= 7:
+        version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]))
+        hosts = draw(st.sampled_from([[h] for h in HOSTS] + [[b"evil.example", b"localhost"],
+                                                              []]))
+        extras = draw(st.lists(st.sampled_from([
+            b"Connection: close", b"Connection: keep-alive", b"X_Auth_User: admin",
+            b"Upgrade: h2c\r\nConnection: Upgrade", b"Expect: 100-continue",
+            b"Rip-Client: 6.6.6.6:1", b"X-Forwarded-For: 1.2.3.4",
+            b"Content-Length: 3\r\nContent-Length: 3",
+            b"Transfer-Encoding: chunked\r\nContent-Length: 3", b"Bad Header",
+            b"X-Long: " + b"x" * 200, b"Upgrade: websocket\r\nConnection: upgrade\r\n"
+            b"Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]),
+            max_size=2))
+    elif draw(st.integers(0, 4)) == 0:  # a WebSocket
+        method, extras = b"GET", [WEBSOCKET]
     lines = [method + b" " + path + b" " + version]
-    hosts = draw(st.sampled_from([[b"localhost"]] * 6 + [[h] for h in HOSTS] + [
-        [b"evil.example", b"localhost"], []]))
     lines += [b"Host: " + host for host in hosts]
-    extras = draw(st.lists(st.sampled_from([
-        b"Connection: close", b"Connection: keep-alive", b"X_Auth_User: admin",
-        b"Upgrade: websocket\r\nConnection: upgrade", b"Upgrade: h2c\r\nConnection: Upgrade",
-        b"Expect: 100-continue", b"Rip-Client: 6.6.6.6:1", b"X-Forwarded-For: 1.2.3.4",
-        b"Content-Length: 3\r\nContent-Length: 3", b"Transfer-Encoding: chunked\r\n"
-        b"Content-Length: 3", b"Bad Header", b"X-Long: " + b"x" * 200]), max_size=2))
     lines += extras
     body = b""
     kind = draw(st.sampled_from(["none", "none", "length", "chunked"]))
-    if kind == "length":
+    if kind == "length" and extras != [WEBSOCKET]:
         content = draw(st.binary(max_size=40).filter(lambda b: b"\r\n\r\n" not in b))
         lines.append(b"Content-Length: %d" % len(content))
         body = content
-    elif kind == "chunked":
+    elif kind == "chunked" and extras != [WEBSOCKET]:
         chunks = draw(st.lists(st.binary(min_size=1, max_size=10), max_size=3))
         lines.append(b"Transfer-Encoding: chunked")
         body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n"
@@ -74,6 +86,7 @@ class Worker:
         self.parser = httptools.HttpRequestParser(self)
         self.seen = 0
         self._probe = False
+        self.upgraded = False  # a WebSocket's: what follows is not HTTP
 
     def on_message_begin(self) -> None:
         self._probe = False
@@ -87,8 +100,12 @@ class Worker:
 
     def pending(self) -> tuple[bytes, bool] | None:
         written = bytes(self.transport.written)
-        if len(written) > self.seen:
-            self.parser.feed_data(written[self.seen:])
+        if len(written) > self.seen and not self.upgraded:
+            try:
+                self.parser.feed_data(written[self.seen:])
+            except httptools.HttpParserUpgrade:
+                self.upgraded = True
+                self.requests[-1] = (b"UPGRADE", False)
             self.seen = len(written)
         return self.requests[self.answered] if self.answered < len(self.requests) else None
 
@@ -110,6 +127,7 @@ class BalancerMachine(RuleBasedStateMachine):
         self.rig = Rig(workers=WORKERS, response_timeout=5.0, queue_timeout=3.0,
                        header_timeout=2.0, body_timeout=2.0, keepalive_timeout=4.0,
                        send_timeout=6.0, max_queue=4, max_body=200)
+        self.rig.join_websocket("ws1", capacity=3)
         self.played: dict[int, Worker] = {}
 
     def worker_connections(self) -> list[Worker]:
@@ -137,6 +155,14 @@ class BalancerMachine(RuleBasedStateMachine):
         points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
         for start, end in itertools.pairwise(points):
             client.send(data[start:end])
+        self.rig.settle()  # the loop makes the worker connections this asked for
+
+    # Rules are drawn alike: sending and answering, which make things happen, twice as often.
+    @rule(client=clients, batch=st.lists(requests(), min_size=1, max_size=3),
+          cuts=st.lists(st.integers(0, 400), max_size=3), half=st.booleans())
+    def send_more(self, client: ClientEnd, batch: list[bytes], cuts: list[int],
+                  half: bool) -> None:
+        self.send(client, batch, cuts, half)
 
     @rule(client=clients, junk=st.binary(min_size=1, max_size=30))
     def send_junk(self, client: ClientEnd, junk: bytes) -> None:
@@ -170,6 +196,27 @@ class BalancerMachine(RuleBasedStateMachine):
                  b"content-length: 0\r\n\r\n")
             return
         head = method == b"HEAD"
+        event(f"a worker answers {method.decode()}")
+        if method == b"UPGRADE":  # a WebSocket worker's answer
+            if answer in ("ok", "chunked", "long"):
+                send(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                     b"connection: upgrade\r\n\r\n\x81\x02hi")
+                worker.requests[worker.answered - 1] = (b"TUNNEL", False)
+                worker.answered -= 1
+            elif answer == "busy":
+                send(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                self.rig.workers[self.owner(worker)].close(worker.transport)
+            else:
+                self.rig.workers[self.owner(worker)].close(worker.transport)
+            return
+        if method == b"TUNNEL":  # an open WebSocket: frames, or its end
+            worker.answered -= 1
+            if answer in ("close", "break", "garbage"):
+                self.rig.workers[self.owner(worker)].close(worker.transport)
+                worker.answered += 1
+            else:
+                send(b"\x81\x05hello")
+            return
         if answer == "ok":
             send(ok(method))
         elif answer == "chunked":
@@ -205,6 +252,10 @@ class BalancerMachine(RuleBasedStateMachine):
                  + (b"" if head else b"ok"))
             self.rig.workers[self.owner(worker)].close(worker.transport)
 
+    @rule(answer=st.sampled_from(ANSWERS), which=st.integers(0, 20))
+    def worker_answers_more(self, answer: str, which: int) -> None:
+        self.worker_answers(answer, which)
+
     @rule(which=st.integers(0, 20), end=st.booleans())
     def worker_streams(self, which: int, end: bool) -> None:
         streaming = [w for w in self.worker_connections()
@@ -222,7 +273,7 @@ class BalancerMachine(RuleBasedStateMachine):
         return next(w.id for w in self.rig.workers.values()
                     if worker.transport in w.connections)
 
-    @rule(worker_id=st.sampled_from([str(n) for n in range(1, WORKERS + 1)]))
+    @rule(worker_id=st.sampled_from([*(str(n) for n in range(1, WORKERS + 1)), "ws1"]))
     def worker_dies(self, worker_id: str) -> None:
         self.rig.workers[worker_id].close()
 
@@ -256,6 +307,9 @@ class BalancerMachine(RuleBasedStateMachine):
         rig = self.rig
         for worker in rig.workers.values():
             worker.refuse = False
+        for client in rig.clients:  # WebSockets end when their clients do
+            if client.protocol.tunnel is not None:
+                client.reset()
         for _ in range(60):
             rig.settle()
             for client in rig.clients:
@@ -269,6 +323,8 @@ class BalancerMachine(RuleBasedStateMachine):
                             b"HTTP/1.1 204 No Content\r\n\r\n")
                     elif method == b"STREAMING":
                         worker.transport.protocol.data_received(b"0\r\n\r\n")
+                    elif method in (b"UPGRADE", b"TUNNEL"):
+                        self.rig.workers[self.owner(worker)].close(worker.transport)
                     else:
                         worker.transport.protocol.data_received(ok(method))
                     if worker.transport.lost:
@@ -280,6 +336,8 @@ class BalancerMachine(RuleBasedStateMachine):
                 break
         counts = rig.balancer.pool.counts()
         assert counts["ready"] == WORKERS, (counts, rig.balancer.status())
+        assert not rig.balancer.tunnels
+        assert rig.balancer.pool.websockets["ws1"].open == 0
         assert rig.balancer.pool.queued == 0
         assert all(slot.state == READY for slot in rig.balancer.pool.slots.values())
         fresh = rig.connect()
@@ -295,6 +353,6 @@ class BalancerMachine(RuleBasedStateMachine):
 
 
 BalancerMachine.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
+    max_examples=300, stateful_step_count=60, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 test_the_balancer_heals_whatever_clients_workers_and_time_do = BalancerMachine.TestCase

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", action="append", default=[],
                    type=typed(StaticWorker.parse, "worker"),
                    help="a worker to start with: ID=SOCKET_PATH[@VERSION] (repeatable)")
+    p.add_argument("--websocket-worker", action="append", default=[],
+                   type=typed(StaticWorker.parse, "worker"),
+                   help="a WebSocket worker to start with: ID=SOCKET_PATH[@VERSION] "
+                   "(repeatable)")
     p.add_argument("--max-queue", type=int, default=d.max_queue,
                    help="requests that may wait for a worker (default: %(default)s)")
     p.add_argument("--queue-timeout-ms", type=int, default=int(d.queue_timeout * 1000),
@@ -108,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
         tls_ports=tuple(args.tls_port), redirect_ports=tuple(args.redirect_port),
         cert=args.cert, key=args.key, hsts=args.hsts, hsts_max_age=args.hsts_max_age,
         proxy_protocol=args.proxy_protocol, metrics_port=args.metrics_port, nice=args.nice)
-    plan = Plan(options, args.listen, args.control, args.worker, args.graceful_timeout)
+    plan = Plan(options, args.listen, args.control, args.worker, args.websocket_worker,
+                args.graceful_timeout)
     run_and_exit("balancer", run(plan))
 
 

@@ -13,6 +13,7 @@ The connection's own state (what it is reading):
       └────────┴────────┴──▶ ENDED   no more requests are read (Connection: close, the client
       │                              half-closed, a protocol upgrade); answers still go out
       └──────────────────────▶ LINGER  refused: the answer is out, input is discarded a moment
+    ENDED ──▶ TUNNEL   a WebSocket: bytes relayed both ways (tunnel.py)
     any ──▶ CLOSED
 
 Its requests are Exchanges (exchange.py) in `exchanges`, answered in order: only the first one is
@@ -36,11 +37,13 @@ import httptools
 from ripsvc import logs
 from ripsvc.balancer import proxyproto
 from ripsvc.balancer.exchange import DONE, FLUSHING, PIPELINED, STREAMING, WAITING, Exchange
+from ripsvc.balancer.tunnel import CLOSED as TUNNEL_CLOSED
 from ripsvc.body import Body, Spool
 from ripsvc.http11 import NO_CALLBACKS, simple_response, status_line
 
 if TYPE_CHECKING:
     from ripsvc.balancer.core import Balancer
+    from ripsvc.balancer.tunnel import Tunnel
 
 log = logs.get("balancer.client")
 
@@ -50,7 +53,8 @@ BODY: Final = 2
 ENDED: Final = 3
 LINGER: Final = 4
 CLOSED: Final = 5
-NAMES = ("idle", "head", "body", "ended", "linger", "closed")
+TUNNEL: Final = 6
+NAMES = ("idle", "head", "body", "ended", "linger", "closed", "tunnel")
 
 #: Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded in either direction.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -145,6 +149,7 @@ class Client:
         self._out: list[bytes] = []  # response bytes of this turn, written at once by flush
         self._advancing = False
         self._eof_probes = 0  # interim responses written since the client's EOF
+        self.tunnel: Tunnel | None = None  # a WebSocket's way to its worker (TUNNEL)
         # per request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -156,6 +161,7 @@ class Client:
         self._hosts = 0
         self._upgrade = False
         self._says_connection = False  # the request has a Connection field
+        self._upgrade_to = b""  # its Upgrade field, lower-cased
         self._upgrade_body = 0  # body bytes to read by hand after an upgrade request
         self._upgraded: Exchange | None = None
         self._request_id = ""  # kept from a trusted proxy
@@ -208,7 +214,9 @@ class Client:
         client left (ASGI http.disconnect). So an HTTP/1.1 client whose request waits for its
         response gets an interim `100 Continue`, which HTTP/1.1 clients must read and skip
         (RFC 9110 §15.2), now and once more at the next sweep (the write that meets the
-        reset fails)."""
+        reset fails). A WebSocket's client is done: the connection ends."""
+        if self.tunnel is not None:
+            return False
         if self.state < ENDED:
             if self.state != IDLE:
                 self._body.close()  # a request that can no longer be complete
@@ -230,6 +238,10 @@ class Client:
         self.trusted = self.balancer.trusts(host)
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:  # a WebSocket (or its refusal): the worker's business
+            tunnel.to_worker(data)
+            return
         if self.state >= ENDED:
             if self._upgrade_body and self.state == ENDED:
                 self._upgrade_body_received(data)
@@ -322,6 +334,11 @@ class Client:
 
     def pause_writing(self) -> None:
         self.writable = False
+        tunnel = self.tunnel
+        if tunnel is not None:  # the client reads slower than the worker sends: back-pressure
+            if tunnel.state != TUNNEL_CLOSED:
+                tunnel.transport.pause_reading()
+            return
         self.paused_at = self.clock()
         exchange = self._current()
         if exchange is not None and exchange.unbuffered and exchange.state == STREAMING:
@@ -329,6 +346,11 @@ class Client:
 
     def resume_writing(self) -> None:
         self.writable = True
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if tunnel.state != TUNNEL_CLOSED:
+                tunnel.transport.resume_reading()
+            return
         self.paused_at = 0.0
         exchange = self._current()
         if exchange is None:
@@ -348,6 +370,7 @@ class Client:
         self._header_bytes = 0
         self._body = Body()
         self._upgrade = False
+        self._upgrade_to = b""
         self._says_connection = False
 
     def on_url(self, url: bytes) -> None:
@@ -370,6 +393,8 @@ class Client:
         name = name.lower()
         if name == b"connection":
             self._says_connection = True
+        elif name == b"upgrade":
+            self._upgrade_to = value.lower()
         elif name == b"host":
             self._hosts += 1
             if self._hosts > 1:  # RFC 9112 §3.2: which one would the app see?
@@ -438,7 +463,8 @@ class Client:
         # sent an X-Request-Id to keep: that comes out of the same pass over the headers).
         local = ((method == "GET" or method == "HEAD") and not self.trusted
                  and self._url.partition(b"?")[0] in self.balancer.local_paths)
-        head = b"" if local else self._upstream_head(method)
+        websocket = self._websocket(method) if self._upgrade else 0
+        head = b"" if local else self._upstream_head(method, websocket == 1)
         keep_alive = parser.should_keep_alive()
         # HTTP/1.0 matters only to a keep-alive request that says so (its response must say
         # so too) and to one without Host: the version is asked for only then.
@@ -459,6 +485,7 @@ class Client:
                 exchange.unknown_host = True
         if self._upgrade:
             exchange.upgrade = True
+            exchange.websocket = websocket
             self.state = ENDED
             if self._upgrade_body and method != "CONNECT":
                 self._upgraded = exchange  # queued once its body is in (_upgrade_received)
@@ -469,6 +496,24 @@ class Client:
         if len(self.exchanges) >= PIPELINE_DEPTH and self.reading:
             self.reading = False
             self.transport.pause_reading()
+
+    def _websocket(self, method: str) -> int:
+        """A WebSocket upgrade the WebSocket workers are to serve: 1; a malformed one: the
+        status that refuses it (400, or 426 for a version other than 13); else 0 (served as
+        plain HTTP/1.1, by the app: what a WSGI app's users get, as under gunicorn)."""
+        if self._upgrade_to.find(b"websocket") < 0 or not self.balancer.pool.websockets:
+            return 0
+        version = key = b""
+        for name, value in self._headers:
+            if name == b"sec-websocket-version":
+                version = value.strip()
+            elif name == b"sec-websocket-key":
+                key = value.strip()
+        if method != "GET" or self._upgrade_body or len(key) != 24:
+            return 400
+        if version != b"13":
+            return 426
+        return 1
 
     def _upgrade_received(self, data: bytes, offset: int) -> None:
         """After a request asking for a protocol upgrade the parser stops: what follows is
@@ -495,8 +540,9 @@ class Client:
             self._advance()
 
     # -- requests ----------------------------------------------------------------------------
-    def _upstream_head(self, method: str) -> bytes:
-        """The request as the worker gets it: our own headers, none of the client's Rip-*."""
+    def _upstream_head(self, method: str, websocket: bool = False) -> bytes:
+        """The request as the worker gets it: our own headers, none of the client's Rip-*;
+        a WebSocket's keeps asking for the upgrade."""
         url = self._url
         parts = [method.encode(), b" ", url, b" HTTP/1.1\r\n"]
         host = self._host
@@ -532,6 +578,8 @@ class Client:
                   b"\r\n")
         if host:
             parts += (b"x-forwarded-host: ", host, b"\r\n")
+        if websocket:
+            parts.append(b"upgrade: websocket\r\nconnection: upgrade\r\n")
         size = self._upgrade_body if self._upgrade else self._body.size
         if size or not (method == "GET" or method == "HEAD"):  # "no body" needs no header
             parts += (b"content-length: %d\r\n" % size,)
@@ -598,6 +646,17 @@ class Client:
             return
         # The request id goes in last: it is only known now that the request is complete.
         exchange.head += b"x-request-id: %s\r\n\r\n" % exchange.request_id.encode()
+        if exchange.websocket:
+            if exchange.websocket == 426:
+                exchange.note = "unsupported WebSocket version"
+                self._answer(exchange, 426, b"426 WebSocket version 13 only\n",
+                             extra=b"sec-websocket-version: 13\r\n")
+            elif exchange.websocket != 1:
+                exchange.note = "malformed WebSocket upgrade"
+                self._answer(exchange, 400, b"400 malformed WebSocket upgrade\n")
+            else:
+                balancer.open_tunnel(exchange)
+            return
         balancer.submit(exchange)
 
     def _redirect(self, exchange: Exchange) -> None:
@@ -745,6 +804,30 @@ class Client:
         if exchange.state == FLUSHING and (spool is None or not spool.size):
             self._finish(exchange)
 
+    def upgraded(self, exchange: Exchange, tunnel: Tunnel, head: bytes, rest: bytes) -> None:
+        """The WebSocket worker answered: a 101 (and from now on the connection carries the
+        WebSocket's bytes both ways), or a refusal, passed on as it is until the worker ends
+        the connection."""
+        if self.state == CLOSED:
+            return
+        self.state = TUNNEL
+        self.tunnel = tunnel
+        self.transport.write(b"".join((head, b"x-request-id: ", exchange.request_id.encode(),
+                                       b"\r\n", self.extra, b"\r\n", rest)))
+        if not self.reading:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def tunnel_ended(self, exchange: Exchange, why: str) -> None:
+        """The worker's side of a WebSocket ended: so does the client's, once what was
+        written reaches it."""
+        self.tunnel = None
+        exchange.note = "" if exchange.status == 101 and not why else why
+        self.balancer.finished(exchange)
+        exchange.release_buffers()
+        self.exchanges.clear()
+        self._close()
+
     def broken(self, exchange: Exchange, why: str) -> None:
         """The response broke after its head went out: only the connection's end can tell
         the client (a short body, or no last chunk), as uvicorn and gunicorn do."""
@@ -781,8 +864,11 @@ class Client:
         self._advance()
 
     def timed_out(self, now: float) -> None:
-        """The balancer's sweeper: is one of this connection's clocks out?"""
+        """The balancer's sweeper: is one of this connection's clocks out? (A WebSocket's
+        are the worker's: pings, and its graceful stop.)"""
         state = self.state
+        if state == TUNNEL:
+            return
         options = self.options
         if not self.writable and self.paused_at and now - self.paused_at > options.send_timeout:
             log.info("closing a connection whose client stopped reading for %.0f s",

@@ -23,13 +23,23 @@ def make_app(balancer: Balancer) -> web.Application:
 
     def find(body: dict[str, Any]) -> Any:
         worker_id = require(body, "id")
-        slot = pool.slots.get(worker_id)
+        slot = pool.slots.get(worker_id) or pool.websockets.get(worker_id)
         if slot is None:
             raise CommandError("unknown-worker", f"no worker {worker_id!r} in the pool", 404)
         return slot
 
     async def join(body: dict[str, Any]) -> Any:
-        """Add a ready worker: {"id", "socket", "version"}; a known id is replaced."""
+        """Add a ready worker: {"id", "socket", "version"}; a known id is replaced. A
+        WebSocket worker: "kind": "websocket", with its "capacity" (WebSockets at once)."""
+        kind = body.get("kind", "http")
+        if kind == "websocket":
+            capacity = body.get("capacity", 1000)
+            if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+                raise CommandError("bad-request", "'capacity' must be a whole number from 1")
+            return balancer.join_websocket(require(body, "id"), require(body, "socket"),
+                                           str(body.get("version", "")), capacity).describe()
+        if kind != "http":
+            raise CommandError("bad-request", "'kind' must be http or websocket")
         slot = balancer.join(require(body, "id"), require(body, "socket"),
                              str(body.get("version", "")))
         return slot.describe()
@@ -62,8 +72,9 @@ def make_app(balancer: Balancer) -> web.Application:
         return slot.describe()
 
     async def pool_(body: dict[str, Any]) -> Any:
-        """Every registered worker with its state."""
-        return [slot.describe() for slot in pool.slots.values()]
+        """Every registered worker with its state (WebSocket workers: "kind": "websocket")."""
+        return ([slot.describe() for slot in pool.slots.values()]
+                + [slot.describe() for slot in pool.websockets.values()])
 
     async def stats(body: dict[str, Any]) -> Any:
         """Counters, the queue, and workers reported hung."""

@@ -38,7 +38,9 @@ from ripsvc.balancer.pool import (
     Pool,
     QueueFull,
     Slot,
+    WebSocketSlot,
 )
+from ripsvc.balancer.tunnel import HANDSHAKE, Tunnel
 from ripsvc.balancer.upstream import CLOSED, IDLE, Upstream
 
 if TYPE_CHECKING:
@@ -57,11 +59,19 @@ PROBE_TIMEOUT = 2.0
 REPORT_INTERVAL = 10.0
 
 
+class Connecting(Protocol):
+    """A worker connection being opened (Upstream, Tunnel)."""
+
+    state: int
+
+    def connect_failed(self, why: str) -> None: ...
+
+
 class Network(Protocol):
-    """How the core reaches a worker: open a connection to `path` for `upstream`, which then
+    """How the core reaches a worker: open a connection to `path` for `protocol`, which then
     gets connection_made, or connect_failed (refused, no such socket, timed out)."""
 
-    def connect(self, path: str, upstream: Upstream) -> None: ...
+    def connect(self, path: str, protocol: Connecting) -> None: ...
 
 
 class AccessSink(Protocol):
@@ -79,6 +89,7 @@ class Balancer:
         self.access_log = access_log
         self.pool = Pool(options.max_queue)
         self.clients: set[Client] = set()
+        self.tunnels: set[Tunnel] = set()  # WebSockets, from their request to their end
         self.ports: list[str] = []
         self.tcp_ports: list[int] = []
         self.started = time.time()
@@ -126,6 +137,18 @@ class Balancer:
         return b"[%s]:0" % text if found.version == 6 else b"%s:0" % text
 
     # -- workers -----------------------------------------------------------------------------
+    def join_websocket(self, worker_id: str, path: str, version: str,
+                       capacity: int) -> WebSocketSlot:
+        """A ready WebSocket worker; the same id and socket again keeps its slot."""
+        websockets = self.pool.websockets
+        slot = websockets.get(worker_id)
+        if slot is None or slot.path != path:
+            slot = websockets[worker_id] = WebSocketSlot(worker_id, path, version, capacity)
+            log.info("WebSocket worker %s joined (%s, version %s, up to %d)", worker_id, path,
+                     version or "-", capacity)
+        slot.version, slot.capacity, slot.draining = version or slot.version, capacity, False
+        return slot
+
     def join(self, worker_id: str, path: str, version: str) -> Slot:
         """A ready worker. The same id and socket again (the manager re-joins a restarted
         worker) keeps the slot, and a slot in PROBING is probed at once."""
@@ -140,13 +163,23 @@ class Balancer:
             self._slot_free(slot, now, "")
         return slot
 
-    def leave(self, slot: Slot, why: str) -> None:
-        """Out of the pool at once (the manager drains it first to let its request finish)."""
+    def leave(self, slot: Slot | WebSocketSlot, why: str) -> None:
+        """Out of the pool at once (the manager drains it first to let its request finish).
+        A WebSocket worker's WebSockets go on until they end (its own close them in time)."""
+        if isinstance(slot, WebSocketSlot):
+            if self.pool.websockets.get(slot.id) is slot:
+                del self.pool.websockets[slot.id]
+            return
         self._remove(slot, why)
 
-    def drain(self, slot: Slot, drained: Callable[[], None]) -> None:
+    def drain(self, slot: Slot | WebSocketSlot, drained: Callable[[], None]) -> None:
         """No new requests for `slot`; `drained` is called once its request in flight (if
-        any) is done."""
+        any) is done. A WebSocket worker takes no new WebSockets, drained at once: those it
+        has end on their own, or when it stops (1001 after its graceful_timeout)."""
+        if isinstance(slot, WebSocketSlot):
+            slot.draining = True
+            drained()
+            return
         self.pool.drain(slot, self.clock())
         if slot.state == DRAINING:
             slot.drained.append(drained)
@@ -350,6 +383,50 @@ class Balancer:
             else:
                 upstream.transport.resume_reading()
 
+    # -- WebSockets ------------------------------------------------------------------------------
+    def open_tunnel(self, exchange: Exchange) -> None:
+        """A WebSocket: to the least busy WebSocket worker, on a connection of its own."""
+        slot = self.pool.pick_websocket()
+        if slot is None:
+            self.stats["websocket_refused"] += 1
+            exchange.client.answer_error(exchange, 503, "no WebSocket worker can take more")
+            return
+        exchange.move(WAITING)
+        exchange.dispatched = self.clock()
+        exchange.worker_id = slot.id
+        exchange.attempts = 1
+        slot.open += 1
+        slot.opened += 1
+        tunnel = exchange.tunnel = Tunnel(self, slot, exchange)
+        self.tunnels.add(tunnel)
+        self.network.connect(slot.path, tunnel)
+
+    def tunnel_answered(self, tunnel: Tunnel, status: int, head: bytes, rest: bytes) -> None:
+        exchange = tunnel.exchange
+        if exchange.state != WAITING:
+            return
+        exchange.move(STREAMING)
+        exchange.status = status
+        if status == 101:
+            self.stats["websockets"] += 1
+        exchange.client.upgraded(exchange, tunnel, head, rest)
+
+    def tunnel_ended(self, tunnel: Tunnel, why: str, started: bool,
+                     status: int = 502) -> None:
+        """A WebSocket's worker connection ended, or never came up: its client's ends too."""
+        if tunnel not in self.tunnels:
+            return
+        self.tunnels.discard(tunnel)
+        tunnel.slot.open -= 1
+        exchange = tunnel.exchange
+        exchange.tunnel = None
+        if exchange.state == WAITING:
+            if not started:
+                self.stats["connect_failures"] += 1
+            exchange.client.answer_error(exchange, status, why)
+        elif exchange.state == STREAMING:
+            exchange.client.tunnel_ended(exchange, why)
+
     # -- probes ----------------------------------------------------------------------------------
     def _probe(self, slot: Slot, now: float) -> None:
         slot.probe_at = 0.0  # under way
@@ -406,6 +483,14 @@ class Balancer:
             self.stats["client_gone"] += 1
         elif state == FLUSHING:
             exchange.note = exchange.note or "client closed"
+        tunnel = exchange.tunnel
+        if tunnel is not None:  # a WebSocket: its end is its client's
+            exchange.tunnel = None
+            self.tunnels.discard(tunnel)
+            tunnel.slot.open -= 1
+            tunnel.close()
+            if exchange.status == 101:
+                exchange.note = ""  # how a WebSocket ends: not worth a note
         if state != DONE:
             self.finished(exchange)
 
@@ -441,6 +526,13 @@ class Balancer:
             except Exception as exc:
                 self.internal_error(exc, "a client connection's timeouts")
                 client.abort()
+        limit = self.options.response_timeout
+        for tunnel in list(self.tunnels):
+            if tunnel.state <= HANDSHAKE and now - tunnel.exchange.dispatched > limit:
+                tunnel.close()
+                self.stats["hung"] += 1
+                self.tunnel_ended(tunnel, f"no answer to a WebSocket within {limit:g} s", True,
+                                  504)
         if now - self._checked >= CHECK_INTERVAL:
             self._checked = now
             try:
@@ -519,9 +611,14 @@ class Balancer:
             if len(started) > 1 or (started and client.exchanges[0] is not started[0]):
                 found.append("a connection answers a request out of turn")
             for exchange in started:
-                if exchange.state in (WAITING, STREAMING) and (
+                if exchange.state in (WAITING, STREAMING) and exchange.tunnel is None and (
                         exchange.slot is None or exchange.slot.exchange is not exchange):
                     found.append(f"request {exchange.request_id} waits on no worker")
+        for tunnel in self.tunnels:
+            if tunnel.exchange.tunnel is not tunnel or tunnel.exchange.state not in (
+                    WAITING, STREAMING):
+                found.append(f"a WebSocket of request {tunnel.exchange.request_id} is kept "
+                             "after its end")
         return found
 
     def repair(self, now: float) -> None:
@@ -553,6 +650,12 @@ class Balancer:
             elif slot.state not in (BUSY, DRAINING):
                 slot.exchange = None
         pool.queued = sum(1 for exchange in pool.queue if exchange.state == QUEUED)
+        for tunnel in list(self.tunnels):
+            if tunnel.exchange.tunnel is not tunnel or tunnel.exchange.state not in (
+                    WAITING, STREAMING):
+                self.tunnels.discard(tunnel)
+                tunnel.slot.open -= 1
+                tunnel.close()
         while pool.queued and pool.idle:  # a waiting request and an idle worker: together
             slot = pool.idle[0]
             pool.acquire_this(slot, now)
@@ -560,6 +663,7 @@ class Balancer:
         for client in list(self.clients):
             for item in client.exchanges:
                 if (not isinstance(item, Exception) and item.state in (WAITING, STREAMING)
+                        and item.tunnel is None
                         and (item.slot is None or item.slot.exchange is not item)):
                     item.slot = None
                     client.abort()  # its request has no worker: only closing ends it
@@ -635,6 +739,8 @@ class Balancer:
             "app": self.options.app,
             "workers": pool.counts(),
             "queue": {"depth": pool.queued, "max": pool.max_queue},
+            **({"websockets": {"open": sum(s.open for s in pool.websockets.values()),
+                               "workers": len(pool.websockets)}} if pool.websockets else {}),
             "ports": self.ports,
             "uptime": round(time.time() - self.started, 3),
             "version": __version__,

@@ -32,6 +32,7 @@ from ripsvc.body import Body, Spool
 if TYPE_CHECKING:
     from ripsvc.balancer.client import Client
     from ripsvc.balancer.pool import Slot
+    from ripsvc.balancer.tunnel import Tunnel
 
 PIPELINED: Final = 0
 QUEUED: Final = 1
@@ -68,11 +69,39 @@ class StateError(Exception):
 
 
 class Exchange:
-    __slots__ = ("attempts", "body", "chunked", "client", "close_after", "dispatched",
-                 "head", "head_only", "host", "http10", "keep_alive", "last_byte",
-                 "method", "note", "queue_deadline", "queued", "received", "request_id", "sent",
-                 "slot", "spool", "state", "status", "target", "unbuffered", "unknown_host",
-                 "upgrade", "worker_busy", "worker_id")
+    __slots__ = (
+        "attempts",
+        "body",
+        "chunked",
+        "client",
+        "close_after",
+        "dispatched",
+        "head",
+        "head_only",
+        "host",
+        "http10",
+        "keep_alive",
+        "last_byte",
+        "method",
+        "note",
+        "queue_deadline",
+        "queued",
+        "received",
+        "request_id",
+        "sent",
+        "slot",
+        "spool",
+        "state",
+        "status",
+        "target",
+        "tunnel",
+        "unbuffered",
+        "unknown_host",
+        "upgrade",
+        "websocket",
+        "worker_busy",
+        "worker_id",
+    )
 
     def __init__(self, client: Client, method: str, target: bytes, head: bytes, body: Body,
                  keep_alive: bool, request_id: str, received: float) -> None:
@@ -87,7 +116,9 @@ class Exchange:
         self.host = b""  # its Host header
         self.unknown_host = False  # not in the host registry: 404
         self.http10 = False
-        self.upgrade = False  # asked for a protocol upgrade, served as plain HTTP/1.1
+        self.upgrade = False  # asked for a protocol upgrade (served as plain HTTP/1.1 …)
+        self.websocket = 0  # … unless a WebSocket: 1, or the status refusing a bad one
+        self.tunnel: Tunnel | None = None  # a WebSocket's way to its worker
         # its way through the balancer
         self.state = PIPELINED
         self.attempts = 0  # workers it was sent to

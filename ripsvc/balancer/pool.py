@@ -70,6 +70,28 @@ class QueueFull(Exception):
     pass
 
 
+class WebSocketSlot:
+    """One WebSocket worker: it holds many WebSockets at once, up to its capacity."""
+
+    __slots__ = ("capacity", "draining", "id", "joined", "open", "opened", "path", "version")
+
+    def __init__(self, worker_id: str, path: str, version: str, capacity: int) -> None:
+        self.id = worker_id
+        self.path = path
+        self.version = version
+        self.capacity = capacity
+        self.open = 0
+        self.opened = 0
+        self.draining = False  # no new WebSockets (its own close them in time)
+        self.joined = time.time()
+
+    def describe(self) -> dict[str, object]:
+        return {"id": self.id, "socket": self.path, "version": self.version,
+                "kind": "websocket", "state": "draining" if self.draining else "ready",
+                "open": self.open, "opened": self.opened, "capacity": self.capacity,
+                "served": self.opened, "reason": "", "joined": self.joined}
+
+
 class Slot:
     """One registered worker: its socket, state, and the connection and exchange it has."""
 
@@ -124,6 +146,7 @@ class Pool:
         # an idle new-version worker is taken before any old one.
         self.newest = ""
         self.mixed = False
+        self.websockets: dict[str, WebSocketSlot] = {}
 
     # -- membership ------------------------------------------------------------------------
     def join(self, slot: Slot) -> tuple[Slot, Slot | None]:
@@ -248,6 +271,20 @@ class Pool:
         elif slot.state in (READY, PROBING):
             slot.move(DRAINED, now)
         self._check_versions()
+
+    # -- WebSocket workers ------------------------------------------------------------------------
+    def pick_websocket(self) -> WebSocketSlot | None:
+        """The WebSocket worker for a new WebSocket: of the newest version, the least busy,
+        not full, not draining; None when there is none."""
+        best: WebSocketSlot | None = None
+        best_key = (True, 0)
+        for slot in self.websockets.values():
+            if slot.draining or slot.open >= slot.capacity:
+                continue
+            key = (slot.version != self.newest, slot.open)  # the newest first, then the idlest
+            if best is None or key < best_key:
+                best, best_key = slot, key
+        return best
 
     # -- views -------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -26,9 +26,9 @@ from ripsvc.balancer import proxyproto
 from ripsvc.balancer.accesslog import AccessLog
 from ripsvc.balancer.client import Client
 from ripsvc.balancer.control import make_app, metrics_handler
-from ripsvc.balancer.core import REPORT_INTERVAL, SWEEP_INTERVAL, Balancer
+from ripsvc.balancer.core import REPORT_INTERVAL, SWEEP_INTERVAL, Balancer, Connecting
 from ripsvc.balancer.options import BalancerOptions, nice_for
-from ripsvc.balancer.upstream import CONNECTING, Upstream
+from ripsvc.balancer.upstream import CONNECTING
 from ripsvc.control import bind_socket
 from ripsvc.exitcodes import ExitCode
 from ripsvc.process import set_priority
@@ -47,22 +47,22 @@ class LoopNetwork:
         self.timeout = timeout
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def connect(self, path: str, upstream: Upstream) -> None:
-        task = self.loop.create_task(self._connect(path, upstream))
+    def connect(self, path: str, protocol: Connecting) -> None:
+        task = self.loop.create_task(self._connect(path, protocol))
         self._tasks.add(task)  # a reference, so that the task is not collected half-way
         task.add_done_callback(self._tasks.discard)
 
-    async def _connect(self, path: str, upstream: Upstream) -> None:
+    async def _connect(self, path: str, protocol: Connecting) -> None:
         try:
             # An asyncio protocol in all but its base class (it is compiled: see client.py)
-            protocol = cast(asyncio.Protocol, upstream)
-            await asyncio.wait_for(self.loop.create_unix_connection(lambda: protocol, path),
+            made = cast(asyncio.Protocol, protocol)
+            await asyncio.wait_for(self.loop.create_unix_connection(lambda: made, path),
                                    self.timeout)
         except (OSError, TimeoutError) as exc:
-            if upstream.state == CONNECTING:
+            if protocol.state == CONNECTING:
                 why = f"cannot connect to {path}: {exc or 'timed out'}"
                 try:
-                    upstream.connect_failed(why)
+                    protocol.connect_failed(why)
                 except Exception as error:
                     self.balancer().internal_error(error, f"a failed connection to {path}")
 
@@ -226,6 +226,7 @@ class Plan:
     listen: list[Bind] = field(default_factory=list)
     control: str | None = None
     workers: list[StaticWorker] = field(default_factory=list)
+    websocket_workers: list[StaticWorker] = field(default_factory=list)
     graceful_timeout: float = 30.0
 
 
@@ -315,6 +316,8 @@ async def run(plan: Plan) -> ExitCode:
         await web.TCPSite(metrics_runner, "127.0.0.1", plan.options.metrics_port).start()
     for worker in plan.workers:
         balancer.join(worker.id, worker.socket, worker.version)
+    for worker in plan.websocket_workers:
+        balancer.join_websocket(worker.id, worker.socket, worker.version, 1000)
     sweeper = Sweeper(loop, balancer)
     sweeper.start()
 

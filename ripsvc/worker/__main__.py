@@ -13,7 +13,7 @@ from ripsvc.process import run_and_exit
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.sockets import Bind
 from ripsvc.values import parse_seconds, parse_size, typed
-from ripsvc.worker.core import RELOAD_MODES, WorkerOptions
+from ripsvc.worker.core import RELOAD_MODES, WebSocketLimits, WorkerOptions
 from ripsvc.worker.server import run
 
 
@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, how long the request in flight may take (default: 30s)")
     p.add_argument("--max-body", type=typed(parse_size, "size"), default=100 << 20,
                    help="largest request body, else 413 (default: 100M)")
+    p.add_argument("--websocket", action="store_true",
+                   help="serve the app's WebSockets, many at once, instead of HTTP requests "
+                   "(ASGI and aiohttp apps; a WSGI app exits with 78)")
+    d = WebSocketLimits()
+    p.add_argument("--websocket-connections", type=int, default=d.connections,
+                   help="WebSockets at once in this worker (default: %(default)s)")
+    p.add_argument("--websocket-max-message", type=typed(parse_size, "size"),
+                   default=d.max_message, help="largest message, else closed with 1009")
+    p.add_argument("--websocket-ping", type=typed(parse_seconds, "duration"),
+                   default=d.ping_interval, help="ping a WebSocket silent this long, close it "
+                   "if no answer comes as long after (0: never; default: %(default)ss)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"rip-worker {__version__}")
@@ -71,7 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         app=spec, name=name, worker_id=args.worker_id, reload=args.reload,
         recycle=args.recycle, recycle_jitter=args.recycle_jitter,
         graceful_timeout=args.graceful_timeout, max_body=args.max_body,
-        recycle_handoff=args.recycle_handoff,
+        recycle_handoff=args.recycle_handoff, websocket=args.websocket,
+        websocket_limits=WebSocketLimits(args.websocket_connections, args.websocket_max_message,
+                                         args.websocket_ping, args.websocket_ping),
     )
     run_and_exit("worker", run(options, args.bind))
 

@@ -65,8 +65,14 @@ def from_balancer(request: web.BaseRequest) -> web.BaseRequest:
 
 
 def make_server(worker: Worker) -> web.Server:
-    """The protocol factory serving the worker's sockets for an aiohttp app."""
+    """The protocol factory serving the worker's sockets for an aiohttp app. A WebSocket
+    worker's serves many requests at once (each a WebSocket): no gate."""
     max_body = worker.options.max_body
+
+    async def dispatch_websocket(request: web.BaseRequest) -> web.StreamResponse:
+        host = worker.host
+        assert isinstance(host, AiohttpHost)
+        return await host.handle(from_balancer(request))
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         if "Rip-Probe" in request.headers:  # is the worker idle? (http.py: _answer_probe)
@@ -97,4 +103,5 @@ def make_server(worker: Worker) -> web.Server:
         assert isinstance(host, AiohttpHost)
         return host.make_request(*args, **kwargs)
 
-    return web.Server(dispatch, request_factory=make_request, access_log=None)
+    return web.Server(dispatch_websocket if worker.options.websocket else dispatch,
+                      request_factory=make_request, access_log=None)

@@ -25,6 +25,16 @@ RELOAD_MODES = ("none", "process", "module")
 
 
 @dataclass(frozen=True)
+class WebSocketLimits:
+    """A WebSocket worker's limits (worker/websocket.py)."""
+
+    connections: int = 1000  # at once, in this worker; more are refused (503)
+    max_message: int = 16 << 20  # bytes; a larger message closes with 1009
+    ping_interval: float = 20.0  # a ping after this long without a byte (0: never)
+    ping_timeout: float = 20.0  # no answer within this long: closed (1011)
+
+
+@dataclass(frozen=True)
 class WorkerOptions:
     app: AppSpec
     name: str = "app"
@@ -38,6 +48,9 @@ class WorkerOptions:
     #: Announce a reached recycling limit (sd_notify RIP_RECYCLE=1) and keep serving until
     #: stopped, at most this long, so that a supervisor can start a successor first (0: off).
     recycle_handoff: float = 0.0
+    #: A WebSocket worker: many WebSockets at once, no HTTP requests (worker/websocket.py).
+    websocket: bool = False
+    websocket_limits: WebSocketLimits = WebSocketLimits()
 
 
 class AppHost(Protocol):
@@ -107,6 +120,7 @@ class Worker:
             self.watcher = ModuleWatcher(options.app.directory, options.reload_interval)
         self._date_second = 0
         self._handoff: asyncio.TimerHandle | None = None
+        self.websockets: Any = None  # a WebSocket worker's Hub (worker/websocket.py)
         self._date_header = b""
 
     @property
@@ -233,6 +247,9 @@ class Worker:
             self.drained.set()
 
     def status_line(self) -> str:
+        if self.websockets is not None:
+            return (f"{self.options.name} ({self.kind}): {self.websockets.open} WebSockets "
+                    f"open, {self.websockets.opened} since start")
         state = "busy" if self.gate.busy else "idle"
         return (f"{self.options.name} ({self.kind}): {self.served} requests, "
                 f"{self.reloads} reloads, {state}")

@@ -48,7 +48,19 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
 
     factory: Callable[[], asyncio.Protocol]
     aio_server = None
-    if worker.kind == "aiohttp":
+    hub = None
+    if options.websocket and worker.kind == "wsgi":
+        log.error("the app is a WSGI app: it has no WebSockets to serve")
+        sd.notify("STATUS=the app has no WebSockets (WSGI)")
+        await worker.host.shutdown()
+        return ExitCode.NO_WEBSOCKETS
+    if options.websocket and worker.kind == "asgi":
+        from ripsvc.worker.websocket import Hub
+
+        hub = worker.websockets = Hub(worker, options.websocket_limits)
+        factory = hub.factory
+        hub.start()
+    elif worker.kind == "aiohttp":
         from ripsvc.worker.aiohttp_front import make_server
 
         aio_server = factory = make_server(worker)
@@ -65,7 +77,8 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
         else:
             servers.append(await loop.create_server(factory, sock=sock, backlog=BACKLOG))
 
-    log.info("serving %s (%s) on %s", options.app, worker.kind,
+    log.info("serving %s (%s%s) on %s", options.app, worker.kind,
+             ", WebSockets" if options.websocket else "",
              ", ".join(describe(s) for s in sockets))
     compiled.log_state(log)
     sd.notify("READY=1", f"STATUS={worker.status_line()}", f"MAINPID={os.getpid()}")
@@ -77,11 +90,17 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     await worker.stopping.wait()
     for server in servers:
         server.close()
-    try:
-        await asyncio.wait_for(worker.drained.wait(), options.graceful_timeout)
-    except TimeoutError:
-        log.warning("the request in flight did not finish within %.1f s; stopping anyway",
-                    options.graceful_timeout)
+    if hub is not None:
+        await hub.stop(options.graceful_timeout)
+    elif options.websocket:  # aiohttp: its own server ends its WebSockets (on_shutdown)
+        assert aio_server is not None
+        await aio_server.shutdown(options.graceful_timeout)
+    else:
+        try:
+            await asyncio.wait_for(worker.drained.wait(), options.graceful_timeout)
+        except TimeoutError:
+            log.warning("the request in flight did not finish within %.1f s; stopping anyway",
+                        options.graceful_timeout)
     stop_watchdog()
     stop_status()
     if aio_server is not None:

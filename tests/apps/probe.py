@@ -13,6 +13,11 @@
 /charge?n=N&file=F  → appends N to file F (a side effect a test can count)
 /sse?n=N&ms=M       → N Server-Sent Events, M ms apart, with no special header
 /wait-disconnect?file=F → waits for http.disconnect, then writes its delay to file F
+
+WebSockets (a WebSocket worker):
+/echo               → every message back; "close:CODE" closes with CODE
+/refuse             → closed before it is accepted (403)
+/scope              → the scope's client, server, scheme and headers, as one text message
 """
 
 import asyncio
@@ -30,6 +35,8 @@ async def app(scope, receive, send):
             await send({"type": message["type"] + ".complete"})
             if message["type"] == "lifespan.shutdown":
                 return
+    if scope["type"] == "websocket":
+        return await websocket(scope, receive, send)
     query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
     path = scope["path"]
     body = b""
@@ -98,3 +105,22 @@ async def app(scope, receive, send):
 async def reply(send, body, headers):
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def websocket(scope, receive, send):
+    assert (await receive())["type"] == "websocket.connect"
+    if scope["path"] == "/refuse":
+        return await send({"type": "websocket.close"})
+    await send({"type": "websocket.accept"})
+    if scope["path"] == "/scope":
+        seen = {"client": scope["client"], "server": scope["server"], "scheme": scope["scheme"],
+                "headers": {k.decode(): v.decode() for k, v in scope["headers"]}}
+        await send({"type": "websocket.send", "text": json.dumps(seen)})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text and text.startswith("close:"):
+            return await send({"type": "websocket.close", "code": int(text[6:])})
+        await send({"type": "websocket.send", "text": text, "bytes": message.get("bytes")})

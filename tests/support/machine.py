@@ -213,6 +213,12 @@ class Rig:
         self.balancer.join(worker_id, worker.path, "")
         return worker
 
+    def join_websocket(self, worker_id: str, capacity: int = 1000) -> WorkerEnd:
+        worker = self.workers.get(worker_id) or WorkerEnd(self, worker_id, f"/{worker_id}.sock")
+        self.workers[worker_id] = worker
+        self.balancer.join_websocket(worker_id, worker.path, "", capacity)
+        return worker
+
     def worker(self, worker_id: str) -> WorkerEnd:
         return self.workers[worker_id]
 

@@ -177,8 +177,10 @@ class BalancerProcess(Process):
         self.listener = listener
         self.port = listener.getsockname()[1]
         self.control_path = str(workdir / f"{name}.ctl")
+        # "{port}" in an argument is the port chosen here (--tls-port {port}: HTTPS on it)
         argv = [sys.executable, "-m", "ripsvc.balancer", "--app", "probe",
-                "--control", self.control_path, *args]
+                "--control", self.control_path,
+                *(arg.replace("{port}", str(self.port)) for arg in args)]
         super().__init__(workdir, argv, [("http", listener)], env, name, stdout)
 
     def close(self) -> None:

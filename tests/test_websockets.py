@@ -1,0 +1,161 @@
+"""WebSockets through the balancer to WebSocket workers (issue 21): echo and broadcast with
+FastAPI and aiohttp apps, over HTTP and HTTPS, many at once while every HTTP worker keeps
+serving; what the WebSocket worker sees of its client; refusals, malformed upgrades, the message
+size limit, idle pings, and the counts in /status and the metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.client import control, fetch, pipeline
+from tests.support.procs import TEST_APPS
+from tests.support.wsclient import Refused, WebSocket
+from tests.test_availability import healed
+from tests.test_https import write_certificate
+
+FASTAPI = str(TEST_APPS / "ws_fastapi.py") + ":app"
+AIOHTTP = str(TEST_APPS / "ws_aiohttp.py") + ":app"
+PROBE = str(TEST_APPS / "probe.py")
+
+
+def test_echo_refusal_and_what_the_app_sees(start_stack):
+    stack = start_stack(workers=1, websockets=1)
+    ws = WebSocket(stack.port, "/echo")
+    ws.send("hello")
+    assert ws.receive() == "hello"
+    ws.send(b"\x00\xff" * 1000)
+    assert ws.receive() == b"\x00\xff" * 1000
+    ws.send("close:4001")
+    assert ws.receive() is None and ws.closed == 4001
+    ws.close()
+    with pytest.raises(Refused) as refused:
+        WebSocket(stack.port, "/refuse")
+    assert refused.value.status == 403
+    ws = WebSocket(stack.port, "/scope", headers=[(b"X_Evil", b"1"), (b"Rip-Client", b"1.2.3.4:1")])
+    seen = json.loads(ws.receive())
+    ws.close()
+    assert seen["client"][0] == "127.0.0.1" and seen["server"] == ["127.0.0.1", stack.port]
+    assert seen["scheme"] == "ws"
+    assert seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+    assert "x_evil" not in seen["headers"] and "rip-client" not in seen["headers"]
+    healed(stack.port, 1)
+
+
+@pytest.mark.parametrize(("app", "name"), [(FASTAPI, "fastapi"), (AIOHTTP, "aiohttp")])
+def test_two_hundred_websockets_while_every_http_worker_serves(start_stack, app, name):
+    """200 WebSockets at once, echo and broadcast, on one WebSocket worker, while HTTP
+    requests go on being answered by both HTTP workers."""
+    stack = start_stack(workers=2, websockets=1, app=app)
+    sockets = [WebSocket(stack.port, "/ws/echo") for _ in range(200)]
+    served: set[str] = set()
+    stop = threading.Event()
+
+    def http_load() -> None:
+        while not stop.is_set():
+            reply = fetch(stack.port, "/hi")
+            assert reply.status == 200 and name in reply.text
+            served.add(reply.headers.get("x-request-id", ""))
+
+    load = threading.Thread(target=http_load, daemon=True)
+    load.start()
+    try:
+        for n, ws in enumerate(sockets):
+            ws.send(f"message {n}")
+        for n, ws in enumerate(sockets):
+            assert ws.receive() == f"message {n}"
+        listeners = [WebSocket(stack.port, "/ws/broadcast") for _ in range(3)]
+        time.sleep(0.2)
+        listeners[0].send("to everyone")
+        for listener in listeners:
+            assert listener.receive() == "to everyone"
+        status = json.loads(fetch(stack.port, "/status").body)
+        assert status["websockets"] == {"open": 203, "workers": 1}
+    finally:
+        stop.set()
+        load.join(10)
+    assert len(served) > 10
+    _, pool = control(stack.control, "pool")
+    assert all(w["served"] > 0 for w in pool["data"] if w.get("kind") != "websocket")
+    for ws in sockets + listeners:
+        ws.close()
+    time.sleep(0.3)
+    assert json.loads(fetch(stack.port, "/status").body)["websockets"]["open"] == 0
+    healed(stack.port, 2, path="/hi")
+
+
+def test_websockets_over_https(start_stack, short_tmp):
+    cert, key, _ = write_certificate(short_tmp, "ws")
+    stack = start_stack(workers=1, websockets=1, app=FASTAPI, args=(
+        "--tls-port", "{port}", "--cert", str(cert), "--key", str(key)))
+    ws = WebSocket(stack.port, "/ws/echo", tls=True)
+    ws.send("over TLS")
+    assert ws.receive() == "over TLS"
+    ws.close()
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ([(b"Sec-WebSocket-Version", b"8")], 426),
+    ([(b"Sec-WebSocket-Key", b"short")], 400),
+])
+def test_malformed_upgrades_are_refused_by_the_balancer(start_stack, headers, status):
+    stack = start_stack(workers=1, websockets=1)
+    lines = [b"GET /echo HTTP/1.1", b"Host: localhost", b"Upgrade: websocket",
+             b"Connection: Upgrade"]
+    given = {name.lower() for name, _ in headers}
+    if b"sec-websocket-version" not in given:
+        lines.append(b"Sec-WebSocket-Version: 13")
+    if b"sec-websocket-key" not in given:
+        lines.append(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    lines += [name + b": " + value for name, value in headers]
+    replies = pipeline(stack.port, b"\r\n".join(lines) + b"\r\n\r\n", ["GET"])
+    assert [r.status for r in replies] == [status]
+    if status == 426:
+        assert replies[0].header("sec-websocket-version") == "13"
+    healed(stack.port, 1)
+
+
+def test_a_message_over_the_limit_closes_with_1009(start_stack):
+    stack = start_stack(workers=1, websockets=1,
+                        worker_args=("--websocket-max-message", "1k"))
+    ws = WebSocket(stack.port, "/echo")
+    ws.send("x" * 2000)
+    assert ws.receive() is None and ws.closed == 1009
+    ws.close()
+
+
+def test_an_idle_websocket_is_pinged_and_one_that_does_not_answer_is_closed(start_stack):
+    stack = start_stack(workers=1, websockets=1, worker_args=("--websocket-ping", "0.5"))
+    ws = WebSocket(stack.port, "/echo")
+    ws.sock.settimeout(5)
+    data = ws.sock.recv(100)  # a ping, after 0.5 s of silence
+    assert data[:1] == b"\x89", data  # FIN + opcode 9 (ping)
+    start = time.monotonic()
+    while ws.sock.recv(100):  # never answered: closed within ping + timeout
+        pass
+    assert time.monotonic() - start < 3
+    ws.sock.close()
+    time.sleep(0.2)
+    assert json.loads(fetch(stack.port, "/status").body)["websockets"]["open"] == 0
+
+
+def test_without_websocket_workers_an_upgrade_is_plain_http(start_stack):
+    """(A WSGI app's, as under gunicorn: the app answers the request.)"""
+    stack = start_stack(workers=1)
+    with pytest.raises(Refused) as refused:
+        WebSocket(stack.port, "/pid")
+    assert refused.value.status == 200
+
+
+def test_the_metrics_count_websockets(start_stack):
+    stack = start_stack(workers=1, websockets=1)
+    ws = WebSocket(stack.port, "/echo")
+    ws.close()
+    time.sleep(0.2)
+    _, stats = control(stack.control, "stats")
+    assert stats["data"]["counters"]["websockets"] == 1
+    metrics = Path  # noqa: F841 (the exposition is checked by its own test)
