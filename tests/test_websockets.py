@@ -79,6 +79,8 @@ def test_two_hundred_websockets_while_every_http_worker_serves(start_stack, app,
         stop.set()
         load.join(10)
     assert len(served) > 10
+    _, stats = control(stack.control, "stats")  # plain HTTP: the sockets were handed over
+    assert stats["data"]["counters"]["websockets_handed_over"] >= 200
     _, pool = control(stack.control, "pool")
     assert all(w["served"] > 0 for w in pool["data"] if w.get("kind") != "websocket")
     for ws in sockets + listeners:
@@ -96,6 +98,9 @@ def test_websockets_over_https(start_stack, short_tmp):
     ws.send("over TLS")
     assert ws.receive() == "over TLS"
     ws.close()
+    _, stats = control(stack.control, "stats")  # TLS is the balancer's: relayed, not handed
+    assert stats["data"]["counters"]["websockets"] == 1
+    assert stats["data"]["counters"].get("websockets_handed_over", 0) == 0
 
 
 @pytest.mark.parametrize(("headers", "status"), [

@@ -150,6 +150,7 @@ class Client:
         self._advancing = False
         self._eof_probes = 0  # interim responses written since the client's EOF
         self.tunnel: Tunnel | None = None  # a WebSocket's way to its worker (TUNNEL)
+        self._early = b""  # bytes after a WebSocket's upgrade request, before its answer
         # per request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -517,7 +518,11 @@ class Client:
 
     def _upgrade_received(self, data: bytes, offset: int) -> None:
         """After a request asking for a protocol upgrade the parser stops: what follows is
-        the body it declared (read here by its Content-Length), then nothing we serve."""
+        the body it declared (read here by its Content-Length), then nothing we serve (a
+        WebSocket's client should send nothing before the answer: if it does, it is relayed,
+        not handed over, and its worker sees those bytes)."""
+        if offset < len(data) and not self._upgrade_body:
+            self._early = data[offset:]
         if self._upgraded is not None and self._upgrade_body:
             self._upgrade_body_received(data[offset:])
 
@@ -803,6 +808,28 @@ class Client:
             self.transport.write(data)
         if exchange.state == FLUSHING and (spool is None or not spool.size):
             self._finish(exchange)
+
+    def early_bytes(self) -> bytes:
+        early, self._early = self._early, b""
+        return early
+
+    @property
+    def can_hand_over(self) -> bool:
+        """Can this connection's socket be handed to a WebSocket worker (handoff.py)? On plain
+        HTTP, when nothing of the client's came after its upgrade request."""
+        return self.scheme == b"http" and not self._early
+
+    def handed_over(self, exchange: Exchange) -> None:
+        """The socket is the WebSocket worker's now: logged as such, and let go of here."""
+        exchange.status = 101
+        exchange.note = f"handed to WebSocket worker {exchange.worker_id}"
+        self.balancer.finished(exchange)
+        exchange.release_buffers()
+        self.exchanges.clear()
+        self.state = CLOSED
+        self.parser = httptools.HttpRequestParser(NO_CALLBACKS)
+        self.balancer.clients.discard(self)
+        self.transport.abort()  # our descriptor only: the worker has its own of the socket
 
     def upgraded(self, exchange: Exchange, tunnel: Tunnel, head: bytes, rest: bytes) -> None:
         """The WebSocket worker answered: a 101 (and from now on the connection carries the

@@ -69,9 +69,14 @@ class Connecting(Protocol):
 
 class Network(Protocol):
     """How the core reaches a worker: open a connection to `path` for `protocol`, which then
-    gets connection_made, or connect_failed (refused, no such socket, timed out)."""
+    gets connection_made, or connect_failed (refused, no such socket, timed out); and hand a
+    client's socket over to the WebSocket worker at `path` (handoff.py), where it can."""
 
     def connect(self, path: str, protocol: Connecting) -> None: ...
+
+    def websocket_worker(self, path: str) -> None: ...
+
+    def hand_over(self, path: str, transport: Any, head: bytes) -> bool: ...
 
 
 class AccessSink(Protocol):
@@ -147,6 +152,7 @@ class Balancer:
             log.info("WebSocket worker %s joined (%s, version %s, up to %d)", worker_id, path,
                      version or "-", capacity)
         slot.version, slot.capacity, slot.draining = version or slot.version, capacity, False
+        self.network.websocket_worker(path)
         return slot
 
     def join(self, worker_id: str, path: str, version: str) -> Slot:
@@ -391,15 +397,30 @@ class Balancer:
             self.stats["websocket_refused"] += 1
             exchange.client.answer_error(exchange, 503, "no WebSocket worker can take more")
             return
+        exchange.worker_id = slot.id
+        client = exchange.client
+        if client.can_hand_over and self.network.hand_over(slot.path, client.transport,
+                                                           exchange.head):
+            slot.open += 1
+            slot.opened += 1
+            self.stats["websockets"] += 1
+            self.stats["websockets_handed_over"] += 1
+            client.handed_over(exchange)
+            return
         exchange.move(WAITING)
         exchange.dispatched = self.clock()
-        exchange.worker_id = slot.id
         exchange.attempts = 1
         slot.open += 1
         slot.opened += 1
         tunnel = exchange.tunnel = Tunnel(self, slot, exchange)
         self.tunnels.add(tunnel)
         self.network.connect(slot.path, tunnel)
+
+    def handed_over_ended(self, path: str, count: int) -> None:
+        """`count` WebSockets handed over to the worker at `path` ended (handoff.py)."""
+        for slot in self.pool.websockets.values():
+            if slot.path == path:
+                slot.open = max(0, slot.open - count)
 
     def tunnel_answered(self, tunnel: Tunnel, status: int, head: bytes, rest: bytes) -> None:
         exchange = tunnel.exchange

@@ -27,6 +27,7 @@ from ripsvc.balancer.accesslog import AccessLog
 from ripsvc.balancer.client import Client
 from ripsvc.balancer.control import make_app, metrics_handler
 from ripsvc.balancer.core import REPORT_INTERVAL, SWEEP_INTERVAL, Balancer, Connecting
+from ripsvc.balancer.handoff import Channels
 from ripsvc.balancer.options import BalancerOptions, nice_for
 from ripsvc.balancer.upstream import CONNECTING
 from ripsvc.control import bind_socket
@@ -46,6 +47,13 @@ class LoopNetwork:
         self.balancer = balancer
         self.timeout = timeout
         self._tasks: set[asyncio.Task[None]] = set()
+        self.handoffs = Channels(loop, lambda path, n: balancer().handed_over_ended(path, n))
+
+    def websocket_worker(self, path: str) -> None:
+        self.handoffs.open(path)
+
+    def hand_over(self, path: str, transport: Any, head: bytes) -> bool:
+        return self.handoffs.hand_over(path, transport, head)
 
     def connect(self, path: str, protocol: Connecting) -> None:
         task = self.loop.create_task(self._connect(path, protocol))

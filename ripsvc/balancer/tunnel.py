@@ -56,7 +56,7 @@ class Tunnel:
             transport.close()
             return
         self.state = HANDSHAKE
-        transport.write(self.exchange.head)
+        transport.write(self.exchange.head + self.client.early_bytes())
 
     def connect_failed(self, why: str) -> None:
         """Called by the network instead of connection_made."""

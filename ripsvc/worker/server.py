@@ -64,6 +64,11 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
         from ripsvc.worker.aiohttp_front import make_server
 
         aio_server = factory = make_server(worker)
+        if options.websocket:  # the balancer's hand-over channels, told apart from WebSockets
+            from ripsvc.worker.websocket import AiohttpHub
+
+            aio_hub = worker.websockets = AiohttpHub(worker, aio_server)
+            factory = aio_hub.factory
     else:
         from ripsvc.worker.http import HttpConnection
 

@@ -15,11 +15,14 @@ rest with 1001 (going away).
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from wsproto import ConnectionType, WSConnection
@@ -55,6 +58,10 @@ QUEUE_LOW = 8
 #: How long a close we sent waits for the client's before the connection is ended anyway.
 CLOSE_WAIT = 1.0
 GOING_AWAY = 1001
+#: The first bytes of a connection that the balancer uses to hand over its clients' sockets
+#: (SCM_RIGHTS) rather than relay their bytes: plain-HTTP WebSockets, where no TLS is in the
+#: way. Each hand-over is then a 4-byte length, the upgrade request, and the socket.
+HANDOFF_HELLO = b"RIP-HANDOFF/1\r\n"
 
 
 class Hub:
@@ -66,6 +73,8 @@ class Hub:
         self.loop = worker.loop
         self.connections: set[WebSocketConnection] = set()
         self.opened = 0
+        self.channels: set[HandoffChannel] = set()
+        self._adopting: set[asyncio.Task[None]] = set()
         self._sweep: asyncio.TimerHandle | None = None
 
     def factory(self) -> WebSocketConnection:
@@ -91,6 +100,25 @@ class Hub:
     @property
     def open(self) -> int:
         return len(self.connections)
+
+    def adopt(self, fd: int, head: bytes, channel: HandoffChannel) -> None:
+        """A client's socket handed over by the balancer, with its upgrade request: from now
+        on this worker talks to the client directly."""
+        conn = WebSocketConnection(self)
+        conn.channel = channel
+        task = self.loop.create_task(self._adopt(socket.socket(fileno=fd), conn, head))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, sock: socket.socket, conn: WebSocketConnection, head: bytes) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: conn, sock=sock)
+        except OSError as exc:
+            log.info("a handed-over WebSocket could not be taken: %s", exc)
+            sock.close()
+            conn.channel_ended()
+            return
+        conn.data_received(head)
 
     async def stop(self, grace: float) -> None:
         """Let connections end on their own for `grace` seconds, then close the rest with
@@ -137,6 +165,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._message_size = 0
         self.last_seen = time.monotonic()
         self.ping_sent = 0.0
+        self.channel: HandoffChannel | None = None  # the balancer's, if it handed us over
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -145,6 +174,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.connections.discard(self)
+        self.channel_ended()
         self.writable = True
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
@@ -162,8 +192,17 @@ class WebSocketConnection(asyncio.Protocol):
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
+    def channel_ended(self) -> None:
+        """Tell the balancer that a WebSocket it handed over is gone (it counts them)."""
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.ended()
+
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
+        if self.scope is None and not self.head and data == HANDOFF_HELLO:
+            self._become_channel()
+            return
         if self.scope is None:
             data = self._handshake(data)
             if not data:
@@ -176,6 +215,16 @@ class WebSocketConnection(asyncio.Protocol):
             self.abort()
             return
         self._events()
+
+    def _become_channel(self) -> None:
+        """This connection is the balancer's hand-over channel: its socket is taken from the
+        transport (a duplicate, so that closing the transport leaves it open) to be read with
+        recvmsg, which the transport cannot do."""
+        fd = os.dup(self.transport.get_extra_info("socket").fileno())
+        self.hub.connections.discard(self)
+        self.closed = True
+        self.transport.abort()
+        HandoffChannel(self.hub, fd)
 
     def _handshake(self, data: bytes) -> bytes:
         """Keep the upgrade request until it is complete; then its scope, and all the bytes
@@ -416,3 +465,172 @@ class ClosedError(OSError):
     def __init__(self, code: int) -> None:
         super().__init__(f"the WebSocket is closed ({code})")
         self.code = code
+
+
+class Adopter(Protocol):
+    """What takes the sockets a hand-over channel receives (Hub, AiohttpHub)."""
+
+    loop: asyncio.AbstractEventLoop
+    channels: set[HandoffChannel]
+
+    def adopt(self, fd: int, head: bytes, channel: HandoffChannel) -> None: ...
+
+
+class HandoffChannel:
+    """The balancer's channel for handing over client sockets (SCM_RIGHTS), read here with
+    recvmsg on the event loop; a byte b"C" goes back for each WebSocket that ends."""
+
+    def __init__(self, hub: Adopter, fd: int) -> None:
+        self.hub = hub
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(False)
+        self.buffer = b""
+        self.fds: deque[int] = deque()
+        self.closed = False
+        hub.channels.add(self)
+        hub.loop.add_reader(fd, self._readable)
+        self._send(b"OK\n")
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _flags, _address = self.sock.recvmsg(
+                65536, socket.CMSG_SPACE(16 * 4))
+        except BlockingIOError:
+            return
+        except OSError:
+            data, ancillary = b"", []
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+                self.fds.extend(fds)
+        if not data:
+            self.close()
+            return
+        self.buffer += data
+        while len(self.buffer) >= 4:
+            size = int.from_bytes(self.buffer[:4], "big")
+            if len(self.buffer) < 4 + size:
+                break
+            head, self.buffer = self.buffer[4:4 + size], self.buffer[4 + size:]
+            if not self.fds:
+                log.error("a hand-over without its socket: closing the channel")
+                self.close()
+                return
+            self.hub.adopt(self.fds.popleft(), head, self)
+
+    def ended(self) -> None:
+        self._send(b"C")
+
+    def _send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.send(data)
+        except (BlockingIOError, OSError):
+            # (a few bytes on a channel the balancer reads at once: full only if it is stuck)
+            log.warning("the balancer's hand-over channel does not take its notes")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.hub.channels.discard(self)
+        self.hub.loop.remove_reader(self.sock.fileno())
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+        self.sock.close()
+
+
+class AiohttpHub:
+    """An aiohttp app's WebSocket worker: aiohttp's own server serves the WebSockets (relayed
+    ones, and those handed over), this only tells a hand-over channel from them and counts."""
+
+    def __init__(self, worker: Worker, server: Any) -> None:
+        self.loop = worker.loop
+        self.server = server  # aiohttp's web.Server: a protocol factory
+        self.channels: set[HandoffChannel] = set()
+        self.connections = 0
+        self.opened = 0
+        self._adopting: set[asyncio.Task[None]] = set()
+
+    @property
+    def open(self) -> int:
+        return self.connections
+
+    def factory(self) -> asyncio.Protocol:
+        return Sniffing(self)
+
+    def adopt(self, fd: int, head: bytes, channel: HandoffChannel) -> None:
+        task = self.loop.create_task(self._adopt(socket.socket(fileno=fd), head, channel))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopting.discard)
+
+    async def _adopt(self, sock: socket.socket, head: bytes, channel: HandoffChannel) -> None:
+        try:
+            _, protocol = await self.loop.connect_accepted_socket(
+                lambda: Counted(self, self.server(), channel), sock=sock)
+        except OSError as exc:
+            log.info("a handed-over WebSocket could not be taken: %s", exc)
+            sock.close()
+            channel.ended()
+            return
+        protocol.data_received(head)
+
+
+class Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted, and the balancer told of its end."""
+
+    def __init__(self, hub: AiohttpHub, inner: Any, channel: HandoffChannel | None) -> None:
+        self.hub = hub
+        self.inner = inner
+        self.channel = channel
+        hub.connections += 1
+        hub.opened += 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return bool(self.inner.eof_received())
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.connections -= 1
+        self.inner.connection_lost(exc)
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            channel.ended()
+
+
+class Sniffing(asyncio.Protocol):
+    """A connection to an aiohttp app's WebSocket worker: the balancer's hand-over channel, if
+    its first bytes say so; else a relayed WebSocket, handed to aiohttp's protocol."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, hub: AiohttpHub) -> None:
+        self.hub = hub
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if data == HANDOFF_HELLO:
+            fd = os.dup(self.transport.get_extra_info("socket").fileno())
+            self.transport.abort()
+            HandoffChannel(self.hub, fd)
+            return
+        inner = Counted(self.hub, self.hub.server(), None)
+        self.transport.set_protocol(inner)
+        inner.connection_made(self.transport)
+        inner.data_received(data)

@@ -193,6 +193,12 @@ class Network:
     def connect(self, path: str, upstream: Upstream) -> None:
         self.pending.append((path, upstream))
 
+    def websocket_worker(self, path: str) -> None:
+        pass
+
+    def hand_over(self, path: str, transport: object, head: bytes) -> bool:
+        return False  # no descriptors here: every WebSocket is relayed
+
 
 class Rig:
     def __init__(self, workers: int = 2, **options: Any) -> None:
