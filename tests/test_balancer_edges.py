@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import threading
 import time
 
 import pytest
@@ -148,11 +149,13 @@ def test_access_log_human(start_stack):
     fields = entry.split()
     assert fields[1:3] == ["200", "GET"]
     assert fields[3].endswith("ms") and fields[4] == "w1"
-    assert fields[-1] == "/pid?x=1"
+    assert fields[-3] == "/pid?x=1"
     # Fixed width: time, status, method in 7, duration in 9 with one decimal, worker in 5,
-    # bytes in 9, then the request id and the target as they are.
+    # bytes in 9, then the request id and the target as they are, the time waited for a
+    # worker and the worker's.
     layout = (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z 200 GET     [ \d]{7}\.\dms w1    "
-              r" [ \d]{8}\dB " + re.escape(reply.headers["x-request-id"]) + r" /pid\?x=1")
+              r" [ \d]{8}\dB " + re.escape(reply.headers["x-request-id"]) + r" /pid\?x=1"
+              r" queue=0\.0ms worker=\d+\.\dms")
     assert re.fullmatch(layout, entry), entry
 
 
@@ -320,3 +323,38 @@ def test_new_version_workers_are_preferred(start_stack, short_tmp):
     wait_for(mark.exists)
     assert fetch(stack.port, "/pid").headers["x-pid"] == str(old.pid)  # capacity still used
     assert slow.getresponse().status == 200
+
+
+def test_x_request_start_tells_the_app_when_its_request_arrived(start_stack):
+    """(issue 22) X-Request-Start: t=<microseconds since the epoch>, the format APM agents
+    read; a trusted proxy's own value is kept, anyone else's replaced."""
+    stack = start_stack(workers=1, args=("--forwarded-allow-ips", "127.0.0.1"))
+    before = time.time()
+    seen = json.loads(fetch(stack.port, "/headers").body)
+    after = time.time()
+    start = seen["x-request-start"]
+    assert start.startswith("t=") and before - 0.01 <= int(start[2:]) / 1e6 <= after
+    seen = json.loads(fetch(stack.port, "/headers", headers={
+        "X-Request-Start": "t=1700000000000000"}).body)
+    assert seen["x-request-start"] == "t=1700000000000000"  # from 127.0.0.1: trusted
+    other = start_stack(workers=1)
+    seen = json.loads(fetch(other.port, "/headers", headers={
+        "X-Request-Start": "t=1700000000000000"}).body)
+    assert seen["x-request-start"] != "t=1700000000000000"
+
+
+def test_the_access_log_splits_the_time_waited_from_the_worker_s(start_stack, short_tmp):
+    """(issue 22) queue_ms and worker_ms beside duration_ms: a request that waited behind a
+    slow one shows its wait."""
+    out = short_tmp / "access.json"
+    stack = start_stack(workers=1, args=("--json-logging",), stdout=str(out))
+    slow = threading.Thread(target=fetch, args=(stack.port, "/slow?ms=400"))
+    slow.start()
+    time.sleep(0.1)
+    waited = fetch(stack.port, "/pid")
+    slow.join(10)
+    rid = waited.headers["x-request-id"]
+    wait_for(lambda: rid in out.read_text(), what="the access log line")
+    entry = next(json.loads(line) for line in out.read_text().splitlines() if rid in line)
+    assert entry["queue_ms"] >= 200 and entry["worker_ms"] < 100
+    assert entry["duration_ms"] >= entry["queue_ms"] + entry["worker_ms"] - 1

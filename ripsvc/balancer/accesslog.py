@@ -31,6 +31,13 @@ LOST_REPORT_INTERVAL = 10.0
 _MILLIS = [f".{n:03d}" for n in range(1000)]
 
 
+def _tenths(ms: float) -> str:
+    """`12.3`: milliseconds to one decimal, rounded half up, without a float format (compiled,
+    a third of what one costs: see _human)."""
+    tenths = int(ms * 10 + 0.5)
+    return str(tenths // 10) + "." + str(tenths % 10)
+
+
 class AccessLog:
     def __init__(self, app: str, loop: asyncio.AbstractEventLoop, *, enabled: bool = True,
                  json_format: bool = False, out: IO[str] | None = None,
@@ -66,17 +73,25 @@ class AccessLog:
             return
         now = time.time()
         ms = seconds * 1000
+        # Where the time went: waiting for a worker, and the worker's own (APM agents read
+        # the same from X-Request-Start).
+        dispatched = exchange.dispatched
+        queue_ms = (dispatched - exchange.queued) * 1000 if exchange.queued and dispatched \
+            else 0.0
+        worker_ms = (exchange.answered - dispatched) * 1000 if exchange.answered else 0.0
         note = exchange.note  # how it ended, when not simply answered
         if self.journal:
             self._send_to_journal(now, status, exchange.method, ms, exchange.worker_id, sent,
-                                  exchange.request_id, exchange.target, note)
+                                  exchange.request_id, exchange.target, note, queue_ms,
+                                  worker_ms)
             return
         if self.json_format:
             line = self._json(now, status, exchange.method, ms, exchange.worker_id, sent,
-                              exchange.request_id, exchange.target, note)
+                              exchange.request_id, exchange.target, note, queue_ms, worker_ms)
         else:
-            line = self._human(now, status, exchange.method, ms, exchange.worker_id, sent,
-                               exchange.request_id, exchange.target)
+            line = (self._human(now, status, exchange.method, ms, exchange.worker_id, sent,
+                                exchange.request_id, exchange.target)
+                    + " queue=" + _tenths(queue_ms) + "ms worker=" + _tenths(worker_ms) + "ms")
             if note:
                 line += f" ({note})"
         lines = self._lines
@@ -128,11 +143,13 @@ class AccessLog:
                 f"{target.decode('latin-1')}")
 
     def _json(self, now: float, status: int, method: str, ms: float, worker: str, sent: int,
-              request_id: str, target: bytes, note: str) -> str:
+              request_id: str, target: bytes, note: str, queue_ms: float,
+              worker_ms: float) -> str:
         entry: dict[str, object] = {
             "time": f"{self._stamp_of(int(now))}.{int(now % 1 * 1000):03d}Z", "app": self.app,
             "status": status, "method": method, "path": target.decode("latin-1"),
-            "duration_ms": round(ms, 3), "worker": worker, "bytes": sent,
+            "duration_ms": round(ms, 3), "queue_ms": round(queue_ms, 3),
+            "worker_ms": round(worker_ms, 3), "worker": worker, "bytes": sent,
             "request_id": request_id,
         }
         if note:
@@ -140,7 +157,8 @@ class AccessLog:
         return json.dumps(entry)
 
     def _send_to_journal(self, now: float, status: int, method: str, ms: float, worker: str,
-                         sent: int, request_id: str, target: bytes, note: str) -> None:
+                         sent: int, request_id: str, target: bytes, note: str, queue_ms: float,
+                         worker_ms: float) -> None:
         """One native journal entry with the line's fields.
 
         `journal.sendv` with the fields written out, not `journal.send`: send() looks up its
@@ -153,13 +171,15 @@ class AccessLog:
                               f"{request_id} ({note})", self._app_field, f"WORKER={worker}",
                               f"REQUEST_ID={request_id}", f"STATUS={status}",
                               f"METHOD={method}", f"PATH={path}", f"DURATION_MS={ms:.3f}",
+                              f"QUEUE_MS={queue_ms:.3f}", f"WORKER_MS={worker_ms:.3f}",
                               f"BYTES={sent}", f"NOTE={note}",
                               "SYSLOG_IDENTIFIER=rip-balancer", "PRIORITY=6")
                 return
             journal.sendv(f"MESSAGE={status} {method} {path} {ms:.1f}ms w{worker} {sent}B "
                           f"{request_id}", self._app_field, f"WORKER={worker}",
                           f"REQUEST_ID={request_id}", f"STATUS={status}", f"METHOD={method}",
-                          f"PATH={path}", f"DURATION_MS={ms:.3f}", f"BYTES={sent}",
+                          f"PATH={path}", f"DURATION_MS={ms:.3f}", f"QUEUE_MS={queue_ms:.3f}",
+                          f"WORKER_MS={worker_ms:.3f}", f"BYTES={sent}",
                           "SYSLOG_IDENTIFIER=rip-balancer", "PRIORITY=6")
         except OSError as exc:  # journald's socket is gone
             self._lost(1, exc)

@@ -61,7 +61,8 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"transfer-encoding", b"upgrade"})
 #: Request headers the balancer sets itself, whatever the client sent.
 OWN_REQUEST_HEADERS = frozenset({b"x-request-id", b"x-forwarded-for", b"x-forwarded-proto",
-                                 b"x-forwarded-host", b"content-length", b"expect"})
+                                 b"x-forwarded-host", b"content-length", b"expect",
+                                 b"x-request-start"})
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-accel-buffering"}
 LINGER_SECONDS = 2.0
 #: Complete requests a client may have waiting on one connection before reading pauses.
@@ -575,6 +576,9 @@ class Client:
             request_id = forwarded.get(b"x-request-id", b"")
             if 0 < len(request_id) <= 200 and request_id.isascii() and b" " not in request_id:
                 self._request_id = request_id.decode()
+            start = forwarded.get(b"x-request-start")
+            if start is not None:  # the proxy in front saw the request first
+                parts += (b"x-request-start: ", start, b"\r\n")
         # rip-client and rip-server: the client's address and the listener's as the worker
         # shows them to the app (REMOTE_ADDR, ASGI client and server); Rip-* headers, so no
         # client can set them.
@@ -650,7 +654,14 @@ class Client:
             self._redirect(exchange)
             return
         # The request id goes in last: it is only known now that the request is complete.
-        exchange.head += b"x-request-id: %s\r\n\r\n" % exchange.request_id.encode()
+        # X-Request-Start (microseconds since the epoch, as APM agents read it: New Relic,
+        # Datadog, Scout) tells the app how long its request waited before it ran, unless a
+        # trusted proxy in front sent its own.
+        head = exchange.head
+        if not self.trusted or head.find(b"\r\nx-request-start: ") < 0:
+            head += b"x-request-start: t=" + str(
+                int((exchange.received + balancer.wall_offset) * 1e6)).encode() + b"\r\n"
+        exchange.head = head + b"x-request-id: " + exchange.request_id.encode() + b"\r\n\r\n"
         if exchange.websocket:
             if exchange.websocket == 426:
                 exchange.note = "unsupported WebSocket version"

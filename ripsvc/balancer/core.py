@@ -105,6 +105,10 @@ class Balancer:
         self._kernel_warned = False
         self._reported: dict[str, float] = {}
         self._checked = 0.0
+        #: The wall clock minus the balancer's (monotonic) clock: what a time of the balancer's
+        #: is in seconds since the epoch, without a second clock read per request (X-Request-
+        #: Start). Brought up to date every CHECK_INTERVAL, so it follows the wall clock.
+        self.wall_offset = time.time() - clock()
         self.tls_context: ssl.SSLContext | None = None  # set by the server when HTTPS is on
         self.hosts_file = Path(options.hosts_file) if options.hosts_file else None
         self.hosts = hosts.Registry(options.hosts, hosts.load(self.hosts_file)
@@ -321,7 +325,7 @@ class Balancer:
         if exchange.slot is not slot:
             return  # given up meanwhile (the client left, a timeout): nothing to answer
         exchange.slot = None
-        now = self.clock()
+        now = exchange.answered = self.clock()
         trouble = "the worker sent more than its response" if extra else ""
         if exchange.worker_busy:
             # Busy with a request from elsewhere (its own socket, a stale connection of
@@ -556,6 +560,7 @@ class Balancer:
                                   504)
         if now - self._checked >= CHECK_INTERVAL:
             self._checked = now
+            self.wall_offset = time.time() - self.clock()
             try:
                 self.repair(now)
             except Exception as exc:

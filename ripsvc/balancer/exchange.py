@@ -70,6 +70,7 @@ class StateError(Exception):
 
 class Exchange:
     __slots__ = (
+        "answered",
         "attempts",
         "body",
         "chunked",
@@ -101,7 +102,7 @@ class Exchange:
         "websocket",
         "worker_busy",
         "worker_id",
-    )
+)
 
     def __init__(self, client: Client, method: str, target: bytes, head: bytes, body: Body,
                  keep_alive: bool, request_id: str, received: float) -> None:
@@ -129,6 +130,7 @@ class Exchange:
         self.queue_deadline = 0.0
         self.dispatched = 0.0
         self.last_byte = 0.0
+        self.answered = 0.0  # its worker's response complete
         # the response
         self.status = 0
         self.sent = 0  # body bytes the client was given (or handed to its transport)
