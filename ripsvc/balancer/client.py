@@ -658,10 +658,14 @@ class Client:
         # Datadog, Scout) tells the app how long its request waited before it ran, unless a
         # trusted proxy in front sent its own.
         head = exchange.head
-        if not self.trusted or head.find(b"\r\nx-request-start: ") < 0:
-            head += b"x-request-start: t=" + str(
-                int((exchange.received + balancer.wall_offset) * 1e6)).encode() + b"\r\n"
-        exchange.head = head + b"x-request-id: " + exchange.request_id.encode() + b"\r\n\r\n"
+        if self.trusted and head.find(b"\r\nx-request-start: ") >= 0:
+            exchange.head = b"".join((head, b"x-request-id: ", exchange.request_id.encode(),
+                                      b"\r\n\r\n"))
+        else:
+            exchange.head = b"".join((
+                head, b"x-request-start: t=",
+                str(int((exchange.received + balancer.wall_offset) * 1e6)).encode(),
+                b"\r\nx-request-id: ", exchange.request_id.encode(), b"\r\n\r\n"))
         if exchange.websocket:
             if exchange.websocket == 426:
                 exchange.note = "unsupported WebSocket version"
