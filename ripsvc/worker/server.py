@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import signal
 import socket
@@ -22,6 +23,10 @@ STATUS_INTERVAL = 1.0
 
 async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     """Serve until stopped; return the process's exit code."""
+    # A worker killed as hung gets SIGABRT first (from the manager, or systemd's watchdog):
+    # it then writes every thread's Python stack to stderr, the journal under systemd, so
+    # that the operator sees where it hung, as uWSGI's harakiri does.
+    faulthandler.enable(all_threads=True)
     loop = asyncio.get_running_loop()
     worker = Worker(options, loop)
     sockets = list(sd.listen_sockets().values())
