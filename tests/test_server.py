@@ -131,7 +131,7 @@ def test_a_killed_balancer_is_restarted_and_its_pool_rebuilt(short_tmp):
         balancer = next(pid for pid in server.children()
                         if "ripsvc.balancer" in Path(f"/proc/{pid}/cmdline").read_text())
         subprocess.run(["kill", "-9", str(balancer)], check=True)
-        server.wait_output("the balancer exited")
+        server.wait_output("the balancer was killed by SIGKILL; restarting it")
         server.wait_healthy(2)  # a new balancer, with both workers joined again
         assert fetch(server.port, "/ping").status == 200
     finally:
@@ -265,7 +265,10 @@ def test_a_broken_reload_keeps_the_old_workers_serving(short_tmp):
         failed = ripctl("reload", server.name, "--wait")
         load.finish()
         assert failed.returncode == 1
-        assert "(reload-failed)" in failed.stderr and "before READY" in failed.stderr
+        # The app's own error, and where it was raised (issue 23), not only "exited with 4".
+        assert "(reload-failed)" in failed.stderr
+        assert (f"cannot load the app: RuntimeError: deploy went wrong ({app}/app.py:1)"
+                in failed.stderr), failed.stderr
         assert "RuntimeError: deploy went wrong" in server.output()
         assert load.errors == [] and load.statuses() == {200}
         assert {body for _, _, body in load.results} == {b"v1"}

@@ -22,7 +22,7 @@ import pytest
 
 from ripsvc import units
 from tests.support.procs import nice_in_stat
-from tests.support.sysbox import SystemdBox, available
+from tests.support.sysbox import SystemdBox, available, install_rip
 from tests.support.waiting import wait_for
 
 HERE = Path(__file__).parent
@@ -44,11 +44,7 @@ def box() -> Iterator[SystemdBox]:
     console = Path(tempfile.mkdtemp(prefix="rip-box-")) / "console.log"
     box = SystemdBox(f"t{int(time.time() * 1000) % 10**8}", console=console).boot()
     try:
-        for name, text in units.static_units(sys.executable).items():
-            if name == units.GENERATOR:
-                box.write(f"/run/systemd/system-generators/{name}", text, 0o755)
-            else:
-                box.write(f"/etc/systemd/system/{name}", text)
+        install_rip(box, sys.executable)
         box.copy(APP_SOURCE / "app.py", f"{APP_DIR}/app.py")
         box.write(f"{APP_DIR}/VERSION", "v1\n")
         box.write("/etc/rip/hello.toml", app_file())
@@ -238,6 +234,11 @@ def test_a_failed_rolling_restart_fails_systemctl_reload_and_keeps_serving(
         assert any("rolling restart stopped" in e.get("MESSAGE", "") for e in entries)
     finally:
         app.write_text(good)
+    # Until a worker loads the app again, the manager knows the app on disk as broken (its
+    # workers' recycling is held, a dead one is not restarted on its socket): a good deploy.
+    hello.run("systemctl", "reload", "rip@hello", timeout=90)
+    status = hello.show("rip@hello.service", "StatusText")["StatusText"]
+    assert status.startswith("2/2 workers ready") and "fails to load" not in status, status
 
 
 def test_kill_9_of_a_worker_is_restarted_by_systemd_and_rejoined(hello: SystemdBox) -> None:
