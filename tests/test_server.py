@@ -148,9 +148,18 @@ def test_ripctl_status_scale_stop_and_errors(short_tmp):
             fetch(server.port, "/ping")
         status = ripctl("status", server.name)
         assert status.returncode == 0, status.stderr
-        assert f"{server.name}: healthy, version 1, 2 workers, 4 requests" in status.stdout
+        assert f"{server.name}: healthy, version 1, 2 workers, 4 requests since start (4 by " \
+            "these workers)" in status.stdout
+        # what "version" and an id "N.K" are, once each
+        assert "  version: 1 at start, +1 for each rolling restart" in status.stdout
+        assert "  id N.K: worker position N on its K-th socket" in status.stdout
+        assert ripctl("reload", server.name, "--wait").returncode == 0
+        status = ripctl("status", server.name)  # the app's total outlives its workers
+        assert "version 2, 2 workers, 4 requests since start (0 by these workers)" in \
+            status.stdout, status.stdout
         data = json.loads(ripctl("status", server.name, "-j").stdout)
         assert [w["state"] for w in data["workers"]] == ["ready", "ready"]
+        assert data["health"] == "healthy" and data["requests_total"] == 4
         assert all(w["pid"] in server.children() for w in data["workers"])
         assert ripctl("scale", server.name, "3").returncode == 0
         server.wait_healthy(3)
