@@ -134,6 +134,44 @@ def test_a_broken_deploy_with_recycles_and_kills_keeps_serving_degraded(box):
     assert not box.path("/var/lib/rip/shop").exists()  # no state kept: none left (issue 23)
 
 
+def test_a_worker_crashing_onto_broken_code_is_not_restarted_in_a_loop(box):
+    """No deploy, no reload: the code on disk breaks, then a worker dies under light load.
+    systemd restarts it on its socket, it cannot load (exit 4), and the manager learns
+    that the app on disk is broken from it: one attempt per back-off from then on, not a
+    socket-triggered loop (71 failed starts in 5 s), no request routed to it, and the exit
+    code named right (not "exited with 0")."""
+    add_app(box, "light", 2, 8094)
+    box.run("systemctl", "start", "rip@light", timeout=60)
+    unit = "rip-worker@light:1.service"
+    app = box.path(f"{APP_DIR}/app.py")
+    app.write_text(app.read_text() + BROKEN)
+    load = Load(box, "/version", clients=1, port=8094)
+    try:
+        time.sleep(0.3)
+        box.run("kill", "-9", box.show(unit, "MainPID")["MainPID"])
+        wait_for(lambda: status_text(box, "light").startswith("degraded: 1/2 workers, the "
+                                                             "app on disk fails to load"),
+                 10, "the manager to report the app degraded")
+        time.sleep(4)
+    finally:
+        result = load.finish()
+    assert result["failed"] == 0, result["errors"]
+    manager = messages(box, "-u", "rip@light.service")
+    assert any(re.match(r"worker 1 cannot load the app \(exit 4\): SyntaxError: ", m)
+               for m in manager), manager
+    assert not any("exited with 0" in m for m in manager)
+    starts = [m.split()[1] for m in messages(box)
+              if re.match(r"Starting rip-worker@light:1[.\d]*\.service", m)]
+    print("worker starts at position 1:", starts)
+    # The start, systemd's restart, and a start or two that a connection to its socket
+    # triggered in the ~20 ms before the manager closed it; then attempts after 1 s and 3 s,
+    # each a new unit.
+    assert starts.count(unit) <= 4 and len(starts) - starts.count(unit) <= 3, starts
+    assert box.show(unit, "ActiveState")["ActiveState"] in ("inactive", "failed")
+    assert box.show(unit.replace(".service", ".socket"), "ActiveState")["ActiveState"] \
+        == "inactive"  # its socket closed: nothing connects to it, nothing starts it
+
+
 def test_a_failed_manager_takes_its_ports_and_units_along(box):
     """When the manager fails for good, its ports refuse connections at once (no client waits
     for nobody), and no balancer restarts in a loop without it."""

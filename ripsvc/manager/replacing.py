@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ripsvc import logs, sd
 from ripsvc.exitcodes import ExitCode
+from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.supervisor import Handle, ServePlan, Supervisor
 from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL
 
@@ -46,6 +47,7 @@ class Replacing:
     reloading: asyncio.Task[str | None] | None
     load_error: str | None
     load_failed_at: float
+    client: BalancerClient
     _held: set[str]
     _replacing: set[asyncio.Task[Any]]
 
@@ -214,7 +216,10 @@ class Replacing:
         slot.child = None
         self._held.discard(old_id)
         self._count("worker_restarts")
-        await self.control("leave", {"id": old_id})
+        # Not in the pool if it never was ready (then there is nothing to do), and a balancer
+        # that does not answer is reconciled by the next look at its pool.
+        with contextlib.suppress(BalancerUnreachable):
+            await self.client.call("leave", {"id": old_id})
         self.supervisor.release_socket(slot.path)
         self._retry_later(slot, what)
 
