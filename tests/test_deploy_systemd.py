@@ -172,6 +172,26 @@ def test_a_worker_crashing_onto_broken_code_is_not_restarted_in_a_loop(box):
         == "inactive"  # its socket closed: nothing connects to it, nothing starts it
 
 
+def test_a_rolling_restart_follows_a_switched_release_link(box):
+    """Release directories and a `current` link switched by the deploy: the workers of a
+    rolling restart load the release the link names when they start (the manager keeps the
+    link in their command line, not the directory it named at the start)."""
+    releases = "/var/lib/rip/test-apps/releases"
+    for release in ("1", "2"):
+        box.copy(APP_SOURCE / "app.py", f"{releases}/{release}/app.py")
+        box.write(f"{releases}/{release}/VERSION", f"r{release}\n")
+    box.run("ln", "-sfn", f"{releases}/1", f"{releases}/current")
+    box.write("/etc/rip/rel.toml", f'app = "{releases}/current"\nworkers = 2\n'
+              'listen = ["http:8095"]\n')
+    box.run("systemctl", "daemon-reload")
+    box.run("systemctl", "start", "rip@rel", timeout=60)
+    assert {get(box, "/version", 8095)[1] for _ in range(4)} == {"r1"}
+    box.run("ln", "-sfn", f"{releases}/2", f"{releases}/current.new")
+    box.run("mv", "-T", f"{releases}/current.new", f"{releases}/current")  # atomic switch
+    box.run("systemctl", "reload", "rip@rel", timeout=90)
+    assert {get(box, "/version", 8095)[1] for _ in range(6)} == {"r2"}
+
+
 def test_a_failed_manager_takes_its_ports_and_units_along(box):
     """When the manager fails for good, its ports refuse connections at once (no client waits
     for nobody), and no balancer restarts in a loop without it."""
