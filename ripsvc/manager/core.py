@@ -330,7 +330,7 @@ class Manager(Replacing):
         stats, pool = seen
         if self.stopping or self.balancer is None or not self.balancer.ready.done():
             return
-        self.requests_total(stats)
+        self.count_requests(stats)
         hung: list[str] = stats.get("hung", [])
         if len(hung) < self._hung_seen:
             self._hung_seen = 0
@@ -362,14 +362,20 @@ class Manager(Replacing):
             self._count("pool_strays")
             await self.control("leave", {"id": worker_id})
 
-    def requests_total(self, stats: dict[str, Any]) -> int:
-        """Requests answered since the app started, from the balancer's counter (a restarted
-        balancer counts from 0 again: what its predecessors answered is kept)."""
+    def count_requests(self, stats: dict[str, Any]) -> None:
+        """The balancer's count of requests answered, as the tick saw it (in order): a
+        restarted balancer counts from 0 again, and what its predecessors answered is kept."""
         answered = int(stats.get("counters", {}).get("answered", 0))
         if answered < self._requests:
             self._requests_before += self._requests
         self._requests = answered
-        return self._requests_before + answered
+
+    def requests_total(self, stats: dict[str, Any]) -> int:
+        """Requests answered since the app started, with the balancer's count in `stats`
+        (fresher than the tick's, maybe of a restarted balancer the tick has not seen)."""
+        answered = int(stats.get("counters", {}).get("answered", 0))
+        before = self._requests_before + (self._requests if answered < self._requests else 0)
+        return before + answered
 
     def abort(self, child: Handle, why: str) -> None:
         """SIGABRT (a stack dump, as systemd's watchdog does), then SIGKILL if it has not

@@ -279,8 +279,9 @@ class Worker:
         """Stop taking requests; the one in flight (if any) finishes first."""
         if not self.accepting:
             return
-        if self._handoff is not None:
-            self._handoff.cancel()
+        for timer in (self._handoff, self._released):
+            if timer is not None:
+                timer.cancel()
         self.accepting = False
         self.exit_code = code
         # Stop accepting now, not when run() wakes up: a connection accepted meanwhile would
