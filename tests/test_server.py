@@ -56,6 +56,7 @@ def test_serves_through_the_balancer_and_stops_cleanly(short_tmp):
         server.proc.send_signal(signal.SIGINT)
         assert server.proc.wait(20) == 0
         assert not [pid for pid in children if alive(pid)]
+        assert not server.state.exists()  # no state to keep: no state directory (issue 23)
     finally:
         server.close()
 
