@@ -17,3 +17,8 @@ class ExitCode(enum.IntEnum):
     APP_LOAD_ERROR = 4
     #: The worker reached a recycling limit and asks to be replaced (EX_TEMPFAIL).
     RECYCLE = 75
+
+
+#: How a worker that exits with APP_LOAD_ERROR begins its last STATUS= line, followed by the
+#: error and where it was raised; the manager reports what follows (ripctl, its journal).
+APP_LOAD_STATUS = "cannot load the app: "

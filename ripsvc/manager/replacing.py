@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ripsvc import logs, sd
-from ripsvc.exitcodes import ExitCode
+from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.supervisor import Handle, ServePlan, Supervisor
 from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL
@@ -29,8 +29,6 @@ log = logs.get("manager")
 #: seconds, doubling after each failed attempt up to LOAD_BACKOFF_MAX.
 LOAD_BACKOFF = 1.0
 LOAD_BACKOFF_MAX = 30.0
-#: How a worker that cannot load the app begins its last STATUS= (ripsvc/worker/server.py).
-LOAD_FAILED = "cannot load the app: "
 
 
 class Replacing:
@@ -175,7 +173,7 @@ class Replacing:
         """A worker exited 4: remember why (its last STATUS=, which names the error and where),
         hold recycling everywhere, and return the reason."""
         status = child.status
-        why = status[len(LOAD_FAILED):] if status.startswith(LOAD_FAILED) else \
+        why = status[len(APP_LOAD_STATUS):] if status.startswith(APP_LOAD_STATUS) else \
             "see the worker's log"
         self.load_error = why
         self.load_failed_at = time.time()

@@ -12,15 +12,13 @@ from collections.abc import Callable
 
 from ripsvc import compiled, logs, sd
 from ripsvc.apploader import AppLoadError
-from ripsvc.exitcodes import ExitCode
+from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe
 from ripsvc.worker.core import Worker, WorkerOptions
 
 log = logs.get("worker")
 
 STATUS_INTERVAL = 1.0
-#: How a worker that cannot load the app begins its last STATUS= line (the manager looks for it).
-LOAD_FAILED = "cannot load the app: "
 
 
 async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
@@ -45,7 +43,7 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
         log.error("cannot load the app %s: %s", options.app, exc)
         # The manager reads this line (systemd keeps it as the unit's StatusText): it is what
         # `ripctl reload`, `ripctl status` and the manager's journal say about the failure.
-        sd.notify(f"STATUS={LOAD_FAILED}{load_error_summary(exc)}")
+        sd.notify(f"STATUS={APP_LOAD_STATUS}{load_error_summary(exc)}")
         return ExitCode.APP_LOAD_ERROR
     if worker.stopping.is_set():  # stopped while loading
         await worker.host.shutdown()
