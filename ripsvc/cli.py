@@ -302,14 +302,23 @@ def status_of_each(apps: list[str], as_json: bool) -> int:
 
 
 def format_status(data: dict[str, Any]) -> str:
-    lines = [f"{data['app']}: {data['balancer']}, version {data['version']}, "
-             f"{len(data['workers'])} workers, {data['requests']} requests, queue "
+    total = data.get("requests_total", data["requests"])
+    lines = [f"{data['app']}: {data.get('health', data['balancer'])}, version {data['version']}, "
+             f"{len(data['workers'])} workers, {total} requests since start "
+             f"({data['requests']} by these workers), queue "
              f"{data['queue']['depth']}/{data['queue']['max']}"
              + (" (rolling restart in progress)" if data["reloading"] else "")]
+    if data.get("load_error") and not data.get("health", "").startswith("degraded"):
+        lines.append(f"  the app on disk fails to load: {data['load_error']}; the workers serve "
+                     "past their recycling limits until a good deploy")
     lines.append(f"  {'id':<8} {'pid':>7}  {'state':<9} {'version':>7} {'requests':>9} "
                  f"{'uptime':>9}")
     kernel = data.get("kernel", {})
     for w in data["workers"]:
+        if w["state"] == "vacant":
+            lines.append(f"  {w['id']:<8} {'-':>7}  {'vacant':<9} {'-':>7} {'-':>9} "
+                         f"{'-':>9}  {w['reason']}")
+            continue
         queued = kernel.get(f"worker:{w['id']}", {}).get("queued", "-")
         lines.append(f"  {w['id']:<8} {w['pid']:>7}  {w['state']:<9} {w['version']:>7} "
                      f"{w['requests']:>9} {w['uptime']:>8.1f}s  accept queue {queued}")
@@ -317,6 +326,9 @@ def format_status(data: dict[str, Any]) -> str:
     if ports:
         lines.append("  listening: " + ", ".join(
             f"{name[5:]} (accept queue {q['queued']}/{q['backlog']})" for name, q in ports))
+    lines.append("  version: 1 at start, +1 for each rolling restart (ripctl reload)")
+    lines.append("  id N.K: worker position N on its K-th socket; each rolling restart gives a "
+                 f"position a new one (under systemd: unit rip-worker@{data['app']}:ID)")
     return "\n".join(lines)
 
 

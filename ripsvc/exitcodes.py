@@ -20,3 +20,8 @@ class ExitCode(enum.IntEnum):
     #: A WebSocket worker whose app has no WebSockets (WSGI): not to be started again
     #: (EX_CONFIG).
     NO_WEBSOCKETS = 78
+
+
+#: How a worker that exits with APP_LOAD_ERROR begins its last STATUS= line, followed by the
+#: error and where it was raised; the manager reports what follows (ripctl, its journal).
+APP_LOAD_STATUS = "cannot load the app: "

@@ -4,13 +4,23 @@ A worker recycles (finishes its request, exits with ExitCode.RECYCLE) after serv
 requests, after living SECONDS seconds, or after RELOADS module reloads, whichever comes first.
 A limit of 0 disables it. Jitter lowers the request and age limits by a random share per
 worker so that workers started together do not all leave together.
+
+While the app on disk cannot be loaded, a recycled worker's successor would not start: the
+manager then holds recycling (HOLD_SIGNAL to each worker), and the limits wait until it
+releases them (RELEASE_SIGNAL: the app loads again) or a rolling restart replaces the worker.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import signal
 from dataclasses import dataclass
+
+#: Manager → worker: the code on disk cannot load; keep serving past the recycling limits.
+HOLD_SIGNAL = signal.SIGUSR1
+#: Manager → worker: the code on disk loads again; a limit passed meanwhile recycles now.
+RELEASE_SIGNAL = signal.SIGUSR2
 
 _TOKEN = re.compile(r"^r:(?P<requests>\d+),(?P<seconds>\d+)s,(?P<reloads>\d+)r$")
 

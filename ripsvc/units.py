@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -156,9 +157,17 @@ def worker_socket_path(app: str, ident: str) -> Path:
 
 def app_command(settings: Settings, config_dir: Path) -> tuple[str, Path]:
     """The app argument for a worker whose working directory is the second value: a path
-    made absolute (relative ones are relative to the app's config file), or module:attr."""
-    spec = parse_spec(settings.app, cwd=config_dir)
-    return absolute_spec(settings.app, config_dir), spec.directory
+    made absolute (relative ones are relative to the app's config file), or module:attr.
+    Symbolic links are kept, not resolved here: a worker started later (a rolling restart)
+    follows a `current` link that a deploy switched to a new release directory."""
+    spec = parse_spec(settings.app, cwd=config_dir)  # checked (it resolves links)
+    text = settings.app
+    location, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
+    if absolute_spec(text, config_dir) == text and not location.startswith("/"):
+        return text, spec.directory  # module:attr, imported from the working directory
+    path = Path(os.path.abspath(config_dir / location))
+    return str(path) + sep + attr, path if spec.module == "app" and path.is_dir() \
+        else path.parent
 
 
 def worker_dropins(settings: Settings, ident: str, args: list[str], env: dict[str, str],

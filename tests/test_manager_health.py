@@ -45,8 +45,15 @@ def healed(server: Server, workers: int, timeout: float = 15.0) -> None:
 
 
 def worker_pids(server: Server) -> list[int]:
-    return [pid for pid in server.children()
-            if "ripsvc.worker" in Path(f"/proc/{pid}/cmdline").read_text()]
+    return [pid for pid in server.children() if "ripsvc.worker" in cmdline(pid)]
+
+
+def cmdline(pid: int) -> str:
+    """The process's command line; empty if it is gone already (a child that just exited)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:
+        return ""
 
 
 def worker_pid(server: Server) -> int:

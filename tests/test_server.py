@@ -56,6 +56,7 @@ def test_serves_through_the_balancer_and_stops_cleanly(short_tmp):
         server.proc.send_signal(signal.SIGINT)
         assert server.proc.wait(20) == 0
         assert not [pid for pid in children if alive(pid)]
+        assert not server.state.exists()  # no state to keep: no state directory (issue 23)
     finally:
         server.close()
 
@@ -131,7 +132,7 @@ def test_a_killed_balancer_is_restarted_and_its_pool_rebuilt(short_tmp):
         balancer = next(pid for pid in server.children()
                         if "ripsvc.balancer" in Path(f"/proc/{pid}/cmdline").read_text())
         subprocess.run(["kill", "-9", str(balancer)], check=True)
-        server.wait_output("the balancer exited")
+        server.wait_output("the balancer was killed by SIGKILL; restarting it")
         server.wait_healthy(2)  # a new balancer, with both workers joined again
         assert fetch(server.port, "/ping").status == 200
     finally:
@@ -148,9 +149,18 @@ def test_ripctl_status_scale_stop_and_errors(short_tmp):
             fetch(server.port, "/ping")
         status = ripctl("status", server.name)
         assert status.returncode == 0, status.stderr
-        assert f"{server.name}: healthy, version 1, 2 workers, 4 requests" in status.stdout
+        assert f"{server.name}: healthy, version 1, 2 workers, 4 requests since start (4 by " \
+            "these workers)" in status.stdout
+        # what "version" and an id "N.K" are, once each
+        assert "  version: 1 at start, +1 for each rolling restart" in status.stdout
+        assert "  id N.K: worker position N on its K-th socket" in status.stdout
+        assert ripctl("reload", server.name, "--wait").returncode == 0
+        status = ripctl("status", server.name)  # the app's total outlives its workers
+        assert "version 2, 2 workers, 4 requests since start (0 by these workers)" in \
+            status.stdout, status.stdout
         data = json.loads(ripctl("status", server.name, "-j").stdout)
         assert [w["state"] for w in data["workers"]] == ["ready", "ready"]
+        assert data["health"] == "healthy" and data["requests_total"] == 4
         assert all(w["pid"] in server.children() for w in data["workers"])
         assert ripctl("scale", server.name, "3").returncode == 0
         server.wait_healthy(3)
@@ -265,7 +275,10 @@ def test_a_broken_reload_keeps_the_old_workers_serving(short_tmp):
         failed = ripctl("reload", server.name, "--wait")
         load.finish()
         assert failed.returncode == 1
-        assert "(reload-failed)" in failed.stderr and "before READY" in failed.stderr
+        # The app's own error, and where it was raised (issue 23), not only "exited with 4".
+        assert "(reload-failed)" in failed.stderr
+        assert (f"cannot load the app: RuntimeError: deploy went wrong ({app}/app.py:1)"
+                in failed.stderr), failed.stderr
         assert "RuntimeError: deploy went wrong" in server.output()
         assert load.errors == [] and load.statuses() == {200}
         assert {body for _, _, body in load.results} == {b"v1"}

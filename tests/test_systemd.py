@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from ripsvc import units
 from tests.support.procs import nice_in_stat
-from tests.support.sysbox import SystemdBox, available
+from tests.support.sysbox import SystemdBox, available, install_rip
 from tests.support.waiting import wait_for
 
 HERE = Path(__file__).parent
@@ -44,11 +45,7 @@ def box() -> Iterator[SystemdBox]:
     console = Path(tempfile.mkdtemp(prefix="rip-box-")) / "console.log"
     box = SystemdBox(f"t{int(time.time() * 1000) % 10**8}", console=console).boot()
     try:
-        for name, text in units.static_units(sys.executable).items():
-            if name == units.GENERATOR:
-                box.write(f"/run/systemd/system-generators/{name}", text, 0o755)
-            else:
-                box.write(f"/etc/systemd/system/{name}", text)
+        install_rip(box, sys.executable)
         box.copy(APP_SOURCE / "app.py", f"{APP_DIR}/app.py")
         box.write(f"{APP_DIR}/VERSION", "v1\n")
         box.write("/etc/rip/hello.toml", app_file())
@@ -238,6 +235,11 @@ def test_a_failed_rolling_restart_fails_systemctl_reload_and_keeps_serving(
         assert any("rolling restart stopped" in e.get("MESSAGE", "") for e in entries)
     finally:
         app.write_text(good)
+    # Until a worker loads the app again, the manager knows the app on disk as broken (its
+    # workers' recycling is held, a dead one is not restarted on its socket): a good deploy.
+    hello.run("systemctl", "reload", "rip@hello", timeout=90)
+    status = hello.show("rip@hello.service", "StatusText")["StatusText"]
+    assert status.startswith("2/2 workers ready") and "fails to load" not in status, status
 
 
 def test_kill_9_of_a_worker_is_restarted_by_systemd_and_rejoined(hello: SystemdBox) -> None:
@@ -301,6 +303,22 @@ def test_journal_has_structured_access_log(hello: SystemdBox) -> None:
     assert entry["WORKER"].startswith(("1", "2"))
 
 
+def test_journal_durations_have_sub_millisecond_precision(hello: SystemdBox) -> None:
+    """DURATION_MS was whole milliseconds ("0.000", "1.000"): now microseconds, as taken."""
+    for n in range(10):
+        assert get(hello, f"/slow?ms={n % 3}&from=precision-test")[0] == 200
+
+    def durations() -> list[str]:
+        return [e["DURATION_MS"] for e in hello.journal("-u", "rip-balancer@hello.service")
+                if "from=precision-test" in e.get("PATH", "")]
+
+    wait_for(lambda: len(durations()) == 10, 10, "ten access-log entries")
+    found = durations()
+    print("DURATION_MS:", found)
+    assert all(re.fullmatch(r"\d+\.\d{3}", d) for d in found), found
+    assert sum(1 for d in found if not d.endswith(".000")) >= 8, found  # not whole ms
+
+
 def test_journal_keeps_every_access_log_entry_under_load(hello: SystemdBox) -> None:
     # journald in the box drops what a unit logs beyond 500 entries per 30 s (times 3 or 4 with
     # its free space), as Debian's default does beyond 10,000: the balancer's unit is exempt.
@@ -328,6 +346,18 @@ def test_security_exposure_of_balancer_and_worker(hello: SystemdBox) -> None:
     print("systemd-analyze security:", scores)
     assert scores["rip-balancer@hello.service"] <= 2.5
     assert max(v for k, v in scores.items() if k.startswith("rip-worker")) <= 2.5
+
+
+def test_the_readme_s_systemd_analyze_line_rates_every_unit_of_the_app(hello: SystemdBox) -> None:
+    """systemd 252 expands no pattern in `systemd-analyze security 'rip*'`: the README's line
+    names the units itself."""
+    readme = (HERE.parent / "README.md").read_text()
+    line = next(line for line in readme.splitlines()
+                if line.startswith("systemd-analyze security "))
+    out = hello.run("bash", "-c", line.replace("shop", "hello"), check=False)
+    rated = re.findall(r"Overall exposure level for (\S+):", out.stdout)
+    assert sorted(rated) == sorted(["rip@hello.service", "rip-balancer@hello.service",
+                                    *worker_units(hello)]), out.stdout + out.stderr
 
 
 def ripctl(box: SystemdBox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

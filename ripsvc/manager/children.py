@@ -75,6 +75,7 @@ class Child:
         self.loop.remove_reader(self.pidfd)
         os.close(self.pidfd)
         code = self.proc.wait()
+        self._read_notify()  # its last words (a worker that cannot load says why in STATUS=)
         self.loop.remove_reader(self.notify.fileno())
         self.notify.close()
         self.notify_path.unlink(missing_ok=True)
@@ -96,6 +97,10 @@ class Child:
     def kill(self) -> None:
         if not self.exited.done():
             self.proc.kill()
+
+    def send(self, signum: int) -> None:
+        if not self.exited.done():
+            self.proc.send_signal(signum)
 
     def __repr__(self) -> str:
         return f"{self.role} {self.id} (pid {self.pid})"

@@ -27,7 +27,8 @@ async def serve_control(manager: Manager) -> web.AppRunner:
 
 def make_app(manager: Manager) -> web.Application:
     async def status(body: dict[str, Any]) -> Any:
-        """Each worker (id, pid, state, version, requests, uptime), the queue, totals."""
+        """Each worker (id, pid, state, version, requests, uptime), the queue, totals, and
+        the app's health ("healthy", or "degraded: 2/3 workers, …" and why)."""
         try:
             pool = {w["id"]: w for w in await manager.client.query("pool")}
             stats = await manager.client.query("stats")
@@ -40,6 +41,11 @@ def make_app(manager: Manager) -> web.Application:
         for slot in manager.slots:
             child = slot.child
             if child is None:
+                wait = max(0.0, slot.retry_at - manager.loop.time())
+                workers.append({"id": slot.id, "pid": 0, "state": "vacant",
+                                "reason": f"no worker: the app on disk fails to load; the "
+                                          f"next attempt in {wait:.0f} s",
+                                "version": 0, "requests": 0, "uptime": 0.0, "status": ""})
                 continue
             seen = pool.get(child.id, {})
             state = seen.get("state") or ("starting" if not child.ready.done() else "out")
@@ -49,10 +55,15 @@ def make_app(manager: Manager) -> web.Application:
                             "reason": reason, "version": child.version,
                             "requests": seen.get("served", 0),
                             "uptime": round(now - child.started, 1), "status": child.status})
+        health = manager.health()
+        if health == "healthy" and stats["status"] != "healthy":
+            health = f"{stats['status']}: no worker in rotation"
         return {"app": manager.plan.name, "version": manager.version, "workers": workers,
-                "queue": stats["queue"], "balancer": stats["status"],
+                "queue": stats["queue"], "balancer": stats["status"], "health": health,
+                "load_error": manager.load_error,
                 "kernel": kernel, "ports": stats.get("ports", []),
                 "requests": sum(w["requests"] for w in workers),
+                "requests_total": manager.requests_total(stats),
                 "reloading": manager.reloading is not None and not manager.reloading.done()}
 
     async def reload(body: dict[str, Any]) -> Any:

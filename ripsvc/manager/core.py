@@ -3,7 +3,16 @@
 One loop (STYLE.md): signals, process events, control commands and a health tick are put on
 one queue and each is handled by a `handle_<event>` method, in order. Processes and sockets
 come from a supervisor backend (`supervisor.py`): `embedded.py` and `systemd.py`; the
-logic in this module does not change with it.
+logic in this module does not change with it. Putting new workers where old ones were
+(rolling restarts, recycling hand-offs, vacant positions, scaling) is `replacing.py`.
+
+A bad deploy never takes the app down (SPEC §8). A worker that cannot load the app (exit 4)
+stops the app only on a cold start, when nothing has served yet. Afterwards the manager
+knows the app on disk fails to load (`load_error`): old workers keep serving past their
+recycling limits (held), and a worker that dies anyway leaves its position vacant: its
+socket and its place in the pool go at once, and a successor on a fresh socket is tried
+with a back-off, taking the position only once it is ready. The app runs degraded and says
+so (STATUS=, `ripctl status`) until a worker loads again or a rolling restart succeeds.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.control import serve_control
+from ripsvc.manager.replacing import Replacing, exit_text
 from ripsvc.manager.supervisor import Handle, Post, ServePlan, Supervisor
 from ripsvc.manager.watch import FileWatcher
 
@@ -30,6 +40,9 @@ HEALTH_INTERVAL = 1.0
 #: A worker sent SIGABRT (hung, or missed its watchdog) that has not exited this long after is
 #: frozen (SIGSTOP, stuck in the kernel): SIGKILL.
 KILL_AFTER = 5.0
+#: A stop waits for the balancer and the workers at most graceful_timeout plus this; then
+#: what still runs is killed.
+STOP_MARGIN = 5.0
 
 
 class WorkerSlot:
@@ -40,11 +53,14 @@ class WorkerSlot:
         self.number = number
         self.id = ident
         self.path = path
-        self.child: Handle | None = None
+        self.child: Handle | None = None  # None: vacant (its successor could not load)
         self.crashes = 0
+        self.failed_attempts = 0  # successors that could not load, while vacant
+        self.retry: asyncio.TimerHandle | None = None  # the next attempt, while vacant
+        self.retry_at = 0.0  # its loop time
 
 
-class Manager:
+class Manager(Replacing):
     def __init__(self, plan: ServePlan, backend: Callable[[ServePlan, Post], Supervisor]) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
@@ -56,15 +72,25 @@ class Manager:
         self._checking: asyncio.Task[None] | None = None  # the tick's look at the pool
         self.version = 1  # bumped by each rolling restart; workers join with it
         self.slots: list[WorkerSlot] = []
+        self.workers: list[Handle] = []  # every worker started and not seen exit
         self.balancer: Handle | None = None
         self.stopping = False
+        self._stop_ended = False  # stop waited long enough, or systemd cannot be asked
         self.exit_code = ExitCode.OK
-        self.started = False
+        self.started = False  # READY=1 sent
+        self.ever_ready = False  # a worker has been ready: exit 4 no longer stops the app
+        #: Why the app on disk cannot be loaded, from the last worker that tried; None once
+        #: a worker started afterwards loaded it.
+        self.load_error: str | None = None
+        self.load_failed_at = 0.0  # when (time.time(), as Handle.started)
+        self._held: set[str] = set()  # worker ids told to hold recycling
         self.reloading: asyncio.Task[str | None] | None = None
         self._sockets_made = 0
         self._hung_seen = 0
-        self._requests = 0
-        self._replacing: set[asyncio.Task[str | None]] = set()
+        self._requests = 0  # answered by the balancer, as of the last tick
+        self._requests_before = 0  # answered by earlier balancers of this run
+        self._balancer_backoff = 0
+        self._replacing: set[asyncio.Task[Any]] = set()
         self._counting: set[asyncio.Task[Any]] = set()
         self._ids_used: set[str] = set()
         self._leaving: set[str] = set()  # worker ids being drained out of the pool
@@ -125,7 +151,7 @@ class Manager:
             self._watch_restart_file()
             self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
             stop_watchdog = sd.start_watchdog(self.loop)
-            while not (self.stopping and self._all_gone()):
+            while not (self.stopping and (self._stop_ended or self._all_gone())):
                 kind, child, value = await self.events.get()
                 try:
                     await getattr(self, f"handle_{kind}")(child, value)
@@ -139,8 +165,12 @@ class Manager:
         return self.exit_code
 
     def _all_gone(self) -> bool:
-        children = [s.child for s in self.slots] + [self.balancer]
-        return all(c is None or c.exited.done() for c in children)
+        return all(c.exited.done() for c in self._children())
+
+    def _children(self) -> list[Handle]:
+        """The balancer and every worker started that has not been seen to exit."""
+        self.workers = [w for w in self.workers if not w.exited.done()]
+        return [*([self.balancer] if self.balancer is not None else []), *self.workers]
 
     # -- starting ----------------------------------------------------------------------------
     def start_balancer(self) -> None:
@@ -151,8 +181,8 @@ class Manager:
 
     def prepare_edge(self) -> None:
         """The host registry and the certificate, before the balancer starts: a corrupt
-        registry or a bad certificate stops the start with an error naming the file."""
-        self.state.mkdir(parents=True, exist_ok=True)
+        registry or a bad certificate stops the start with an error naming the file. The
+        state directory is made only by what writes into it (hosts added, a certificate)."""
         self.hosts = hosts.Registry(self.plan.hosts, hosts.load(edge.hosts_file(self.state)))
         if self.tls:
             found = edge.install_certificate(self.plan.cert, self.plan.key, self.hosts.names(),
@@ -167,19 +197,29 @@ class Manager:
             if self.plan.watchdog_sec else {}
         slot.child = self.supervisor.start_worker(slot.id, slot.path, args, env)
         slot.child.version = self.version
+        self.workers.append(slot.child)
         return slot.child
 
     # -- event handlers --------------------------------------------------------------------
     async def handle_ready(self, child: Handle | None, _: int) -> None:
-        """A child sent READY=1: a worker joins the balancer's pool."""
+        """A child sent READY=1: a worker joins the balancer's pool. One that started after
+        the app on disk last failed to load shows that it loads again."""
         assert child is not None
         if child.role == "worker" and not self.stopping:
+            self.ever_ready = True
+            if self.load_error is not None:
+                if child.started > self.load_failed_at:
+                    self.load_recovered(child)
+                else:
+                    self.hold_recycling()  # began loading before the failure: old code
             slot = self._slot_of(child)
             if slot is not None:
                 slot.crashes = 0
                 await self.control("join", {"id": child.id, "socket": str(slot.path),
                                             "version": str(child.version)})
-        if not self.started and self._everyone_ready():
+        if child.role == "balancer":
+            self._balancer_backoff = 0
+        if not self.started and not self.stopping and self._everyone_ready():
             self.started = True
             ports = self.supervisor.ports()
             log.info("ready: %s with %d workers on %s", self.plan.name, len(self.slots),
@@ -192,23 +232,52 @@ class Manager:
             sd.notify("READY=1", f"STATUS={self.status_line()}")
 
     async def handle_exited(self, child: Handle | None, code: int) -> None:
-        """A child exited: expected (stopping, replaced), recycled, crashed, or unloadable."""
+        """A child exited: expected (stopping, replaced), recycled, crashed, or unloadable.
+        While stopping, the balancer's exit is the workers' turn to stop."""
         assert child is not None
-        if self.stopping or child.retired:
+        if self.stopping:
+            if child is self.balancer:
+                self._stop_workers()
+            return
+        if child.retired:
             return
         if child.role == "balancer":
-            log.error("the balancer exited with %s; restarting it", code)
-            self.start_balancer()
-            await self._rejoin_all()
+            self._balancer_backoff += 1
+            delay = 0.0 if self._balancer_backoff == 1 else \
+                min(MAX_BACKOFF, 0.1 * 2 ** (self._balancer_backoff - 2))
+            log.error("the balancer %s; restarting it%s", exit_text(code),
+                      f" in {delay:.1f} s" if delay else "")
+            self.loop.call_later(delay, self.post, "balancer_back", None, 0)
             return
         slot = self._slot_of(child)
-        if slot is None:
+        if slot is not None:
+            await self.worker_gone(slot, child, code)
+
+    async def handle_balancer_back(self, _: Handle | None, __: int) -> None:
+        """Restart the balancer (after its back-off) and join the ready workers to it."""
+        if self.stopping:
             return
+        self.start_balancer()
+        self._spawn(self._rejoin_all())
+
+    async def worker_gone(self, slot: WorkerSlot, child: Handle, code: int) -> None:
+        """What follows a worker's exit (not asked for): a restart on its socket, after a
+        back-off for a crash; or, when the app on disk cannot load, a vacant position
+        (vacate). Exit 4 on a cold start stops the app: nothing has served, nothing would."""
         if code == ExitCode.APP_LOAD_ERROR:
-            log.error("worker %s cannot load the app (exit %d): stopping; see its error above",
-                      child.id, code)
-            self.exit_code = ExitCode.APP_LOAD_ERROR
-            await self.handle_signal(None, signal.SIGTERM)
+            why = self.load_failed(child)
+            if not self.ever_ready:
+                log.error("worker %s cannot load the app (exit 4): %s; nothing has served "
+                          "yet: stopping (its whole error is in its log above)", child.id, why)
+                self.exit_code = ExitCode.APP_LOAD_ERROR
+                self.begin_stop()
+                return
+            await self.vacate(slot, f"worker {child.id} cannot load the app (exit 4): {why}")
+            return
+        if self.load_error is not None:
+            await self.vacate(slot, f"worker {child.id} {exit_text(code)}, and the app on disk "
+                              f"fails to load: {self.load_error}; it is not restarted on its "
+                              "socket")
             return
         if code == ExitCode.RECYCLE:
             log.info("worker %s recycled; starting its successor", child.id)
@@ -217,7 +286,7 @@ class Manager:
         slot.crashes += 1
         self._count("worker_restarts")
         delay = min(MAX_BACKOFF, 0.1 * 2 ** (slot.crashes - 1))
-        log.warning("worker %s exited with %s; restarting in %.1f s", child.id, code, delay)
+        log.warning("worker %s %s; restarting in %.1f s", child.id, exit_text(code), delay)
         self.loop.call_later(delay, self.post, "respawn", None, slot.number)
 
     async def handle_tick(self, _: Handle | None, __: int) -> None:
@@ -261,7 +330,7 @@ class Manager:
         stats, pool = seen
         if self.stopping or self.balancer is None or not self.balancer.ready.done():
             return
-        self._requests = int(stats.get("counters", {}).get("answered", self._requests))
+        self.count_requests(stats)
         hung: list[str] = stats.get("hung", [])
         if len(hung) < self._hung_seen:
             self._hung_seen = 0
@@ -293,6 +362,21 @@ class Manager:
             self._count("pool_strays")
             await self.control("leave", {"id": worker_id})
 
+    def count_requests(self, stats: dict[str, Any]) -> None:
+        """The balancer's count of requests answered, as the tick saw it (in order): a
+        restarted balancer counts from 0 again, and what its predecessors answered is kept."""
+        answered = int(stats.get("counters", {}).get("answered", 0))
+        if answered < self._requests:
+            self._requests_before += self._requests
+        self._requests = answered
+
+    def requests_total(self, stats: dict[str, Any]) -> int:
+        """Requests answered since the app started, with the balancer's count in `stats`
+        (fresher than the tick's, maybe of a restarted balancer the tick has not seen)."""
+        answered = int(stats.get("counters", {}).get("answered", 0))
+        before = self._requests_before + (self._requests if answered < self._requests else 0)
+        return before + answered
+
     def abort(self, child: Handle, why: str) -> None:
         """SIGABRT (a stack dump, as systemd's watchdog does), then SIGKILL if it has not
         exited KILL_AFTER seconds later; its exit restarts it like a crash."""
@@ -317,41 +401,92 @@ class Manager:
         path = self.plan.restart_file
         if path is None:
             return
-        if not path.parent.is_dir():
-            log.info("%s does not exist: create it to restart by touching %s", path.parent,
-                     path.name)
-            return
         try:
             self.restart_watch = FileWatcher(path, lambda: self.post("restart_file", None, 0))
         except OSError as exc:
             log.warning("the restart file %s is not watched: %s", path, exc)
             return
-        log.info("touch %s for a rolling restart", path)
+        if path.parent.is_dir():
+            log.info("touch %s for a rolling restart", path)
+        else:  # watched all the same: the directory may come later
+            log.debug("%s does not exist (yet): create it to restart by touching %s",
+                      path.parent, path.name)
 
     async def handle_respawn(self, _: Handle | None, number: int) -> None:
-        """Restart the worker of slot `number` after its back-off."""
-        if not self.stopping:
-            self.start_worker(self.slots[number - 1])
+        """Restart the worker of position `number` on its socket after its back-off (or, if
+        the app on disk failed to load meanwhile, leave the position vacant)."""
+        slot = self._slot_numbered(number)
+        if self.stopping or slot is None or slot.child is None:
+            return
+        if self.load_error is not None:
+            await self.vacate(slot, f"worker {slot.child.id} is not restarted on its socket: "
+                              f"the app on disk fails to load: {self.load_error}")
+            return
+        self.start_worker(slot)
 
+    # -- stopping --------------------------------------------------------------------------------
     async def handle_signal(self, _: Handle | None, signum: int) -> None:
-        """SIGINT/SIGTERM: stop everything gracefully; SIGHUP: rolling restart."""
+        """SIGINT/SIGTERM: stop everything gracefully (begin_stop); SIGHUP: rolling restart."""
         if signum == signal.SIGHUP:
             self.reload()
             return
+        self.begin_stop()
+
+    def begin_stop(self) -> None:
+        """Stop the app: no new connection is accepted, the balancer finishes its requests in
+        flight, then the workers stop (handle_exited). Nothing waits here: the loop goes on
+        until everything is gone, or graceful_timeout + STOP_MARGIN seconds passed
+        (handle_stop_deadline)."""
         if self.stopping:
             return
         self.stopping = True
         sd.notify("STOPPING=1")
         log.info("stopping: the balancer finishes its requests, then the workers stop")
-        if self.reloading is not None:
-            self.reloading.cancel()
-        if self.balancer is not None:
-            self.balancer.terminate()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self.balancer.exited)
+        for task in [self.reloading, *self._replacing]:
+            if task is not None:
+                task.cancel()
         for slot in self.slots:
-            if slot.child is not None:
-                slot.child.terminate()
+            if slot.retry is not None:
+                slot.retry.cancel()
+        self.supervisor.close_ports()
+        if self.balancer is not None and not self.balancer.exited.done():
+            self.balancer.terminate()
+        else:
+            self._stop_workers()
+        self.loop.call_later(self.plan.graceful_timeout + STOP_MARGIN, self.post,
+                             "stop_deadline", None, 0)
+
+    def _stop_workers(self) -> None:
+        for worker in self._children():
+            if worker is not self.balancer:
+                worker.terminate()
+
+    async def handle_stop_deadline(self, _: Handle | None, __: int) -> None:
+        """The stop took graceful_timeout + STOP_MARGIN: kill what still runs, and end."""
+        left = [c for c in self._children() if not c.exited.done()]
+        if left:
+            log.warning("stopping: %s still running %.0f s after the stop began: killing",
+                        ", ".join(f"{c.role} {c.id}" for c in left),
+                        self.plan.graceful_timeout + STOP_MARGIN)
+            for child in left:
+                child.kill()
+        self._stop_ended = True
+
+    async def handle_bus_lost(self, _: Handle | None, why: str) -> None:
+        """The system bus closed (the systemd backend): systemd can no longer be asked or
+        heard. While stopping (D-Bus stopped at shutdown), systemd stops the app's units
+        itself (they are bound to rip@APP): the stop ends here. Otherwise the manager exits
+        with a failure, and systemd restarts it (Restart=on-failure) with a clean slate."""
+        self._stop_ended = True
+        if self.stopping:
+            log.info("the system bus closed (%s) while stopping: systemd stops the app's "
+                     "units", why)
+            return
+        log.error("the system bus closed (%s): exiting, for systemd to restart the manager",
+                  why)
+        self.exit_code = ExitCode.FAILURE
+        self.stopping = True
+        sd.notify("STOPPING=1")
 
     # -- the edge: certificate and host registry ----------------------------------------------
     async def reload_certificate(self) -> str | None:
@@ -412,106 +547,6 @@ class Manager:
             if why is not None:
                 log.error("%s", why)
 
-    # -- rolling restart -----------------------------------------------------------------------
-    def reload(self) -> asyncio.Task[str | None] | None:
-        """Start a rolling restart; None if one is already running (it is not queued)."""
-        if self.reloading is not None and not self.reloading.done():
-            log.warning("a rolling restart is already in progress; this one is refused")
-            return None
-        sd.notify("RELOADING=1")
-        self.reloading = self.loop.create_task(self._rolling_restart())
-        self.reloading.add_done_callback(
-            lambda _: sd.notify("READY=1", f"STATUS={self.status_line()}"))
-        return self.reloading
-
-    async def _rolling_restart(self) -> str | None:
-        """Each worker in turn is replaced (see replace). Returns None when done, or why it
-        stopped (the old workers keep serving)."""
-        if self._replacing:  # recycling hand-offs under way finish first
-            await asyncio.wait(set(self._replacing))
-        if self.tls:  # a renewed certificate comes with the new code
-            why = await self.reload_certificate()
-            if why is not None:
-                return why
-        self._count("reloads")
-        self.version += 1
-        log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
-        for slot in list(self.slots):
-            why = await self.replace(slot)
-            if why is not None:
-                log.error("rolling restart stopped: %s", why)
-                self.version -= 1
-                return why
-        log.info("rolling restart done")
-        return None
-
-    async def replace(self, slot: WorkerSlot) -> str | None:
-        """A successor on a fresh socket, READY, joined; then `slot`'s worker is drained and
-        stopped. Returns why it could not be done (the old worker keeps serving), or None."""
-        old = slot.child
-        if old is not None:
-            old.retired = True  # its exit from now on is ours to handle
-        fresh = self.new_slot(slot.number)
-        child = self.start_worker(fresh)
-        either: list[asyncio.Future[Any]] = [child.ready, child.exited]
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not child.ready.done() or child.ready.cancelled():
-            self.supervisor.release_socket(fresh.path)
-            if old is not None:
-                old.retired = False
-                if old.exited.done() and not self.stopping:  # it left meanwhile
-                    self.start_worker(slot)
-            return (f"worker {child.id} exited with {child.exited.result()} before READY; "
-                    "the old workers keep serving")
-        await self.control("join", {"id": child.id, "socket": str(fresh.path),
-                                    "version": str(child.version)})
-        if slot in self.slots:
-            self.slots[self.slots.index(slot)] = fresh
-        if old is not None:
-            await self.drain_and_leave(slot.id)
-            old.terminate()
-            await old.exited
-        self.supervisor.release_socket(slot.path)
-        return None
-
-    async def handle_recycle_soon(self, child: Handle | None, _: int) -> None:
-        """A worker reached a recycling limit and waits for a successor (--recycle-handoff):
-        replace it first, so capacity never dips. During a rolling restart it is left alone:
-        the restart replaces it anyway, and its hand-off timeout bounds the wait."""
-        assert child is not None
-        slot = self._slot_of(child)
-        if slot is None or child.retired or self.stopping:
-            return  # retired: a rolling restart or another hand-off is replacing it
-        if self.reloading is not None and not self.reloading.done():
-            return
-        log.info("worker %s asks to be recycled: starting its successor first", child.id)
-        task = self.loop.create_task(self.replace(slot))
-        self._replacing.add(task)
-        task.add_done_callback(self._replaced)
-
-    def _replaced(self, task: asyncio.Task[str | None]) -> None:
-        self._replacing.discard(task)
-        if not task.cancelled() and task.result() is not None:
-            log.error("recycling hand-off failed: %s", task.result())
-
-    # -- scaling -------------------------------------------------------------------------------
-    async def scale(self, workers: int) -> None:
-        """Start workers up to `workers`, or drain and stop the highest-numbered ones."""
-        while len(self.slots) < workers:
-            number = max((s.number for s in self.slots), default=0) + 1
-            slot = self.new_slot(number)
-            self.slots.append(slot)
-            self.start_worker(slot)
-        while len(self.slots) > workers:
-            slot = self.slots.pop()
-            child = slot.child
-            if child is not None:
-                child.retired = True
-                await self.drain_and_leave(child.id)
-                child.terminate()
-                await child.exited
-            self.supervisor.release_socket(slot.path)
-
     # -- helpers -------------------------------------------------------------------------------
     def new_slot(self, number: int) -> WorkerSlot:
         """A fresh socket for worker position `number`: id "N" the first time, "N.K" after."""
@@ -525,15 +560,26 @@ class Manager:
     def _slot_of(self, child: Handle) -> WorkerSlot | None:
         return next((s for s in self.slots if s.child is child), None)
 
+    def _slot_numbered(self, number: int) -> WorkerSlot | None:
+        return next((s for s in self.slots if s.number == number), None)
+
     def _everyone_ready(self) -> bool:
-        children = [s.child for s in self.slots] + [self.balancer]
-        return all(c is not None and c.ready.done() and not c.ready.cancelled()
-                   for c in children)
+        """The balancer and every worker are ready (vacant positions aside, at least one)."""
+        workers = [s.child for s in self.slots if s.child is not None]
+        return bool(workers) and all(
+            c is not None and c.ready.done() and not c.ready.cancelled()
+            for c in [self.balancer, *workers])
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._counting.add(task)  # a reference, so the task is not collected half-way
+        task.add_done_callback(self._counting.discard)
 
     async def _rejoin_all(self) -> None:
-        assert self.balancer is not None
-        await asyncio.wait([self.balancer.ready])
-        if self.balancer.ready.cancelled():
+        balancer = self.balancer
+        assert balancer is not None
+        await asyncio.wait([balancer.ready])
+        if balancer.ready.cancelled() or self.stopping:
             return  # it exited before READY: its own exit event restarts it again
         for slot in self.slots:
             if slot.child is not None and slot.child.ready.done():
@@ -569,13 +615,35 @@ class Manager:
             log.error("balancer control %s: %s", command, reply.get("error"))
         return reply
 
+    # -- health ---------------------------------------------------------------------------------
+    def ready_workers(self) -> int:
+        return sum(1 for s in self.slots if s.child is not None and s.child.ready.done()
+                   and not s.child.ready.cancelled() and not s.child.exited.done())
+
+    def health(self) -> str:
+        """"healthy", or "degraded: 2/3 workers" and why when known: "…, the app on disk
+        fails to load: SyntaxError: invalid syntax (/srv/app/app.py:3)"."""
+        ready, total = self.ready_workers(), len(self.slots)
+        if ready >= total:
+            return "healthy"
+        text = f"degraded: {ready}/{total} workers"
+        if self.load_error is not None:
+            text += f", the app on disk fails to load: {self.load_error}"
+        return text
+
     def status_line(self) -> str:
         """systemd's one-line status: "4/4 workers ready, v3, 12034 requests" (the count as
-        of the last health tick)."""
-        ready = sum(1 for s in self.slots if s.child is not None and s.child.ready.done()
-                    and not s.child.ready.cancelled() and not s.child.exited.done())
-        return (f"{ready}/{len(self.slots)} workers ready, v{self.version}, "
-                f"{self._requests} requests")
+        of the last health tick), or "degraded: 3/4 workers, …" (health)."""
+        health = self.health()
+        requests = self._requests_before + self._requests
+        if health != "healthy":
+            return f"{health}; v{self.version}, {requests} requests"
+        line = (f"{self.ready_workers()}/{len(self.slots)} workers ready, v{self.version}, "
+                f"{requests} requests")
+        if self.load_error is not None:
+            line += (f"; the app on disk fails to load: {self.load_error} (recycling waits "
+                     "for a good deploy)")
+        return line
 
     async def _cleanup(self) -> None:
         if self.restart_watch is not None:
@@ -584,3 +652,6 @@ class Manager:
             self._checking.cancel()
         await self.client.close()
         await self.supervisor.close()
+        with contextlib.suppress(OSError):  # only an empty one: nothing to keep
+            self.state.rmdir()
+

@@ -87,6 +87,13 @@ class EmbeddedSupervisor:
         sockets = [("http", sock) for sock in self.listeners]
         return self._track(Child("balancer", "0", argv, sockets, self.runtime, self.post))
 
+    def close_ports(self) -> None:
+        """Our copies of the listening sockets: once the balancer has closed its own (it does
+        on SIGTERM), new connections are refused instead of waiting in a backlog that nobody
+        will accept from."""
+        for sock in self.listeners:
+            sock.close()
+
     def worker_socket(self, ident: str) -> Path:
         path = self.runtime / f"w{ident}.sock"
         self.worker_sockets[path] = Bind(path=str(path)).open()

@@ -56,6 +56,9 @@ class Handle(Protocol):
 
     def kill(self) -> None: ...
 
+    def send(self, signum: int) -> None:
+        """A signal to the process (the recycling hold and release)."""
+
 
 class Supervisor(Protocol):
     runtime: Path  # the app's runtime directory (control sockets, worker sockets)
@@ -71,6 +74,10 @@ class Supervisor(Protocol):
         """The listening addresses with the ports actually used (after a fallback)."""
 
     def start_balancer(self, args: list[str]) -> Handle: ...
+
+    def close_ports(self) -> None:
+        """The app is stopping: the listening ports accept no new connection from now on
+        (the balancer finishes what it accepted)."""
 
     def worker_socket(self, ident: str) -> Path:
         """A listening socket for a worker position; returns its path."""

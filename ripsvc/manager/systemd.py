@@ -7,11 +7,17 @@ is `rip-balancer@APP` on the ports of `rip-balancer@APP.socket` (rip-generator).
 - StartUnit/StopUnit jobs, and JobRemoved to know when one finished; for Type=notify units
   "done" means READY=1 arrived. The signal may come before the call's reply, so one future per
   job path is created by whichever comes first.
-- PropertiesChanged of each unit: an ActiveState leaving "active" is an exit (ExecMainStatus
-  gives the code). systemd restarts crashed and recycled workers itself (Restart=); the
-  manager's StartUnit for the successor joins that restart.
-- KillUnit for SIGABRT (a hung worker) and SIGKILL.
-We subscribe before the first job, and never poll.
+- PropertiesChanged of each unit: an ActiveState leaving "active" is an exit. Its code is
+  the ExecMainCode/ExecMainStatus of the Service interface's PropertiesChanged, which systemd
+  sends just before the Unit interface's (by design, for atomic views): asked for afterwards,
+  a restart triggered by the socket meanwhile may have reset it to 0. systemd restarts
+  crashed and recycled workers itself (Restart=); the manager's StartUnit for the successor
+  joins that restart.
+- KillUnit for SIGABRT (a hung worker), SIGKILL, and the recycling hold and release.
+- Jobs are started with mode "fail": every unit of the app is bound to rip@APP (BindsTo=),
+  so a start that came in while rip@APP is being stopped must fail, not replace its stop job.
+We subscribe before the first job, and never poll. When the bus closes (D-Bus stopped), the
+jobs waited for fail at once and the manager is told ("bus_lost").
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +108,19 @@ class Systemd:
 
     async def job(self, method: str, unit: str, mode: str = "replace") -> str:
         """StartUnit/StopUnit/RestartUnit; returns the job's result ("done", "failed", …)."""
+        if not self.bus.connected:
+            raise SystemdError(f"{method} {unit}: the system bus is closed")
         (path,) = await self.call(SD_PATH, MANAGER, method, "ss", [unit, mode])
         try:
             return await asyncio.wait_for(self._job(path), JOB_TIMEOUT)
         finally:
             self.jobs.pop(path, None)
+
+    def fail_jobs(self, why: str) -> None:
+        """The bus closed: no JobRemoved will come."""
+        for future in self.jobs.values():
+            if not future.done():
+                future.set_exception(SystemdError(f"the system bus closed: {why}"))
 
     async def unit_path(self, unit: str) -> str:
         (path,) = await self.call(SD_PATH, MANAGER, "LoadUnit", "s", [unit])
@@ -152,6 +166,7 @@ class UnitHandle:
         self.ready: asyncio.Future[None] = loop.create_future()
         self.exited: asyncio.Future[int] = loop.create_future()
         self.path = ""
+        self._main_exit: tuple[int, int] | None = None  # ExecMainCode/Status, as last sent
 
     async def start(self) -> None:
         sd = self.backend.sd
@@ -163,10 +178,13 @@ class UnitHandle:
                 # replace the restart that systemd counts (NRestarts) and paces (RestartSec=)
                 self.restarting = True
                 return
-            result = await sd.job("StartUnit", self.unit)
+            result = await sd.job("StartUnit", self.unit, "fail")
             if result != "done":
-                log.error("%s: start job %s", self.unit, result)
-                await self._exit()
+                # "failed": the process exited before READY, which its exit says (the manager
+                # logs it, once); anything else (a dependency, a timeout) is said here.
+                (log.debug if result == "failed" else log.error)("%s: start job %s",
+                                                                 self.unit, result)
+                await self._exit(self._exit_code())
                 return
             await self._ready()
         except (SystemdError, TimeoutError) as exc:
@@ -183,21 +201,34 @@ class UnitHandle:
 
     def _changed(self, interface: str, changed: dict[str, Any]) -> None:
         if interface == SERVICE:
-            self.status = str(changed.get("StatusText", self.status))
+            # StatusText is kept when it is emptied: a worker's last words say why it exited.
+            self.status = str(changed.get("StatusText") or self.status)
             self.pid = int(changed.get("MainPID", self.pid))
+            if "ExecMainCode" in changed and "ExecMainStatus" in changed:
+                self._main_exit = (int(changed["ExecMainCode"]),
+                                   int(changed["ExecMainStatus"]))
             return
         state = changed.get("ActiveState")
         gone = state in ("inactive", "failed")
         if self.exited.done():
             return
+        code = self._exit_code()
         if not self.ready.done():  # only a restart by systemd is watched before READY
             if self.restarting and state == "active":
                 self.backend.spawn(self._ready())
             elif self.restarting and gone:
-                self.backend.spawn(self._exit())
+                self.backend.spawn(self._exit(code))
             return
         if gone or changed.get("SubState") == "auto-restart":
-            self.backend.spawn(self._exit())
+            self.backend.spawn(self._exit(code))
+
+    def _exit_code(self) -> int | None:
+        """The main process's exit as last sent (None if not known): its code, or minus the
+        signal that killed it."""
+        if self._main_exit is None or self._main_exit[0] == 0:
+            return None
+        how, status = self._main_exit
+        return status if how == CLD_EXITED else -status
 
     async def _exit(self, code: int | None = None) -> None:
         if self.exited.done():
@@ -230,6 +261,9 @@ class UnitHandle:
     def kill(self) -> None:
         self.backend.spawn(self.backend.sd.kill(self.unit, "all", signal.SIGKILL))
 
+    def send(self, signum: int) -> None:
+        self.backend.spawn(self.backend.sd.kill(self.unit, "main", signum))
+
     def __repr__(self) -> str:
         return f"{self.unit} (pid {self.pid})"
 
@@ -254,6 +288,7 @@ class SystemdSupervisor:
         self._sd: Systemd | None = None
         self._ports: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._bus_watch: asyncio.Task[None] | None = None
         self._instances: dict[Path, str] = {}  # worker socket path → instance id
 
     @property
@@ -274,6 +309,7 @@ class SystemdSupervisor:
     async def open(self) -> None:
         """Connect and subscribe; stop what a previous manager of this app left behind."""
         self._sd = await Systemd.connect(self.bus_address)
+        self._bus_watch = asyncio.get_running_loop().create_task(self._watch_bus())
         leftovers = await self.sd.units_matching(f"rip-worker@{self.name}:*")
         for unit in leftovers:
             log.warning("stopping %s, left by an earlier run", unit)
@@ -286,8 +322,23 @@ class SystemdSupervisor:
         self._ports = [f"{schemes.get(str(address).rpartition(':')[2], 'http')}://{address}"
                        for _kind, address in listen]
 
+    async def _watch_bus(self) -> None:
+        # (typed here: some dbus-fast versions leave it untyped)
+        disconnected: Callable[[], Awaitable[None]] = self.sd.bus.wait_for_disconnect
+        try:
+            await disconnected()
+            why = "disconnected"
+        except Exception as exc:  # how dbus-fast reports an unexpected end
+            why = str(exc) or type(exc).__name__
+        self.sd.fail_jobs(why)
+        self.post("bus_lost", None, why)
+
     def ports(self) -> list[str]:
         return self._ports
+
+    def close_ports(self) -> None:
+        """Nothing to do: rip-balancer@APP.socket is bound to rip@APP (BindsTo=, PartOf=) and
+        stops with it; the balancer closes its own copy on SIGTERM."""
 
     def binds(self) -> list[Bind]:
         return list(self.plan.listen)  # the socket unit's, as configured
@@ -356,15 +407,18 @@ class SystemdSupervisor:
         down; PartOf= covers only `systemctl stop`), remove the drop-ins, disconnect."""
         if self._sd is None:
             return
+        if self._bus_watch is not None:
+            self._bus_watch.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
-        try:
-            await self.stop_unit(f"rip-balancer@{self.name}.service")
-            for unit in await self.sd.units_matching(f"rip-worker@{self.name}:*"):
-                await self.stop_unit(unit)
-        except SystemdError as exc:
-            log.error("stopping the app's units: %s", exc)
+        if self.sd.bus.connected:
+            try:
+                await self.stop_unit(f"rip-balancer@{self.name}.service")
+                for unit in await self.sd.units_matching(f"rip-worker@{self.name}:*"):
+                    await self.stop_unit(unit)
+            except SystemdError as exc:
+                log.error("stopping the app's units: %s", exc)
         for stale in self.dropin_root.glob(f"rip-worker@{self.name}:*.d"):
             self._remove_dropin(stale)
         self.sd.close()

@@ -2,6 +2,9 @@
 
 The standard library has no inotify binding and none of our dependencies offers one, so the
 three libc calls are made through ctypes; the descriptor is watched by the event loop.
+The file's directory may not exist yet (tmp/ is often made later, or by the deploy): its
+parent is watched too, so that the directory is watched as soon as it appears, and again if
+it is removed and made anew.
 """
 
 from __future__ import annotations
@@ -17,14 +20,19 @@ IN_ATTRIB = 0x004
 IN_CLOSE_WRITE = 0x008
 IN_MOVED_TO = 0x080
 IN_CREATE = 0x100
+IN_IGNORED = 0x8000  # the watch is gone (its directory was removed)
+IN_ONLYDIR = 0x01000000
 DEBOUNCE = 0.05
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name, NUL-padded
+_FILE_EVENTS = IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class FileWatcher:
-    """Calls `changed()` when `path` is created, written, touched or moved into place."""
+    """Calls `changed()` when `path` is created, written, touched or moved into place, also
+    when its directory appears only later (raises OSError if even the parent of that
+    directory cannot be watched)."""
 
     def __init__(self, path: Path, changed: Callable[[], None]) -> None:
         self.path = path
@@ -33,13 +41,23 @@ class FileWatcher:
         self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        mask = IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE
-        if _libc.inotify_add_watch(self.fd, str(path.parent).encode(), mask) < 0:
+        directory = path.parent
+        self._parent_wd = _libc.inotify_add_watch(
+            self.fd, str(directory.parent).encode(), IN_CREATE | IN_MOVED_TO | IN_ONLYDIR)
+        if self._parent_wd < 0:
             errno = ctypes.get_errno()
             os.close(self.fd)
-            raise OSError(errno, f"cannot watch {path.parent}: {os.strerror(errno)}")
+            raise OSError(errno, f"cannot watch {directory.parent}: {os.strerror(errno)}")
+        self._dir_wd = -1
+        self._watch_directory()
         self._pending: asyncio.TimerHandle | None = None
         self.loop.add_reader(self.fd, self._read)
+
+    def _watch_directory(self) -> bool:
+        """Watch the file's directory, if it exists now; True if it does."""
+        self._dir_wd = _libc.inotify_add_watch(self.fd, str(self.path.parent).encode(),
+                                               _FILE_EVENTS | IN_ONLYDIR)
+        return self._dir_wd >= 0
 
     def _read(self) -> None:
         try:
@@ -48,10 +66,17 @@ class FileWatcher:
             return
         offset, hit = 0, False
         while offset + _EVENT.size <= len(data):
-            _, _, _, length = _EVENT.unpack_from(data, offset)
+            wd, mask, _, length = _EVENT.unpack_from(data, offset)
             name = data[offset + _EVENT.size: offset + _EVENT.size + length].rstrip(b"\0")
-            hit = hit or name == self.path.name.encode()
             offset += _EVENT.size + length
+            if wd == self._dir_wd:
+                if mask & IN_IGNORED:
+                    self._dir_wd = -1
+                hit = hit or name == self.path.name.encode()
+            elif wd == self._parent_wd and name == self.path.parent.name.encode():
+                # The directory appeared: watched from now on. A restart file already in it
+                # (made with it) counts as touched.
+                hit = hit or (self._watch_directory() and self.path.exists())
         if hit and self._pending is None:
             # One touch is several events (create, attrib, close-write), maybe in several
             # reads: they make one call.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import traceback
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ripsvc import logs, sd
 from ripsvc.apploader import AppLoadError, AppSpec, detect_kind, import_app
 from ripsvc.exitcodes import ExitCode
-from ripsvc.recycle import RecyclePolicy
+from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL, RecyclePolicy
 from ripsvc.worker.reloader import ModuleWatcher, SourceOnlyFinder
 
 if TYPE_CHECKING:
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 log = logs.get("worker")
 
 RELOAD_MODES = ("none", "process", "module")
+#: Released workers whose limits passed while held recycle within this many seconds, each at a
+#: random moment, so that they do not all leave at once.
+RELEASE_SPREAD = 5.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,11 @@ class Worker:
         self._handoff: asyncio.TimerHandle | None = None
         self.websockets: Any = None  # a WebSocket worker's Hub (worker/websocket.py)
         self._date_header = b""
+        # Recycling held by the manager (the app on disk cannot load): the limit reached
+        # meanwhile, if any, waits here.
+        self.recycling_held = False
+        self._recycle_due: str | None = None
+        self._released: asyncio.TimerHandle | None = None  # a released limit, due soon
 
     @property
     def kind(self) -> str:
@@ -135,6 +144,10 @@ class Worker:
             self.watcher.snapshot()
         if self.policy.seconds:
             self.loop.call_later(self.policy.seconds, self._age_limit)
+        # Installed once the app is loaded (an app's own handler would be replaced anyway):
+        # the manager signals only workers that are ready.
+        self.loop.add_signal_handler(HOLD_SIGNAL, self.hold_recycling)
+        self.loop.add_signal_handler(RELEASE_SIGNAL, self.release_recycling)
 
     async def _start_host(self) -> AppHost:
         spec = self.options.app
@@ -167,7 +180,7 @@ class Worker:
         `Connection: close`, so that the balancer does not reuse a connection about to go."""
         if not self.accepting:
             return True
-        if self.options.recycle_handoff:
+        if self.options.recycle_handoff or self.recycling_held:
             return False  # it keeps serving until its successor is in place
         policy = self.policy
         return (bool(policy.requests and self.served + 1 >= policy.requests)
@@ -185,7 +198,16 @@ class Worker:
             self.recycle(f"recycling after {self.reloads} module reloads")
 
     def recycle(self, reason: str) -> None:
-        """A limit is reached: stop now, or with a hand-off, ask for a successor first."""
+        """A limit is reached: stop now, or with a hand-off, ask for a successor first; while
+        recycling is held, wait for the release."""
+        if self.recycling_held:
+            if self._recycle_due is None:
+                self._recycle_due = reason
+                log.warning("%s: held, since the app on disk cannot load; this worker keeps "
+                            "serving until the next good deploy", reason)
+            return
+        if self._released is not None:
+            return  # released with a limit passed: recycle() comes at its own moment
         handoff = self.options.recycle_handoff
         if not handoff:
             self.begin_stop(ExitCode.RECYCLE, reason)
@@ -195,8 +217,49 @@ class Worker:
         log.info("%s: asking for a successor (serving meanwhile, at most %.0f s)", reason,
                  handoff)
         sd.notify("RIP_RECYCLE=1", f"STATUS={reason}; waiting for a successor")
+        self._recycle_due = reason
         self._handoff = self.loop.call_later(handoff, self.begin_stop, ExitCode.RECYCLE,
                                              f"{reason}; no successor came")
+
+    def hold_recycling(self) -> None:
+        """HOLD_SIGNAL from the manager: the app on disk cannot load, so a successor would not
+        start. Limits reached from now on wait, and so does a hand-off under way (its
+        successor failed): the worker serves until released or replaced by a good deploy."""
+        if self.recycling_held or not self.accepting:
+            return
+        self.recycling_held = True
+        pending = self._handoff or self._released
+        for timer in (self._handoff, self._released):
+            if timer is not None:
+                timer.cancel()
+        self._handoff = self._released = None
+        if pending is not None and self._recycle_due is not None:
+            log.warning("%s: held, since the app on disk cannot load; this worker keeps "
+                        "serving until the next good deploy", self._recycle_due)
+        else:
+            self._recycle_due = None
+            log.info("recycling held: the app on disk cannot load; recycling limits wait for "
+                     "the next good deploy")
+
+    def release_recycling(self) -> None:
+        """RELEASE_SIGNAL from the manager: the app on disk loads again. A limit passed while
+        held recycles now, at a random moment within RELEASE_SPREAD seconds."""
+        if not self.recycling_held:
+            return
+        self.recycling_held = False
+        if self._recycle_due is None:
+            log.info("recycling released: the app on disk loads again")
+            return
+        delay = random.uniform(0, RELEASE_SPREAD)
+        log.info("recycling released: the app on disk loads again; %s in %.1f s",
+                 self._recycle_due, delay)
+        self._released = self.loop.call_later(delay, self._recycle_released)
+
+    def _recycle_released(self) -> None:
+        self._released = None
+        reason, self._recycle_due = self._recycle_due, None
+        if self.accepting and reason is not None:
+            self.recycle(reason)
 
     # -- module reload -------------------------------------------------------------------------
     async def reload_modules(self) -> None:
@@ -230,8 +293,9 @@ class Worker:
         """Stop taking requests; the one in flight (if any) finishes first."""
         if not self.accepting:
             return
-        if self._handoff is not None:
-            self._handoff.cancel()
+        for timer in (self._handoff, self._released):
+            if timer is not None:
+                timer.cancel()
         self.accepting = False
         self.exit_code = code
         # Stop accepting now, not when run() wakes up: a connection accepted meanwhile would

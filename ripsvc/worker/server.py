@@ -8,11 +8,12 @@ import faulthandler
 import os
 import signal
 import socket
+import traceback
 from collections.abc import Callable
 
 from ripsvc import compiled, logs, sd
 from ripsvc.apploader import AppLoadError
-from ripsvc.exitcodes import ExitCode
+from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe
 from ripsvc.worker.core import Worker, WorkerOptions
 
@@ -45,7 +46,9 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
         await worker.load()
     except AppLoadError as exc:
         log.error("cannot load the app %s: %s", options.app, exc)
-        sd.notify(f"STATUS=cannot load the app: {str(exc).splitlines()[0]}")
+        # The manager reads this line (systemd keeps it as the unit's StatusText): it is what
+        # `ripctl reload`, `ripctl status` and the manager's journal say about the failure.
+        sd.notify(f"STATUS={APP_LOAD_STATUS}{load_error_summary(exc)}")
         return ExitCode.APP_LOAD_ERROR
     if worker.stopping.is_set():  # stopped while loading
         await worker.host.shutdown()
@@ -123,6 +126,25 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
             os.unlink(created_path)
     log.info("stopped after %d requests (exit %s)", worker.served, worker.exit_code.name)
     return worker.exit_code
+
+
+def load_error_summary(exc: AppLoadError) -> str:
+    """One line for an operator: the exception and where it was raised, e.g.
+    "SyntaxError: invalid syntax (/srv/shop/app.py:3)"; the whole traceback is in the log."""
+    cause = exc.__cause__
+    if cause is None:  # our own finding (no such module, no such attribute …): its first line
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(cause, SyntaxError) and cause.filename:
+        where = f"{cause.filename}:{cause.lineno}"
+        text = f"{type(cause).__name__}: {cause.msg}"
+    else:
+        frames = traceback.extract_tb(cause.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        message = str(cause).strip().splitlines()
+        text = type(cause).__name__ + (f": {message[0]}" if message else "")
+    if len(text) > 200:
+        text = text[:199] + "…"
+    return f"{text} ({where})" if where else text
 
 
 def _curl_hint(sock: socket.socket) -> str:

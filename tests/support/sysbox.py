@@ -161,3 +161,16 @@ class SystemdBox:
     def show(self, unit: str, *props: str) -> dict[str, str]:
         out = self.run("systemctl", "show", unit, "-p", ",".join(props)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def install_rip(box: SystemdBox, python: str) -> None:
+    """The project's unit templates and generator, rendered for `python`, installed in the box
+    (the generator runs at the daemon-reload that follows)."""
+    from ripsvc import units
+
+    for name, text in units.static_units(python).items():
+        if name == units.GENERATOR:
+            box.write(f"/run/systemd/system-generators/{name}", text, 0o755)
+        else:
+            box.write(f"/etc/systemd/system/{name}", text)
+    box.run("systemctl", "daemon-reload")
