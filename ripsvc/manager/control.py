@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ripsvc import control
+from ripsvc import control, paths
 from ripsvc.control import CommandError
 from ripsvc.manager.balancer_client import BalancerUnreachable
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 async def serve_control(manager: Manager) -> web.AppRunner:
     runner = web.AppRunner(make_app(manager), handle_signals=False, access_log=None)
     await runner.setup()
-    sock = control.bind_socket(str(manager.runtime / "manager.sock"))
+    sock = control.bind_socket(str(manager.runtime / paths.MANAGER_SOCKET))
     await web.SockSite(runner, sock).start()
     return runner
 

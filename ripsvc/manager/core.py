@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ripsvc import edge, hosts, logs, paths, sd
+from ripsvc import edge, hosts, launch, logs, paths, sd
 from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
@@ -51,7 +51,7 @@ class Manager:
         self.events: asyncio.Queue[tuple[str, Handle | None, Any]] = asyncio.Queue()
         self.supervisor = backend(plan, self.post)
         self.runtime = self.supervisor.runtime
-        self.control_path = self.runtime / "balancer.ctl"
+        self.control_path = paths.balancer_control(self.runtime)
         self.client = BalancerClient(self.control_path)
         self._checking: asyncio.Task[None] | None = None  # the tick's look at the pool
         self.version = 1  # bumped by each rolling restart; workers join with it
@@ -144,9 +144,8 @@ class Manager:
 
     # -- starting ----------------------------------------------------------------------------
     def start_balancer(self) -> None:
-        args = ["--app", self.plan.name, "--control", str(self.control_path),
-                *self.plan.balancer_args,
-                *edge.balancer_args(self.supervisor.binds(), self.runtime, self.state)]
+        args = launch.balancer_args(self.plan.settings, self.supervisor.binds(), self.runtime,
+                                    self.state)
         self.balancer = self.supervisor.start_balancer(args)
 
     def prepare_edge(self) -> None:
@@ -160,9 +159,8 @@ class Manager:
             log.info("HTTPS certificate: %s (%s)", found.cert, found.origin)
 
     def start_worker(self, slot: WorkerSlot) -> Handle:
-        handoff = ["--recycle-handoff"] if self.supervisor.recycle_handoff else []
-        args = [self.plan.app, "--name", self.plan.name, "--id", slot.id, *handoff,
-                *self.plan.worker_args]
+        args = launch.worker_args(self.plan.settings, self.plan.app, slot.id,
+                                  handoff=self.supervisor.recycle_handoff)
         env = {"WATCHDOG_USEC": str(int(self.plan.watchdog_sec * 1e6))} \
             if self.plan.watchdog_sec else {}
         slot.child = self.supervisor.start_worker(slot.id, slot.path, args, env)

@@ -27,7 +27,7 @@ def claim_runtime_dir(name: str) -> Path:
     """The app's runtime directory; refuse if a live manager of the same name holds it."""
     path = paths.app_dir(name)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sock = path / "manager.sock"
+    sock = path / paths.MANAGER_SOCKET
     if sock.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

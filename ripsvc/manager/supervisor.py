@@ -9,28 +9,60 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ripsvc.settings import Settings
 from ripsvc.sockets import Bind
 
 
 @dataclass(frozen=True)
 class ServePlan:
-    app: str
-    name: str
-    workers: int
-    listen: list[Bind]
-    worker_args: list[str] = field(default_factory=list)
-    balancer_args: list[str] = field(default_factory=list)
+    """What the manager runs: the app's settings (the processes' command lines are built
+    from them: launch.py), and what depends on where they were read."""
+
+    settings: Settings
     restart_file: Path | None = None
-    watchdog_sec: float = 30.0
-    graceful_timeout: float = 30.0
-    hosts: tuple[str, ...] = ()  # configured (the balancer gets them in balancer_args too)
-    cert: str = ""
-    key: str = ""
     state: Path | None = None  # the state directory (default: paths.state_dir(name))
+
+    # The settings the manager reads, by the names it reads them.
+    @property
+    def app(self) -> str:
+        return self.settings.app
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def workers(self) -> int:
+        return self.settings.workers
+
+    @property
+    def listen(self) -> list[Bind]:
+        return self.settings.binds()
+
+    @property
+    def watchdog_sec(self) -> float:
+        return self.settings.watchdog_sec
+
+    @property
+    def graceful_timeout(self) -> float:
+        return self.settings.graceful_timeout
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The configured host names (the balancer gets them on its command line too)."""
+        return self.settings.hosts
+
+    @property
+    def cert(self) -> str:
+        return self.settings.cert
+
+    @property
+    def key(self) -> str:
+        return self.settings.key
 
 
 Post = Callable[[str, Any, Any], None]

@@ -27,7 +27,7 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from ripsvc import logs, units
+from ripsvc import logs, paths, units
 from ripsvc.manager.supervisor import Post, ServePlan
 from ripsvc.settings import Settings
 from ripsvc.sockets import Bind
@@ -248,7 +248,7 @@ class SystemdSupervisor:
         self.name = plan.name
         self.python = python
         self.app_arg, self.directory = units.app_command(settings, config_dir)
-        self.runtime = Path("/run/rip") / plan.name  # rip@APP's RuntimeDirectory=
+        self.runtime = paths.system_app_dir(plan.name)  # rip@APP's RuntimeDirectory=
         self.bus_address = bus_address
         self.dropin_root = units.INSTANCE_DIR
         self._sd: Systemd | None = None
@@ -300,7 +300,7 @@ class SystemdSupervisor:
         return handle
 
     def worker_socket(self, ident: str) -> Path:
-        path = units.worker_socket_path(self.name, ident)
+        path = paths.worker_socket(self.name, ident)
         self._instances[path] = ident
         return path
 

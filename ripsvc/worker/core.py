@@ -14,30 +14,44 @@ from ripsvc import logs, sd
 from ripsvc.apploader import AppLoadError, AppSpec, detect_kind, import_app
 from ripsvc.exitcodes import ExitCode
 from ripsvc.recycle import RecyclePolicy
+from ripsvc.settings import DEFAULTS
 from ripsvc.worker.reloader import ModuleWatcher, SourceOnlyFinder
 
 if TYPE_CHECKING:
+    from ripsvc.settings import Settings
     from ripsvc.worker.http import HttpConnection
 
 log = logs.get("worker")
 
-RELOAD_MODES = ("none", "process", "module")
-
 
 @dataclass(frozen=True)
 class WorkerOptions:
+    """What the worker's logic reads. The options that are settings take their default from
+    settings.py (DEFAULTS) and their value from the worker's command line (from_settings)."""
+
     app: AppSpec
     name: str = "app"
     worker_id: str = "0"
-    reload: str = "process"
-    recycle: RecyclePolicy = RecyclePolicy()  # noqa: RUF009 (frozen, so sharing is safe)
-    recycle_jitter: float = 0.1
-    graceful_timeout: float = 30.0
-    max_body: int = 100 << 20
-    reload_interval: float = 0.1
+    reload: str = DEFAULTS.reload
+    recycle: RecyclePolicy = DEFAULTS.recycle
+    recycle_jitter: float = DEFAULTS.recycle_jitter
+    graceful_timeout: float = DEFAULTS.graceful_timeout
+    max_body: int = DEFAULTS.max_body
+    reload_interval: float = 0.1  # not a setting
     #: Announce a reached recycling limit (sd_notify RIP_RECYCLE=1) and keep serving until
     #: stopped, at most this long, so that a supervisor can start a successor first (0: off).
     recycle_handoff: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, app: AppSpec, *, name: str = "app",
+                      worker_id: str = "0", recycle_handoff: float = 0.0) -> WorkerOptions:
+        """The options for `settings` (those a worker receives: settings.role_fields), with
+        the worker's own options that are not settings."""
+        s = settings
+        return cls(app=app, name=name, worker_id=worker_id, reload=s.reload,
+                   recycle=s.recycle, recycle_jitter=s.recycle_jitter,
+                   graceful_timeout=s.graceful_timeout, max_body=s.max_body,
+                   recycle_handoff=recycle_handoff)
 
 
 class AppHost(Protocol):
