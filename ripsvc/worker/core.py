@@ -1,10 +1,16 @@
-"""The worker's state: its app, the one-request gate, counters, recycling and module reload."""
+"""The worker's state: its app, the one-request gate, counters, recycling and module reload.
+
+It imports none of the modules that serve requests (http, asgi, wsgi, aiohttp_front), which
+refer to it for their types: the adapter of the app's kind comes from server.py (make_host),
+and the connections are whatever has the Connection methods.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -19,7 +25,6 @@ from ripsvc.worker.reloader import ModuleWatcher, SourceOnlyFinder
 
 if TYPE_CHECKING:
     from ripsvc.settings import Settings
-    from ripsvc.worker.http import HttpConnection
 
 log = logs.get("worker")
 
@@ -62,6 +67,18 @@ class AppHost(Protocol):
     async def shutdown(self) -> None: ...
 
 
+#: The adapter for an app of a kind ("asgi", "wsgi", "aiohttp"): worker/adapters.py.
+HostFactory = Callable[[str, Any], AppHost]
+
+
+class Connection(Protocol):
+    """A client connection of the worker (http.HttpConnection)."""
+
+    transport: asyncio.Transport
+
+    def close_if_idle(self) -> None: ...
+
+
 class Gate:
     """At most one request in flight across all of the worker's connections."""
 
@@ -84,29 +101,17 @@ class StartupFailed(AppLoadError):
     pass
 
 
-def make_host(kind: str, app: Any) -> AppHost:
-    if kind == "asgi":
-        from ripsvc.worker.asgi import AsgiHost
-
-        return AsgiHost(app)
-    if kind == "wsgi":
-        from ripsvc.worker.wsgi import WsgiHost
-
-        return WsgiHost(app)
-    from ripsvc.worker.aiohttp_front import AiohttpHost
-
-    return AiohttpHost(app)
-
-
 class Worker:
     host: Any  # AsgiHost | WsgiHost | AiohttpHost: adapters differ in their handle() signature
 
-    def __init__(self, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, options: WorkerOptions, loop: asyncio.AbstractEventLoop,
+                 make_host: HostFactory) -> None:
         self.options = options
         self.loop = loop
+        self.make_host = make_host
         self.policy = options.recycle.with_jitter(options.recycle_jitter)
         self.gate = Gate()
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[Connection] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.accepting = True
         self.exit_code = ExitCode.OK
@@ -139,7 +144,7 @@ class Worker:
     async def _start_host(self) -> AppHost:
         spec = self.options.app
         app = import_app(spec)
-        host = make_host(detect_kind(app, spec), app)
+        host = self.make_host(detect_kind(app, spec), app)
         try:
             await host.startup()
         except AppLoadError:

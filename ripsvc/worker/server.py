@@ -13,6 +13,7 @@ from ripsvc import compiled, logs, sd
 from ripsvc.apploader import AppLoadError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe
+from ripsvc.worker.adapters import make_host
 from ripsvc.worker.core import Worker, WorkerOptions
 
 log = logs.get("worker")
@@ -23,7 +24,7 @@ STATUS_INTERVAL = 1.0
 async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     """Serve until stopped; return the process's exit code."""
     loop = asyncio.get_running_loop()
-    worker = Worker(options, loop)
+    worker = Worker(options, loop, make_host)
     sockets = list(sd.listen_sockets().values())
     created_path = None
     if bind is not None:
