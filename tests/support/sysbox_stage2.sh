@@ -22,6 +22,14 @@ for path in ${RIP_BOX_KEEP:-}; do
   mkdir -p "$path" && mount --move "/run/rip-test/keep/$n" "$path"; n=$((n + 1))
 done
 mount -t tmpfs -o mode=755 tmpfs /etc/systemd/system                   # hides host enablement
+# rip's units have PrivateTmp=, a /tmp of their own: the kept paths are bound into it too.
+if [ -n "${RIP_BOX_KEEP:-}" ]; then
+  for unit in rip@ rip-balancer@ rip-worker@; do
+    mkdir -p "/etc/systemd/system/$unit.service.d"
+    { echo "[Service]"; for path in $RIP_BOX_KEEP; do echo "BindReadOnlyPaths=$path"; done; } \
+      > "/etc/systemd/system/$unit.service.d/40-rip-test-keep.conf"
+  done
+fi
 mount -t tmpfs -o mode=2755 tmpfs /var/log/journal
 # rip's own directories: the mount points are created once on the host (empty, as the package
 # would), their contents stay in the box.
