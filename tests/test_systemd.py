@@ -435,6 +435,27 @@ def test_recycled_workers_are_restarted_by_systemd_without_a_failed_request(
         box.run("systemctl", "daemon-reload")
 
 
+def test_a_balancer_unit_older_than_its_app_file_is_said(box: SystemdBox) -> None:
+    """The balancer's command line is its unit's (rip-generator, at daemon-reload); the manager
+    builds the same one from the app file and says so when they differ."""
+    box.write("/etc/rip/stale.toml", app_file(workers=1, port=8084))
+    box.run("systemctl", "daemon-reload")
+    warning = "the units are older than the app's file"
+    try:
+        box.run("systemctl", "start", "rip@stale", timeout=60)
+        assert not [e for e in box.journal("-u", "rip@stale") if warning in e["MESSAGE"]]
+        box.run("systemctl", "stop", "rip@stale", timeout=60)
+        box.write("/etc/rip/stale.toml", app_file(workers=1, port=8084,
+                                                  extra="max_queue = 7\n"))
+        box.run("systemctl", "start", "rip@stale", timeout=60)  # no daemon-reload
+        said = [e["MESSAGE"] for e in box.journal("-u", "rip@stale") if warning in e["MESSAGE"]]
+        assert len(said) == 1 and "'--max-queue', '7'" in said[0], said
+    finally:
+        box.run("systemctl", "stop", "rip@stale", timeout=60)
+        box.path("/etc/rip/stale.toml").unlink()
+        box.run("systemctl", "daemon-reload")
+
+
 def test_a_crashed_manager_is_restarted_and_takes_its_app_back(hello: SystemdBox) -> None:
     old = set(worker_units(hello))
     pid = hello.show("rip@hello.service", "MainPID")["MainPID"]

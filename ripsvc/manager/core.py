@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ripsvc import edge, hosts, launch, logs, paths, sd
+from ripsvc import edge, hosts, logs, paths, sd
 from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
@@ -69,7 +69,7 @@ class Manager:
         self._ids_used: set[str] = set()
         self._leaving: set[str] = set()  # worker ids being drained out of the pool
         self.restart_watch: FileWatcher | None = None
-        self.state = plan.state or paths.state_dir(plan.name)
+        self.state = plan.state_directory
         self.hosts = hosts.Registry(plan.hosts)
         self.tls = any(bind.tls for bind in plan.listen)
 
@@ -144,9 +144,7 @@ class Manager:
 
     # -- starting ----------------------------------------------------------------------------
     def start_balancer(self) -> None:
-        args = launch.balancer_args(self.plan.settings, self.supervisor.binds(), self.runtime,
-                                    self.state)
-        self.balancer = self.supervisor.start_balancer(args)
+        self.balancer = self.supervisor.start_balancer()
 
     def prepare_edge(self) -> None:
         """The host registry and the certificate, before the balancer starts: a corrupt
@@ -159,11 +157,7 @@ class Manager:
             log.info("HTTPS certificate: %s (%s)", found.cert, found.origin)
 
     def start_worker(self, slot: WorkerSlot) -> Handle:
-        args = launch.worker_args(self.plan.settings, self.plan.app, slot.id,
-                                  handoff=self.supervisor.recycle_handoff)
-        env = {"WATCHDOG_USEC": str(int(self.plan.watchdog_sec * 1e6))} \
-            if self.plan.watchdog_sec else {}
-        slot.child = self.supervisor.start_worker(slot.id, slot.path, args, env)
+        slot.child = self.supervisor.start_worker(slot.id, slot.path)
         slot.child.version = self.version
         return slot.child
 
@@ -226,13 +220,11 @@ class Manager:
         if self.stopping:
             return
         now = self.loop.time()
-        watched = [] if self.supervisor.own_watchdog or not self.plan.watchdog_sec \
-            else self.slots
-        for slot in watched:
+        for slot in self.slots:
             child = slot.child
             if child is None or child.retired or not child.ready.done() or child.exited.done():
                 continue
-            if now - child.last_ping > self.plan.watchdog_sec:
+            if child.missed_watchdog(now):
                 self.abort(child, f"missed its watchdog ({self.plan.watchdog_sec:.0f} s)")
         if self._checking is None or self._checking.done():
             self._checking = self.loop.create_task(self.check_pool())
