@@ -20,6 +20,7 @@ from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.control import serve_control
+from ripsvc.manager.hosts_tls import HostsAndTLS
 from ripsvc.manager.supervisor import Handle, Post, ServePlan, Supervisor
 from ripsvc.manager.watch import FileWatcher
 
@@ -44,7 +45,10 @@ class WorkerSlot:
         self.crashes = 0
 
 
-class Manager:
+class Manager(HostsAndTLS):
+    """The manager's loop, its workers and rolling restarts; the edge's commands (certificate,
+    host registry) are in hosts_tls.py."""
+
     def __init__(self, plan: ServePlan, backend: Callable[[ServePlan, Post], Supervisor]) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
@@ -145,16 +149,6 @@ class Manager:
     # -- starting ----------------------------------------------------------------------------
     def start_balancer(self) -> None:
         self.balancer = self.supervisor.start_balancer()
-
-    def prepare_edge(self) -> None:
-        """The host registry and the certificate, before the balancer starts: a corrupt
-        registry or a bad certificate stops the start with an error naming the file."""
-        self.state.mkdir(parents=True, exist_ok=True)
-        self.hosts = hosts.Registry(self.plan.hosts, hosts.load(edge.hosts_file(self.state)))
-        if self.tls:
-            found = edge.install_certificate(self.plan.cert, self.plan.key, self.hosts.names(),
-                                             self.state, self.runtime)
-            log.info("HTTPS certificate: %s (%s)", found.cert, found.origin)
 
     def start_worker(self, slot: WorkerSlot) -> Handle:
         slot.child = self.supervisor.start_worker(slot.id, slot.path)
@@ -343,64 +337,11 @@ class Manager:
             if slot.child is not None:
                 slot.child.terminate()
 
-    # -- the edge: certificate and host registry ----------------------------------------------
-    async def reload_certificate(self) -> str | None:
-        """Install the certificate files again and have the balancer load them: connections
-        opened afterwards get the new certificate. Returns why it failed, or None."""
-        try:
-            found = edge.install_certificate(self.plan.cert, self.plan.key, self.hosts.names(),
-                                             self.state, self.runtime)
-        except edge.CertificateError as exc:
-            return f"certificate not reloaded: {exc}"
-        reply = await self.control("tls-reload", {})
-        if reply is None or not reply.get("ok"):
-            error = (reply or {}).get("error") or {"message": "the balancer does not answer"}
-            return f"certificate not reloaded: {error['message']}"
-        log.info("HTTPS certificate reloaded: %s (%s)", found.cert, found.origin)
-        return None
-
-    def command_tls_reload(self) -> asyncio.Task[str | None]:
-        if not self.tls:
-            raise CommandError("no-tls", "this app serves no HTTPS port", 409)
-        return self.loop.create_task(self.reload_certificate())
-
-    def command_hosts(self, action: str, host: str = "") -> asyncio.Task[None] | None:
-        """list, add or remove a host of the registry; kept in the state file, then sent to
-        the balancer."""
-        if action == "list":
-            return None
-        try:
-            name = hosts.normalize(host)
-        except ValueError as exc:
-            raise CommandError("bad-host", str(exc)) from None
-        added = list(self.hosts.added)
-        if action == "add":
-            if name in self.hosts.names():
-                return None
-            added.append(name)
-        elif name in self.hosts.configured:
-            raise CommandError("configured-host", f"{name!r} is built in or configured in the "
-                               "app's settings (hosts); change it there", 409)
-        elif name not in added:
-            raise CommandError("unknown-host", f"{name!r} is not in the registry", 404)
-        else:
-            added.remove(name)
-        hosts.save(edge.hosts_file(self.state), added)
-        self.hosts.set_added(added)
-        return self.loop.create_task(self._send_hosts())
-
     def _count(self, event: str) -> None:
         """Tell the balancer, for its metrics (its answer is not waited for)."""
         task = self.loop.create_task(self.control("event", {"name": event}))
         self._counting.add(task)  # a reference, so the task is not collected half-way
         task.add_done_callback(self._counting.discard)
-
-    async def _send_hosts(self) -> None:
-        await self.control("hosts", {"added": list(self.hosts.added)})
-        if self.tls and not self.plan.cert:  # a generated certificate covers the new names
-            why = await self.reload_certificate()
-            if why is not None:
-                log.error("%s", why)
 
     # -- rolling restart -----------------------------------------------------------------------
     def reload(self) -> asyncio.Task[str | None] | None:
