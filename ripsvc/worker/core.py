@@ -1,7 +1,7 @@
 """The worker's state: its app, the one-request gate, counters, recycling and module reload.
 
 It imports none of the modules that serve requests (http, asgi, wsgi, aiohttp_front), which
-refer to it for their types: the adapter of the app's kind comes from server.py (make_host),
+refer to it for their types: the adapter of the app's kind is given by server.py (adapters.py),
 and the connections are whatever has the Connection methods.
 """
 
