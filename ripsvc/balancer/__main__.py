@@ -58,7 +58,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
     options = BalancerOptions.from_settings(
         given, app=args.app, hosts_file=args.hosts_file, tls_ports=tuple(args.tls_port),
         redirect_ports=tuple(args.redirect_port), cert=args.cert, key=args.key)
-    return Plan(options, args.listen, args.control, args.worker, given.graceful_timeout)
+    return Plan(options, args.listen, args.control, args.worker,
+                graceful_timeout=given.graceful_timeout)
 
 
 def main(argv: list[str] | None = None) -> None:
