@@ -79,6 +79,12 @@ lint: deps
 unit: deps compile
 	$(BIN)/pytest
 
+# The fast part of the tests, in about a minute: what the markers slow, systemd and deb leave
+# out (tests/conftest.py). `make test` runs everything.
+.PHONY: unit-fast
+unit-fast: deps compile
+	$(BIN)/pytest -m "not slow"
+
 $(DEBIAN_STAMP): pyproject.toml scripts/apt-ensure
 	scripts/apt-ensure $(DEBIAN_PACKAGES)
 	test -x $(DEBIAN_VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(DEBIAN_VENV)

@@ -5,7 +5,7 @@
 A and B are git revisions, or `.` for the working tree (B's default). A revision is exported
 with `git archive` into a temporary directory and its hot path compiled there as `make compile`
 compiles the tree (setup.py build_ext --inplace); the working tree is brought up to date with
-`make -s compile`. Both stacks run at once, each the `rip` configuration of bench/compare.py
+`make -s compile`. Both stacks run at once, each the `rip` configuration of bench/stacks.py
 (the balancer and two workers of examples/hello) with its own tree's code, and wrk loads them
 in turn, A then B, then B then A, so that the VM's drift falls on both alike. It prints each
 pair, then for each side the median requests/s and the CPU per request of the balancer and of
@@ -28,8 +28,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compare import CONFIGS, ROOT, VENV_BIN, Settings, Stack, launched, process_ticks, run_wrk
-from worker import parse_wrk
+from common import ROOT, VENV_BIN, Settings, Stack, parse_wrk, process_ticks, run_wrk
+from stacks import CONFIGS, launched
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 WARMUP_SECONDS = 2

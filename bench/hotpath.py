@@ -46,6 +46,7 @@ from ripsvc.balancer.options import BalancerOptions  # noqa: E402
 from ripsvc.balancer.server import make_balancer  # noqa: E402
 from ripsvc.balancer.upstream import Upstream  # noqa: E402
 from ripsvc.recycle import RecyclePolicy  # noqa: E402
+from ripsvc.worker.adapters import make_host  # noqa: E402
 from ripsvc.worker.core import Worker, WorkerOptions  # noqa: E402
 from ripsvc.worker.http import HttpConnection  # noqa: E402
 
@@ -135,7 +136,7 @@ def worker_round(requests: int) -> float:
     loop = uvloop.new_event_loop()
     options = WorkerOptions(app=parse_spec(str(ROOT / "examples" / "hello")),
                             recycle=RecyclePolicy.parse("r:0,0s,0r"))
-    worker = Worker(options, loop)
+    worker = Worker(options, loop, make_host)
     loop.run_until_complete(worker.load())
     conn = HttpConnection(worker)
     transport = MemoryTransport(None)

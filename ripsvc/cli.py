@@ -50,12 +50,7 @@ def plan_from(settings: Settings, config_dir: Path | None = None) -> ServePlan:
     restart_file = None
     if settings.reload == "process" and settings.restart_file:
         restart_file = parse_spec(settings.app, cwd=config_dir).directory / settings.restart_file
-    return ServePlan(app=settings.app, name=settings.name, workers=settings.workers,
-                     listen=settings.binds(), worker_args=settings.args_for("worker"),
-                     balancer_args=settings.args_for("balancer"), restart_file=restart_file,
-                     watchdog_sec=settings.watchdog_sec,
-                     graceful_timeout=settings.graceful_timeout, hosts=settings.hosts,
-                     cert=settings.cert, key=settings.key)
+    return ServePlan(settings, restart_file=restart_file)
 
 
 def serve_main(argv: list[str] | None = None) -> None:

@@ -39,7 +39,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 def running_apps() -> list[str]:
     """The apps whose manager's socket is in this user's runtime directory, by name."""
     root = paths.runtime_root()
-    return sorted(sock.parent.name for sock in root.glob("*/manager.sock"))
+    return sorted(sock.parent.name for sock in root.glob(f"*/{paths.MANAGER_SOCKET}"))
 
 
 def send(path: str | os.PathLike[str], command: str, body: dict[str, Any] | None = None,

@@ -14,18 +14,14 @@ import grp
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ripsvc import hosts
+from ripsvc import hosts, tls
 from ripsvc.files import write_atomic
 from ripsvc.sockets import Bind
+from ripsvc.tls import Certificate, CertificateError
 
-if TYPE_CHECKING:
-    from ripsvc.tls import Certificate
-
-class CertificateError(Exception):
-    """A certificate problem, naming the file; start-up fails with it (ripsvc.tls raises it)."""
-
+__all__ = ["CertificateError", "balancer_args", "cert_paths", "hosts_file",
+           "install_certificate"]
 
 TLS_DIR = "tls"
 CERT_NAME = "cert.pem"
@@ -60,8 +56,6 @@ def install_certificate(cert: str, key: str, names: Sequence[str], state: Path,
                         runtime: Path) -> Certificate:
     """Resolve the certificate and put the balancer's copy in place (atomically: a balancer
     reloading meanwhile reads the old pair or the new one). Raises CertificateError."""
-    from ripsvc import tls  # cryptography: not for the generator, which imports this module
-
     found = tls.resolve(cert, key, names, state / "certs")
     tls.server_context(found.cert, found.key)  # a pair the balancer would refuse fails here
     target_cert, target_key = cert_paths(runtime)

@@ -23,7 +23,7 @@ from ripsvc.settings import Settings, SettingsError, resolve
 from ripsvc.units import DROPIN, app_units, command_line, render
 
 CONFIG_DIR = Path("/etc/rip")
-STATUS = Path("/run/rip/generator.log")
+STATUS = paths.GENERATOR_LOG
 
 
 def check(source: Path) -> tuple[Settings | None, list[str]]:

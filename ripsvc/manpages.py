@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from ripsvc import __version__
+from ripsvc import __version__, paths
 from ripsvc.exitcodes import ExitCode
-from ripsvc.settings import FIELDS
+from ripsvc.settings import FIELDS, shown_default
+
+RUN = paths.SYSTEM_RUNTIME
 
 
 def roff(text: str) -> str:
@@ -50,8 +52,8 @@ def ripctl_page() -> str:
                    "rip-server, an application server for Python web apps. Under systemd an "
                    "app APP is the unit rip@APP.service, configured by /etc/rip/APP.toml "
                    "(see rip.toml(5)); ripctl talks to its manager through "
-                   "/run/rip/APP/manager.sock, which root and the members of group rip may "
-                   "open."),
+                   f"{RUN}/APP/{paths.MANAGER_SOCKET}, which root and the members of group "
+                   "rip may open."),
               ".SH COMMANDS"]
     for _name, help_text, sub in _subcommands(ripctl_parser()):
         usage = sub.format_usage().strip().removeprefix("usage: ")
@@ -68,7 +70,7 @@ def ripctl_page() -> str:
               ".TP", f"{int(ExitCode.USAGE)}", "Bad input: an unknown command, option or "
               "setting; every problem is printed.",
               ".SH FILES", ".TP", "/etc/rip/\\fIAPP\\fR.toml", "The settings of an app.",
-              ".TP", "/run/rip/\\fIAPP\\fR/", "The control sockets of a running app.",
+              ".TP", f"{RUN}/\\fIAPP\\fR/", "The control sockets of a running app.",
               ".SH SEE ALSO", "\\fBrip.toml\\fR(5), \\fBsystemctl\\fR(1), "
               "\\fBjournalctl\\fR(1), \\fBsystemd.unit\\fR(5)"]
     return "\n".join(lines) + "\n"
@@ -79,9 +81,7 @@ def _settings(cli_first: bool) -> list[str]:
     lines = []
     for name, f in FIELDS.items():
         meta = f.metadata
-        default = f.default
-        shown = ", ".join(default) if isinstance(default, tuple) else (
-            str(default).lower() if isinstance(default, bool) else str(default))
+        shown = shown_default(f)
         cli = meta["kind"] if meta["token"] else (meta["flag"] or "APP (the first argument)")
         head, other = (cli, f"TOML key {name}") if cli_first else (name, f"rip\\-server: {cli}")
         lines += [".TP", f"\\fB{roff(head)}\\fR (default: {roff(shown) or 'none'})",
@@ -99,7 +99,7 @@ def rip_toml_page() -> str:
                    "(rip@APP.service and its balancer and workers). A file with a problem "
                    "gets only a rip@APP.service that fails to start, with the file's "
                    "problems in its journal (systemctl status rip@APP shows them); they are "
-                   "also written to /run/rip/generator.log. ripctl check APP prints every "
+                   f"also written to {paths.GENERATOR_LOG}. ripctl check APP prints every "
                    "problem of a file; after fixing it, run systemctl daemon-reload."),
               ".PP",
               roff("Each setting may also come from the environment variable RIP_NAME (upper "

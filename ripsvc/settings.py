@@ -3,13 +3,17 @@
 Each field of `Settings` carries its whole declaration in its metadata: how to parse it, its
 `rip-server` token or flag, its help text, and which process receives it on its command line.
 From that one declaration come the `rip-server` arguments, the app file (`/etc/rip/APP.toml`),
-the `RIP_*` environment variables, `ripctl check`, and the settings table in docs/settings.md.
+the `RIP_*` environment variables, `ripctl check`, the settings table in docs/settings.md, and
+the balancer's and the workers' own command lines: `args_for` writes a process's arguments,
+`add_arguments` declares them in the process's parser (same flag, parser and help), and
+`DEFAULTS` is the one default of each setting, for the processes' options as for rip-server.
 Precedence: command line > environment > file > default. Every problem is reported at once,
 with where the value came from.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import os
@@ -18,16 +22,18 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from ripsvc import hosts
 from ripsvc.apploader import AppLoadError, parse_spec
-from ripsvc.balancer.options import parse_networks
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.sockets import Bind
-from ripsvc.values import parse_nice, parse_seconds, parse_size
+from ripsvc.values import Network, parse_networks, parse_nice, parse_seconds, parse_size, typed
 
 ENV_PREFIX = "RIP_"
+RELOAD_MODES = ("none", "process", "module")
+#: The processes that receive settings on their command line (a declaration's `to`).
+ROLES = ("balancer", "worker")
 
 
 class SettingsError(Exception):
@@ -188,18 +194,18 @@ def _jitter(value: Any) -> float:
     return share
 
 
-def _networks(value: Any) -> str:
-    text = ",".join(value) if isinstance(value, list) else str(value)
-    parse_networks(text)
-    return text
+def _networks(value: Any) -> tuple[Network, ...]:
+    if isinstance(value, tuple) and all(isinstance(n, Network) for n in value):
+        return value  # already parsed (a default)
+    return parse_networks(",".join(value) if isinstance(value, list) else str(value))
 
 
 def setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None,
             token: str | tuple[str, ...] | None = None, kind: str = "", to: str = "",
             arg: str = "") -> Any:
-    """Declare one setting (see the module docstring). `to`/`arg`: the process and the flag
-    that receive it (the same flag as rip-server's unless said); `kind`: how the value is
-    written, for the docs."""
+    """Declare one setting (see the module docstring). `to`/`arg`: the process that receives
+    it ("balancer", "worker" or "both") and its flag there (rip-server's unless said); `kind`:
+    how the value is written, for the docs."""
     meta = {"parse": parse, "help": help, "flag": flag, "token": token, "kind": kind,
             "to": to, "arg": arg or flag}
     return field(default=default, metadata=meta)
@@ -214,6 +220,20 @@ class Settings:
                         "directory's name)", flag="--name", kind="text")
     workers: int = setting("half", _workers, "how many workers: N, auto (one per CPU), half, "
                            "2x, 3x", token="w:", flag="--workers", kind="w:N|auto|half|2x|3x")
+    websocket_workers: int = setting(1, _count, "WebSocket workers, each holding many WebSockets "
+                                     "of an ASGI or aiohttp app (0: none; an upgrade is then "
+                                     "served as plain HTTP)", flag="--websocket-workers",
+                                     kind="count")
+    websocket_connections: int = setting(1000, _count, "WebSockets one WebSocket worker holds "
+                                         "at once", flag="--websocket-connections",
+                                         kind="count", to="worker")
+    websocket_max_message: int = setting(16 << 20, _size, "largest WebSocket message (a larger "
+                                         "one closes the WebSocket with 1009)",
+                                         flag="--websocket-max-message", kind="size",
+                                         to="worker")
+    websocket_ping: float = setting(20.0, _seconds, "a WebSocket silent this long is pinged, "
+                                    "and closed if no answer comes as long after (0: never)",
+                                    flag="--websocket-ping", kind="seconds", to="worker")
     # Loopback unless told otherwise, as gunicorn and uvicorn do: an app started without a
     # listen address is not on the network. A port given without a host (`http:8080`, as
     # nginx's `listen 8080;`) is every IPv4 interface (sockets.Bind).
@@ -233,7 +253,7 @@ class Settings:
     recycle_jitter: float = setting(0.1, _jitter, "lower each worker's request and age limits "
                                     "by up to this share", flag="--recycle-jitter",
                                     kind="share or %", to="worker")
-    reload: str = setting("process", _choice("none", "process", "module"),
+    reload: str = setting("process", _choice(*RELOAD_MODES),
                           "none, process (rolling restarts) or module (re-import changed "
                           "modules before a request)", flag="--reload",
                           kind="none|process|module", to="worker")
@@ -272,6 +292,10 @@ class Settings:
     send_timeout: float = setting(60.0, _seconds, "a client that reads nothing of its "
                                   "response for this long is disconnected", flag="--send-timeout",
                                   kind="seconds", to="balancer")
+    max_stream_duration: float = setting(0.0, _seconds, "the longest a streamed response may "
+                                         "go on (a chunked one ends cleanly then); 0: no limit",
+                                         flag="--max-stream-duration", kind="seconds",
+                                         to="balancer")
     status_path: str = setting("/status", _text, "the balancer's health endpoint",
                                flag="--status-path", kind="path", to="balancer")
     server_path: str = setting("/server", _text, "the balancer's liveness endpoint",
@@ -280,7 +304,7 @@ class Settings:
                                "it off)", flag="--no-access-log", kind="bool", to="balancer")
     json_logging: bool = setting(False, _bool, "access log lines as JSON",
                                  flag="--json-logging", kind="bool", to="balancer")
-    forwarded_allow_ips: str = setting("", _networks, "proxies (IPs, CIDR) whose "
+    forwarded_allow_ips: tuple[Network, ...] = setting("", _networks, "proxies (IPs, CIDR) whose "
                                        "X-Forwarded-* and X-Request-Id are kept",
                                        flag="--forwarded-allow-ips", kind="CIDR list",
                                        to="balancer")
@@ -326,20 +350,18 @@ class Settings:
 
     # -- what the processes get ----------------------------------------------------------------
     def args_for(self, role: str) -> list[str]:
-        """Command-line arguments of the worker or the balancer for these settings."""
+        """The command-line arguments of the balancer or a worker (`role`) for these settings:
+        each setting it receives whose value is not the default (which the process has from
+        DEFAULTS too); its parser comes from add_arguments."""
         args: list[str] = []
-        for f in dataclasses.fields(self):
-            meta = f.metadata
-            if meta["to"] not in (role, "both"):
-                continue
+        for f in role_fields(role):
             value = getattr(self, f.name)
+            if value == getattr(DEFAULTS, f.name):
+                continue
             if isinstance(value, bool):
-                # Boolean flags say what differs from the default.
-                if value != f.default:
-                    args.append(meta["arg"])
-            elif value != f.default and value is not None:  # None: auto, the process decides
-                shown = ",".join(value) if isinstance(value, tuple) else str(value)
-                args += [meta["arg"], shown]
+                args.append(f.metadata["arg"])  # a flag says what differs from the default
+            else:
+                args += [f.metadata["arg"], _argument(value)]
         return args
 
     def binds(self) -> list[Bind]:
@@ -360,6 +382,58 @@ class Settings:
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 FLAGS = {f.metadata["flag"]: f for f in FIELDS.values() if f.metadata["flag"]}
+
+
+def _defaults() -> Settings:
+    """Every setting at its declared default, parsed (the app and its name have none)."""
+    return Settings(**{name: f.metadata["parse"](f.default) for name, f in FIELDS.items()
+                       if name not in ("app", "name")})
+
+
+#: The default of every setting, parsed (`workers`: for this machine's CPUs): rip-server's,
+#: and the balancer's and the workers' for what their command line does not say.
+DEFAULTS: Final = _defaults()
+
+
+# -- the processes' own command lines -----------------------------------------------------------
+def role_fields(role: str) -> list[dataclasses.Field[Any]]:
+    """The settings that the balancer or a worker (`role`) receives on its command line."""
+    if role not in ROLES:
+        raise ValueError(f"{role!r} is not one of {', '.join(ROLES)}")
+    return [f for f in FIELDS.values() if f.metadata["to"] in (role, "both")]
+
+
+def _argument(value: Any) -> str:
+    """A setting's value as its flag takes it (and its parser reads it back)."""
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, role: str) -> None:
+    """Declare, in the balancer's or a worker's parser (`role`), the settings it receives:
+    the flag, parser and help of each declaration and its default from DEFAULTS, so that a
+    process reads back what args_for wrote and has no default of its own."""
+    group = parser.add_argument_group("settings (passed on by rip-server or the manager; "
+                                      "see docs/settings.md)")
+    for f in role_fields(role):
+        meta = f.metadata
+        default = getattr(DEFAULTS, f.name)
+        if isinstance(default, bool):
+            group.add_argument(meta["arg"], dest=f.name, default=default, help=meta["help"],
+                               action="store_false" if default else "store_true")
+        else:
+            group.add_argument(meta["arg"], dest=f.name, default=default,
+                               type=typed(meta["parse"], meta["kind"]), metavar=meta["kind"],
+                               help=f"{meta['help']} (default: {shown_default(f) or 'none'})")
+
+
+def from_arguments(args: argparse.Namespace, role: str) -> Settings:
+    """The settings a process was given (parsed by the options of add_arguments), the others
+    at their defaults."""
+    return dataclasses.replace(DEFAULTS, **{f.name: getattr(args, f.name)
+                                            for f in role_fields(role)})
+
 
 def _tokens(f: dataclasses.Field[Any]) -> tuple[str, ...]:
     token = f.metadata["token"]
@@ -605,17 +679,22 @@ def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
                               else spec.module)
         except AppLoadError as exc:
             problems.append(f"{app}: {exc}{app_hint(values['app'], cwd)}")
-    for name, f in FIELDS.items():
+    for name in FIELDS:
         if name not in values and name not in ("app", "name"):  # required; from the app
-            try:
-                values[name] = f.metadata["parse"](f.default)
-            except ValueError as exc:  # a declaration bug; tests check every default
-                problems.append(f"default of {name}: {exc}")
+            values[name] = getattr(DEFAULTS, name)
     if bool(values.get("cert")) != bool(values.get("key")):
         problems.append("cert, key: give both the certificate and its key, or neither")
     if problems:
         raise SettingsError(problems)
     return Settings(**values)
+
+
+def shown_default(f: dataclasses.Field[Any]) -> str:
+    """A setting's default as the docs write it (as declared: `half`, `auto`)."""
+    default = f.default
+    if isinstance(default, tuple):
+        return ", ".join(default)
+    return str(default).lower() if isinstance(default, bool) else str(default)
 
 
 def markdown_table() -> str:
@@ -626,11 +705,7 @@ def markdown_table() -> str:
         forms = [f"`{meta['kind']}`"] if meta["token"] else []
         forms += [f"`{meta['flag']}`"] if meta["flag"] else []
         cli = " or ".join(forms) or "first argument"
-        default = f.default
-        if isinstance(default, tuple):
-            shown = ", ".join(default)
-        else:
-            shown = str(default).lower() if isinstance(default, bool) else str(default)
+        shown = shown_default(f)
         cells = [f"`{f.name}` / `RIP_{f.name.upper()}`", cli, f"`{shown}`" if shown else "—",
                  meta["help"]]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

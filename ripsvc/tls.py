@@ -18,6 +18,10 @@ How a renewed certificate reaches a running server (reload) was found by experim
   switched there is served wholly from the new context.
 So reload() builds a complete new context, validated, and the live context's sni_callback hands
 it to each handshake from then on; a broken renewal never touches what is served.
+
+cryptography (≈ 14 MB, tens of ms) is imported by the functions that read or make
+certificates, not with this module: the manager, the balancer and the generator import it (for
+CertificateError, through edge.py) whether or not the app serves HTTPS.
 """
 
 from __future__ import annotations
@@ -34,16 +38,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
-
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, NoReturn
 
 from ripsvc import hosts
 from ripsvc.files import write_atomic
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 #: A cached certificate closer than this to its end is made again.
@@ -53,9 +54,8 @@ SELF_SIGNED_CN = "rip-server self-signed"
 MKCERT_TIMEOUT = 60.0
 
 
-# Defined in the light edge module, so that the manager and the balancer can catch it without
-# importing cryptography (≈ 14 MB, tens of ms) when they serve no HTTPS.
-from ripsvc.edge import CertificateError  # noqa: E402
+class CertificateError(Exception):
+    """A certificate problem, naming the file; start-up fails with it."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,10 @@ def _new_context(cert: Path, key: Path) -> ssl.SSLContext:
 def _check_pair(cert_path: Path, key_path: Path) -> x509.Certificate:
     """The certificate (the first of its file), if the key is the one for it; errors name
     the file at fault."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
     cert_pem = _read(cert_path, "certificate")
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
@@ -196,6 +200,8 @@ def _canonical(host: str) -> str:
 
 
 def _covered(cert: x509.Certificate) -> set[str]:
+    from cryptography import x509
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -236,6 +242,8 @@ def _reusable(cert_path: Path, key_path: Path, names: Sequence[str],
               issuer_key_id: bytes | None = None) -> bool:
     """Is the cached pair whole, for every name, valid beyond RENEW_BEFORE (and, when given,
     issued by the CA with this key identifier)?"""
+    from cryptography import x509
+
     try:
         cert = _check_pair(cert_path, key_path)
     except CertificateError:
@@ -298,6 +306,8 @@ def _from_mkcert(mkcert: str, names: Sequence[str], cache_dir: Path) -> Certific
 
 def _mkcert_ca_key_id(mkcert: str) -> bytes | None:
     """The key identifier of mkcert's CA in the current CAROOT; None if there is none yet."""
+    from cryptography import x509
+
     caroot = _run_mkcert(mkcert, ["-CAROOT"]).strip()
     try:
         ca = x509.load_pem_x509_certificate((Path(caroot) / "rootCA.pem").read_bytes())
@@ -338,6 +348,11 @@ def _make_self_signed(names: Sequence[str]) -> tuple[bytes, bytes]:
     """(key, certificate) in PEM. An ECDSA P-256 key rather than RSA 2048: made in a
     millisecond instead of up to a second, as strong as RSA 3072, and accepted by every
     client that speaks TLS 1.2."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SELF_SIGNED_CN)])
     alt_names: list[x509.GeneralName] = []

@@ -26,7 +26,7 @@ from typing import Any
 
 import jinja2
 
-from ripsvc import edge
+from ripsvc import launch, paths
 from ripsvc.apploader import absolute_spec, parse_spec
 from ripsvc.balancer.options import nice_for
 from ripsvc.settings import Settings
@@ -67,7 +67,8 @@ def render(template: str, **values: Any) -> str:
 def static_units(python: str) -> dict[str, str]:
     """The unit templates and the generator, for an interpreter that has ripsvc."""
     units = {name: render(f"{name}.j2", python=python,
-                          ripctl=command_line([python, "-m", "ripsvc.cli"]))
+                          ripctl=command_line([python, "-m", "ripsvc.cli"]),
+                          runtime=paths.SYSTEM_RUNTIME, worker_sockets=paths.WORKER_SOCKETS)
              for name in STATIC}
     units[GENERATOR] = render(f"{GENERATOR}.j2", python=python,
                               sys_path=repr(module_path(python)))
@@ -128,10 +129,8 @@ def app_units(settings: Settings, source: Path, python: str) -> dict[str, str]:
     common = {"name": name, "source": str(source), "python": python}
     # The manager (root) puts the certificate in its runtime directory and keeps the host
     # registry in its state directory (rip@.service's RuntimeDirectory= and StateDirectory=).
-    edge_args = edge.balancer_args(settings.binds(), Path("/run/rip") / name,
-                                   Path("/var/lib/rip") / name)
-    balancer_args = command_line([*settings.args_for("balancer"), *edge_args,
-                                  "--graceful-timeout", str(settings.graceful_timeout)])
+    balancer_args = command_line(launch.balancer_args(
+        settings, settings.binds(), paths.system_app_dir(name), paths.system_state_dir(name)))
     return {
         f"rip-balancer@{name}.socket": render(
             "app-balancer.socket.j2", listen=[listen_stream(b) for b in settings.binds()],
@@ -148,11 +147,6 @@ def app_units(settings: Settings, source: Path, python: str) -> dict[str, str]:
 # -- per worker instance (the manager) -------------------------------------------------------
 def worker_unit(app: str, ident: str) -> str:
     return f"rip-worker@{app}:{ident}"
-
-
-def worker_socket_path(app: str, ident: str) -> Path:
-    """The ListenStream= of rip-worker@.socket for this instance."""
-    return Path("/run/rip/workers") / f"{app}:{ident}.sock"
 
 
 def app_command(settings: Settings, config_dir: Path) -> tuple[str, Path]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SIZE = re.compile(r"^(\d+)\s*([KMG]?)(?:i?B)?$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
@@ -48,6 +50,17 @@ def parse_seconds(text: str) -> float:
     if seconds < 0:
         raise ValueError(f"{text!r} is negative")
     return seconds
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """`127.0.0.1,10.0.0.0/8` → networks; empty means none."""
+    networks = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
 
 
 def typed(parse: Callable[[str], T], what: str) -> Callable[[str], T]:

@@ -136,6 +136,88 @@ def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
         proc.close()
 
 
+# -- markers (declared in pyproject.toml) --------------------------------------------------------
+#: Tests that take a second or more (measured on the project's 2-core VM), by file; "*": every
+#: test of the file. Kept here rather than as decorators so that one table says what the fast
+#: part leaves out (tests/test_markers.py checks that each name still exists).
+SLOW: dict[str, set[str]] = {
+    "test_availability.py": {"*"},
+    "test_fuzz.py": {"*"},
+    "test_hung_traces.py": {"*"},
+    "test_streaming.py": {"*"},
+    "test_streaming_frameworks.py": {"*"},
+    "test_websockets.py": {"*"},
+    "test_balancer_machine.py": {"*"},
+    "test_manager_health.py": {"*"},
+    "test_newcomer_ripctl.py": {"*"},
+    "test_newcomer_serve.py": {"*"},
+    "test_server.py": {"*"},
+    "test_balancer_dispatch.py": {
+        "test_busy_worker_is_retried_on_another",
+        "test_hung_worker_gets_504_within_the_timeout_and_is_reported",
+        "test_queue_is_fifo_503_when_full_504_on_timeout", "test_queue_timeout_answers_504",
+        "test_round_robin_over_idle_workers_only",
+        "test_sigkill_mid_request_get_is_retried_post_is_not",
+        "test_slow_reader_does_not_hold_the_worker", "test_slow_uploader_does_not_hold_the_worker",
+        "test_streaming_response_passes_through_and_holds_its_worker"},
+    "test_balancer_edges.py": {
+        "test_control_bad_messages_get_error_replies", "test_control_join_drain_leave",
+        "test_malformed_or_oversized_requests_are_refused_and_closed",
+        "test_new_version_workers_are_preferred",
+        "test_sigterm_finishes_requests_in_flight_then_exits", "test_slow_body_gets_408",
+        "test_slowloris_gets_408_and_idle_keep_alive_is_closed"},
+    "test_balancer_front_door.py": {
+        "test_a_malformed_proxy_header_closes_the_connection",
+        "test_forwarded_headers_are_replaced_unless_from_a_trusted_proxy"},
+    "test_conformance_asgi.py": {"test_what_an_app_may_send"},
+    "test_conformance_wsgi.py": {
+        "test_callables_gunicorn_serves_are_served",
+        "test_server_name_without_the_balancer_follows_gunicorn_on_a_unix_socket",
+        "test_what_an_app_may_answer"},
+    "test_https.py": {
+        "test_a_renewed_certificate_is_reloaded_without_dropping_connections",
+        "test_metrics_count_reloads_and_worker_restarts", "test_mkcert_is_used_when_installed",
+        "test_proxy_protocol_in_front_of_tls",
+        "test_ripctl_hosts_manages_a_registry_kept_across_restarts",
+        "test_self_signed_certificate_redirect_and_hsts"},
+    "test_journal.py": {"test_ripctl_logs_shows_every_process_of_the_app"},
+    "test_tls.py": {
+        "test_mkcert_cache_is_remade_when_the_ca_changes",
+        "test_mkcert_cache_is_reused_and_remade_for_a_new_host",
+        "test_mkcert_certificate_is_served", "test_mkcert_is_looked_up_on_path_at_call_time"},
+    "test_worker_apps.py": {
+        "test_a_header_field_that_would_split_the_response_gets_500", "test_ping_and_echo"},
+    "test_worker_lifecycle.py": {
+        "test_bad_import_strings_are_refused", "test_graceful_timeout_bounds_the_stop",
+        "test_load_failures_exit_with_app_load_error_and_say_why",
+        "test_notify_ready_status_watchdog_and_stopping",
+        "test_recycle_handoff_announces_keeps_serving_then_times_out",
+        "test_recycles_after_its_age_limit", "test_recycles_after_n_requests_with_its_exit_code",
+        "test_second_request_while_one_is_in_flight_gets_busy_503_at_once",
+        "test_sigterm_during_slow_request_finishes_it_and_exits_0",
+        "test_wsgi_request_does_not_stall_the_watchdog"},
+    "test_worker_module_reload.py": {
+        "test_an_edit_is_served_on_the_next_request_after_the_interval"},
+}
+#: Fixtures that boot a systemd box (test_systemd.py, test_package_e2e.py) and that build the
+#: .deb (test_deb.py, test_package_e2e.py): their tests get the marker, and `slow`.
+BY_FIXTURE = {"box": "systemd", "debian": "systemd", "deb": "deb"}
+DEB_FIXTURES = {"debian"}  # the clean Debian box installs the .deb too
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests: slow (the SLOW table), systemd and deb (by fixture, and slow too)."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        names = {BY_FIXTURE[f] for f in fixtures & BY_FIXTURE.keys()}
+        names |= {"deb"} if fixtures & DEB_FIXTURES else set()
+        slow = SLOW.get(item.path.name, set())
+        if names or "*" in slow or getattr(item, "originalname", item.name) in slow:
+            names.add("slow")
+        for name in sorted(names):
+            item.add_marker(name)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """With RIP_FORBID_SKIPS=1 (CI), a skipped or xfailed test fails the run."""
     if not os.environ.get("RIP_FORBID_SKIPS"):

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.boxload import BoxLoad as Load
 from tests.support.sysbox import SystemdBox, available, install_rip
 from tests.support.waiting import wait_for
-from tests.test_systemd import APP_DIR, APP_SOURCE, Load, get, worker_units
+from tests.test_systemd import APP_DIR, APP_SOURCE, get, worker_units
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 

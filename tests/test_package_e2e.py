@@ -11,11 +11,9 @@ namespace to reach the mirror; the app's port is in the box's own). Needs root; 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,13 +22,13 @@ from pathlib import Path
 import pytest
 
 from tests.support import rootfs
+from tests.support.boxload import BoxLoad
 from tests.support.package import deb_path
 from tests.support.sysbox import SystemdBox, available
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).parent.parent
 DEB = deb_path()
-LOADGEN = Path(__file__).parent / "support" / "loadgen.py"
 TRY_DEBIAN = ROOT / "scripts" / "try-debian"
 EXAMPLE = "/usr/share/rip-server/examples/hello"
 PORT = 8080
@@ -68,25 +66,6 @@ def get(box: SystemdBox, path: str) -> tuple[int, str]:
                   f"http://127.0.0.1:{PORT}{path}", net_only=True, check=False).stdout
     body, _, code = out.rpartition("\n")
     return int(code or 0), body
-
-
-class Load:
-    """Bounded GETs from the host's python inside the box's network namespace."""
-
-    def __init__(self, box: SystemdBox, path: str) -> None:
-        self.stop_file = Path(tempfile.mkdtemp(prefix="rip-load-")) / "stop"
-        self.proc = subprocess.Popen(
-            box.command(sys.executable, str(LOADGEN), f"http://127.0.0.1:{PORT}{path}",
-                        str(self.stop_file), "--clients", "4", "--max-seconds", "180",
-                        net_only=True), stdout=subprocess.PIPE, text=True)
-
-    def finish(self) -> dict[str, object]:
-        self.stop_file.write_text("")
-        out, _ = self.proc.communicate(timeout=60)
-        shutil.rmtree(self.stop_file.parent, ignore_errors=True)
-        result: dict[str, object] = json.loads(out)
-        print("load:", result)
-        return result
 
 
 def processes(box: SystemdBox, word: str) -> list[str]:
@@ -166,7 +145,7 @@ def test_1_install_starts_nothing_then_the_example_serves_and_logs(debian: Syste
 
 def test_2_ripctl_reload_under_load_fails_no_request(debian: SystemdBox) -> None:
     debian.write(f"{EXAMPLE}/VERSION", "2\n")
-    load = Load(debian, "/version")
+    load = BoxLoad(debian, "/version", max_seconds=180)
     time.sleep(0.5)
     debian.run("ripctl", "reload", "hello", "--wait", timeout=120)
     result = load.finish()
@@ -175,7 +154,7 @@ def test_2_ripctl_reload_under_load_fails_no_request(debian: SystemdBox) -> None
 
 
 def test_3_an_upgrade_under_load_fails_no_request(debian: SystemdBox) -> None:
-    load = Load(debian, "/version")
+    load = BoxLoad(debian, "/version", max_seconds=180)
     time.sleep(0.5)
     debian.run(*APT, "install", "--reinstall", f"/root/{DEB.name}", host_net=True, timeout=600)
     time.sleep(0.5)

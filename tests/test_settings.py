@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from ripsvc import launch, paths, units
 from ripsvc import settings as st
+from ripsvc.apploader import parse_spec
 from ripsvc.balancer.__main__ import build_parser as balancer_parser
+from ripsvc.balancer.__main__ import plan_from as balancer_plan
+from ripsvc.balancer.options import BalancerOptions
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.worker.__main__ import build_parser as worker_parser
+from ripsvc.worker.core import WorkerOptions
 from tests.support.procs import EXAMPLES, REPO
 
 HELLO = str(EXAMPLES / "hello")
@@ -87,12 +94,12 @@ def test_process_arguments_are_accepted_by_the_processes():
     assert worker.recycle == RecyclePolicy(9, 9, 9)
     assert (worker.reload, worker.graceful_timeout, worker.max_body) == ("module", 5.0, 2 << 20)
     balancer = balancer_parser().parse_args(resolved.args_for("balancer"))
-    assert (balancer.max_queue, balancer.no_access_log, balancer.response_timeout) == \
-        (7, True, 9.0)
+    assert (balancer.max_queue, balancer.access_log, balancer.response_timeout) == \
+        (7, False, 9.0)
     assert [str(n) for n in balancer.forwarded_allow_ips] == ["10.0.0.0/8"]
     assert st.resolve([HELLO], env={}).args_for("balancer") == []  # auto: not passed
     nice = st.resolve([HELLO, "--balancer-nice", "-7"], env={}).args_for("balancer")
-    assert balancer_parser().parse_args(nice).nice == -7
+    assert balancer_parser().parse_args(nice).balancer_nice == -7
     with pytest.raises(st.SettingsError, match="not a nice value"):
         st.resolve([HELLO, "--balancer-nice", "-21"], env={})
 
@@ -137,3 +144,133 @@ def test_ripctl_check(tmp_path):
     assert f"{bad}: max_body: 'lots' is not a size" in failed.stderr
     missing = check(str(Path(tmp_path) / "none.toml"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+# -- the processes' command lines come from the same declarations ------------------------------
+#: A value other than the default for each setting that a process receives.
+OTHER_VALUES = {
+    "recycle": "r:9,99s,3r", "recycle_jitter": "5%", "reload": "module",
+    "graceful_timeout": "7s", "max_body": "2M", "max_queue": "7", "queue_timeout_ms": "250",
+    "connect_timeout": "1.5", "response_timeout": "9", "header_timeout": "4",
+    "body_timeout": "11", "keepalive_timeout": "12", "send_timeout": "13",
+    "status_path": "/health", "server_path": "/alive", "access_log": "false",
+    "json_logging": "true", "forwarded_allow_ips": "10.0.0.0/8,::1",
+    "hosts": "shop.example,*.shop.example", "hsts": "true", "hsts_max_age": "600",
+    "proxy_protocol": "true", "metrics_port": "9100", "balancer_nice": "3",
+    "max_stream_duration": "30", "websocket_connections": "50", "websocket_max_message": "1M",
+    "websocket_ping": "5",
+}
+PARSERS = {"balancer": lambda: balancer_parser(), "worker": lambda: worker_parser()}
+POSITIONAL = {"balancer": [], "worker": [HELLO]}
+
+
+def _options(role: str, args: list[str]) -> object:
+    """What the process's logic gets from this command line."""
+    parsed = PARSERS[role]().parse_args([*POSITIONAL[role], *args])
+    if role == "balancer":
+        return balancer_plan(parsed)
+    return WorkerOptions.from_settings(st.from_arguments(parsed, role), parse_spec(HELLO))
+
+
+@pytest.mark.parametrize("role", st.ROLES)
+def test_a_process_given_nothing_has_the_settings_defaults(role: str) -> None:
+    """The balancer's and the worker's parsers declare no default of their own: what their
+    command line does not say is settings.DEFAULTS, and so are their options' defaults."""
+    args = PARSERS[role]().parse_args(POSITIONAL[role])
+    assert st.from_arguments(args, role) == st.DEFAULTS
+    for f in st.role_fields(role):
+        assert getattr(args, f.name) == getattr(st.DEFAULTS, f.name), f.name
+    defaults = BalancerOptions() if role == "balancer" else WorkerOptions(parse_spec(HELLO))
+    given = st.from_arguments(args, role)
+    assert defaults == (BalancerOptions.from_settings(given) if role == "balancer" else
+                        WorkerOptions.from_settings(given, parse_spec(HELLO)))
+
+
+@pytest.mark.parametrize("role", st.ROLES)
+def test_every_setting_a_process_receives_reaches_its_options(role: str) -> None:
+    """Each setting, changed alone, travels through args_for, the process's parser (declared
+    by add_arguments) and from_arguments unchanged, and changes the process's options."""
+    names = [f.name for f in st.role_fields(role)]
+    assert set(names) <= set(OTHER_VALUES), "give OTHER_VALUES a value for the new setting"
+    for name in names:
+        resolved = st.resolve([HELLO], env={f"RIP_{name.upper()}": OTHER_VALUES[name]})
+        assert getattr(resolved, name) != getattr(st.DEFAULTS, name), name
+        args = resolved.args_for(role)
+        assert args[0] == st.FIELDS[name].metadata["arg"], (name, args)
+        parsed = st.from_arguments(PARSERS[role]().parse_args([*POSITIONAL[role], *args]),
+                                   role)
+        assert getattr(parsed, name) == getattr(resolved, name), name
+        assert parsed == dataclasses.replace(st.DEFAULTS, **{name: getattr(resolved, name)})
+        assert _options(role, args) != _options(role, []), name
+
+
+#: Options of the processes that are not settings (their own, or the edge the manager made).
+NOT_SETTINGS = {
+    "BalancerOptions": {"app", "version", "max_header_bytes", "hosts_file", "tls_ports",
+                        "redirect_ports", "cert", "key"},
+    "WebSocketLimits": set(),
+    "WorkerOptions": {"app", "name", "worker_id", "reload_interval", "recycle_handoff",
+                      "websocket", "websocket_limits"},
+}
+
+
+@pytest.mark.parametrize("path, cls", [("ripsvc/balancer/options.py", "BalancerOptions"),
+                                       ("ripsvc/worker/core.py", "WorkerOptions"),
+                                       ("ripsvc/worker/core.py", "WebSocketLimits")])
+def test_the_options_defaults_are_the_settings_defaults(path: str, cls: str) -> None:
+    """No second default: each option that is a setting is declared with a default taken from
+    settings.DEFAULTS, not written again."""
+    tree = ast.parse((REPO / path).read_text())
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+    for node in body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        name = node.target.id
+        uses_defaults = node.value is not None and any(
+            isinstance(n, ast.Name) and n.id == "DEFAULTS" for n in ast.walk(node.value))
+        assert uses_defaults != (name in NOT_SETTINGS[cls]), \
+            f"{cls}.{name}: {ast.unparse(node.value) if node.value else 'no default'}"
+
+
+def test_one_command_line_for_the_balancer_under_both_supervisors(tmp_path: Path) -> None:
+    """The generator's ExecStart and the embedded supervisor's argv come from the same
+    function (launch.balancer_args) and the same settings."""
+    resolved = st.resolve([HELLO, "--max-queue", "7", "--queue-timeout-ms", "250", "https:8443",
+                           "--hosts", "shop.example"], env={})
+    argv = launch.balancer_args(resolved, resolved.binds(), paths.system_app_dir("hello"),
+                                paths.system_state_dir("hello"))
+    dropin = units.app_units(resolved, tmp_path / "hello.toml", "/usr/bin/python3")[
+        f"rip-balancer@hello.service.d/{units.DROPIN}"]
+    assert f"\nExecStart=/usr/bin/python3 -m ripsvc.balancer {units.command_line(argv)}\n" \
+        in dropin
+    args = balancer_parser().parse_args(argv)
+    assert (args.app, args.control) == ("hello", f"{paths.SYSTEM_RUNTIME}/hello/balancer.ctl")
+    assert (args.max_queue, args.queue_timeout_ms, args.tls_port, args.redirect_port) == \
+        (7, 250, [8443], [80])
+    options = BalancerOptions.from_settings(st.from_arguments(args, "balancer"))
+    assert (options.queue_timeout, options.hosts) == (0.25, ("shop.example",))
+
+
+def _path_literals(tree: ast.AST) -> list[tuple[int, str]]:
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef |
+                                ast.AsyncFunctionDef)
+                  and n.body and isinstance(n.body[0], ast.Expr)}
+    return [(n.lineno, n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            and id(n) not in docstrings and ("/run/rip" in n.value or "/var/lib/rip" in n.value)]
+
+
+def test_run_rip_paths_only_from_paths_py() -> None:
+    """/run/rip and /var/lib/rip are spelt in ripsvc/paths.py only; code and unit templates
+    take them from there (comments and docstrings may mention them)."""
+    found = []
+    for source in sorted((REPO / "ripsvc").rglob("*.py")):
+        if source.name != "paths.py":
+            found += [f"{source.relative_to(REPO)}:{line}: {text!r}"
+                      for line, text in _path_literals(ast.parse(source.read_text()))]
+    for template in sorted((REPO / "units").glob("*.j2")):
+        found += [f"{template.relative_to(REPO)}:{number}: {line}"
+                  for number, line in enumerate(template.read_text().splitlines(), 1)
+                  if "/run/rip" in line and not line.startswith("#")]
+    assert found == []

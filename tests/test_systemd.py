@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 
 from ripsvc import units
+from tests.support.boxload import BoxLoad
 from tests.support.procs import nice_in_stat
 from tests.support.sysbox import SystemdBox, available, install_rip
 from tests.support.waiting import wait_for
 
 HERE = Path(__file__).parent
 APP_SOURCE = HERE / "apps" / "sysapp"
-LOADGEN = HERE / "support" / "loadgen.py"
 APP_DIR = "/var/lib/rip/test-apps/sysapp"  # inside the box (a tmpfs there)
 PORT = 8080
 
@@ -70,25 +70,6 @@ def get(box: SystemdBox, path: str, port: int = PORT) -> tuple[int, str]:
                   net_only=True, check=False).stdout
     body, _, code = out.rpartition("\n")
     return int(code or 0), body
-
-
-class Load:
-    """Bounded GET load from inside the box's network (tests/support/loadgen.py)."""
-
-    def __init__(self, box: SystemdBox, path: str, clients: int = 4, port: int = PORT) -> None:
-        self.stop_file = Path(tempfile.mkdtemp(prefix="rip-load-")) / "stop"
-        self.proc = subprocess.Popen(
-            box.command(sys.executable, str(LOADGEN), f"http://127.0.0.1:{port}{path}",
-                        str(self.stop_file), "--clients", str(clients), "--max-seconds", "90",
-                        net_only=True), stdout=subprocess.PIPE, text=True)
-
-    def finish(self) -> dict[str, object]:
-        self.stop_file.write_text("")
-        out, _ = self.proc.communicate(timeout=60)
-        shutil.rmtree(self.stop_file.parent, ignore_errors=True)
-        result: dict[str, object] = json.loads(out)
-        print("load:", result)
-        return result
 
 
 def worker_units(box: SystemdBox, app: str = "hello") -> list[str]:
@@ -184,7 +165,7 @@ def test_start_blocks_until_ready_then_serves(hello: SystemdBox) -> None:
 
 def test_systemctl_reload_under_load_fails_no_request(hello: SystemdBox) -> None:
     hello.write(f"{APP_DIR}/VERSION", "v2\n")
-    load = Load(hello, "/version")
+    load = BoxLoad(hello, "/version")
     time.sleep(1)
     started = time.monotonic()
     hello.run("systemctl", "reload", "rip@hello", timeout=90)
@@ -199,7 +180,7 @@ def test_systemctl_reload_under_load_fails_no_request(hello: SystemdBox) -> None
 
 def test_ripctl_reload_wait_under_load(hello: SystemdBox) -> None:
     hello.write(f"{APP_DIR}/VERSION", "v3\n")
-    load = Load(hello, "/version")
+    load = BoxLoad(hello, "/version")
     time.sleep(0.5)
     out = hello.run(sys.executable, "-m", "ripsvc.cli", "reload", "hello", "--wait",
                     timeout=90)
@@ -224,7 +205,7 @@ def test_a_failed_rolling_restart_fails_systemctl_reload_and_keeps_serving(
     good = app.read_text()
     app.write_text(good + "\nthis is not python\n")
     try:
-        load = Load(hello, "/version")
+        load = BoxLoad(hello, "/version")
         failed = hello.run("systemctl", "reload", "rip@hello", check=False, timeout=90)
         result = load.finish()
         assert failed.returncode != 0  # ExecReload= failed: systemd says so
@@ -246,7 +227,7 @@ def test_kill_9_of_a_worker_is_restarted_by_systemd_and_rejoined(hello: SystemdB
     unit = sorted(worker_units(hello))[0]
     pid = int(hello.show(unit, "MainPID")["MainPID"])
     restarts = restarts_by_systemd(hello, unit)
-    load = Load(hello, "/version")
+    load = BoxLoad(hello, "/version")
     time.sleep(0.5)  # the load runs before, during and after
     hello.run("kill", "-9", str(pid))
     wait_for(lambda: restarts_by_systemd(hello, unit) > restarts, 20, "systemd's restart")
@@ -326,7 +307,7 @@ def test_journal_keeps_every_access_log_entry_under_load(hello: SystemdBox) -> N
         return hello.run("journalctl", "-u", "rip-balancer@hello.service", "PATH=/journal-load",
                          "-o", "cat").stdout.count("\n")
 
-    load = Load(hello, "/journal-load")
+    load = BoxLoad(hello, "/journal-load")
     try:
         wait_for(lambda: logged() >= 5000, 60, "5,000 access-log entries in the journal")
     finally:
@@ -468,7 +449,7 @@ def test_recycled_workers_are_restarted_by_systemd_without_a_failed_request(
     try:
         box.run("systemctl", "start", "rip@recy", timeout=60)
         units_ = worker_units(box, "recy")
-        load = Load(box, "/pid", clients=2, port=8083)
+        load = BoxLoad(box, "/pid", clients=2, port=8083)
         wait_for(lambda: sum(restarts_by_systemd(box, u) for u in units_) >= 4, 60,
                  "four recycling restarts")
         result = load.finish()
@@ -481,6 +462,27 @@ def test_recycled_workers_are_restarted_by_systemd_without_a_failed_request(
     finally:
         box.run("systemctl", "stop", "rip@recy", timeout=60)
         box.path("/etc/rip/recy.toml").unlink()
+        box.run("systemctl", "daemon-reload")
+
+
+def test_a_balancer_unit_older_than_its_app_file_is_said(box: SystemdBox) -> None:
+    """The balancer's command line is its unit's (rip-generator, at daemon-reload); the manager
+    builds the same one from the app file and says so when they differ."""
+    box.write("/etc/rip/stale.toml", app_file(workers=1, port=8084))
+    box.run("systemctl", "daemon-reload")
+    warning = "the units are older than the app's file"
+    try:
+        box.run("systemctl", "start", "rip@stale", timeout=60)
+        assert not [e for e in box.journal("-u", "rip@stale") if warning in e["MESSAGE"]]
+        box.run("systemctl", "stop", "rip@stale", timeout=60)
+        box.write("/etc/rip/stale.toml", app_file(workers=1, port=8084,
+                                                  extra="max_queue = 7\n"))
+        box.run("systemctl", "start", "rip@stale", timeout=60)  # no daemon-reload
+        said = [e["MESSAGE"] for e in box.journal("-u", "rip@stale") if warning in e["MESSAGE"]]
+        assert len(said) == 1 and "'--max-queue', '7'" in said[0], said
+    finally:
+        box.run("systemctl", "stop", "rip@stale", timeout=60)
+        box.path("/etc/rip/stale.toml").unlink()
         box.run("systemctl", "daemon-reload")
 
 

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     from ripsvc.manager.core import Manager
     from ripsvc.manager.systemd import SystemdSupervisor
 
-    backend = functools.partial(SystemdSupervisor, settings=settings,
-                                config_dir=source.parent, python=sys.executable)
+    backend = functools.partial(SystemdSupervisor, config_dir=source.parent,
+                                python=sys.executable)
 
     async def run() -> ExitCode:
         return await Manager(plan, backend).run()

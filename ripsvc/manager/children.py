@@ -12,41 +12,33 @@ import itertools
 import os
 import signal
 import socket
-import time
 from pathlib import Path
 
 from ripsvc import logs
 from ripsvc.activation import spawn
-from ripsvc.manager.supervisor import Post
+from ripsvc.manager.supervisor import Handle, Post
 
 log = logs.get("manager")
 _serial = itertools.count(1)
 
 
-
-class Child:
+class Child(Handle):
     """One supervised process (the balancer or a worker)."""
 
     def __init__(self, role: str, ident: str, argv: list[str],
                  sockets: list[tuple[str, socket.socket]], runtime: Path, post: Post,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.role = role
-        self.id = ident
+                 extra_env: dict[str, str] | None = None, watchdog: float = 0.0) -> None:
+        """`watchdog`: the seconds it may go without WATCHDOG=1 (0: not watched)."""
+        super().__init__(role, ident)
         self.post = post
         self.loop = asyncio.get_running_loop()
-        self.status = ""
-        self.ready = self.loop.create_future()
-        self.exited: asyncio.Future[int] = self.loop.create_future()
-        self.retired = False  # replaced or stopped on purpose: its exit is expected
-        self.version = 0
-        self.started = time.time()
+        self.watchdog = watchdog
         self.notify_path = runtime / f"{role}-{ident}-{next(_serial)}.notify"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.notify_path))
         self.notify.setblocking(False)
         self.loop.add_reader(self.notify.fileno(), self._read_notify)
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), **(extra_env or {}))
-        self.last_ping = self.loop.time()
         self.proc = spawn(argv, [(name, sock.fileno()) for name, sock in sockets], env,
                           supervised=True)
         self.pid = self.proc.pid
@@ -83,6 +75,11 @@ class Child:
             self.ready.cancel()
         self.exited.set_result(code)
         self.post("exited", self, code)
+
+    def missed_watchdog(self, now: float) -> bool:
+        """Ready and silent for longer than its watchdog: this supervisor is the one that
+        watches (as systemd's WatchdogSec= does for a unit)."""
+        return bool(self.watchdog) and now - self.last_ping > self.watchdog
 
     def terminate(self) -> None:
         self.retired = True

@@ -1,26 +1,84 @@
-"""The manager's control socket: what `ripctl status|reload|scale|stop APP` talk to."""
+"""The manager's control socket: what `ripctl status|reload|scale|stop APP` talk to.
+
+It reads the manager's state and sends it commands (which run in the manager's loop); what it
+needs of the manager is `Manager` below, which core.Manager is, so that this module does not
+import core.py, which imports it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from ripsvc import control
+from ripsvc import control, hosts, paths
 from ripsvc.control import CommandError
-from ripsvc.manager.balancer_client import BalancerUnreachable
+from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
+from ripsvc.manager.supervisor import Handle, ServePlan
 
-if TYPE_CHECKING:
-    from ripsvc.manager.core import Manager
+
+class Slot(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def child(self) -> Handle | None: ...
+
+    @property
+    def retry_at(self) -> float:
+        """While vacant: the loop time of the next attempt."""
+
+
+class Manager(Protocol):
+    """What the control socket reads of the manager (core.Manager)."""
+
+    @property
+    def runtime(self) -> Path: ...
+
+    @property
+    def plan(self) -> ServePlan: ...
+
+    @property
+    def client(self) -> BalancerClient: ...
+
+    @property
+    def slots(self) -> Sequence[Slot]: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def reloading(self) -> asyncio.Task[str | None] | None: ...
+
+    @property
+    def hosts(self) -> hosts.Registry: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the app on disk fails to load, since a successor could not (None: it loads)."""
+
+    def health(self) -> str:
+        """ "healthy", or "degraded: 2/3 workers, …" and why."""
+
+    def requests_total(self, stats: dict[str, Any]) -> int:
+        """The app's requests since start (the balancer's `stats` and its restarts')."""
+
+    async def command(self, name: str, **args: Any) -> Any:
+        """Run `command_<name>` in the manager's loop."""
 
 
 async def serve_control(manager: Manager) -> web.AppRunner:
     runner = web.AppRunner(make_app(manager), handle_signals=False, access_log=None)
     await runner.setup()
-    sock = control.bind_socket(str(manager.runtime / "manager.sock"))
+    sock = control.bind_socket(str(manager.runtime / paths.MANAGER_SOCKET))
     await web.SockSite(runner, sock).start()
     return runner
 

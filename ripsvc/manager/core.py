@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ripsvc import edge, hosts, logs, paths, sd
@@ -29,7 +28,9 @@ from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.control import serve_control
+from ripsvc.manager.hosts_tls import HostsAndTLS
 from ripsvc.manager.replacing import Replacing, exit_text
+from ripsvc.manager.slots import WorkerSlot
 from ripsvc.manager.supervisor import Handle, Post, ServePlan, Supervisor
 from ripsvc.manager.watch import FileWatcher
 
@@ -45,29 +46,17 @@ KILL_AFTER = 5.0
 STOP_MARGIN = 5.0
 
 
-class WorkerSlot:
-    """A worker position: its socket, and its id in the balancer's pool, outlive the processes
-    that serve it (a crashed or recycled worker is restarted on the same socket and id)."""
+class Manager(Replacing, HostsAndTLS):
+    """The manager's loop and its workers; rolling restarts and replacements are in
+    replacing.py, the edge's commands (certificate, host registry) in hosts_tls.py."""
 
-    def __init__(self, number: int, ident: str, path: Path) -> None:
-        self.number = number
-        self.id = ident
-        self.path = path
-        self.child: Handle | None = None  # None: vacant (its successor could not load)
-        self.crashes = 0
-        self.failed_attempts = 0  # successors that could not load, while vacant
-        self.retry: asyncio.TimerHandle | None = None  # the next attempt, while vacant
-        self.retry_at = 0.0  # its loop time
-
-
-class Manager(Replacing):
     def __init__(self, plan: ServePlan, backend: Callable[[ServePlan, Post], Supervisor]) -> None:
         self.plan = plan
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[tuple[str, Handle | None, Any]] = asyncio.Queue()
         self.supervisor = backend(plan, self.post)
         self.runtime = self.supervisor.runtime
-        self.control_path = self.runtime / "balancer.ctl"
+        self.control_path = paths.balancer_control(self.runtime)
         self.client = BalancerClient(self.control_path)
         self._checking: asyncio.Task[None] | None = None  # the tick's look at the pool
         self.version = 1  # bumped by each rolling restart; workers join with it
@@ -95,7 +84,7 @@ class Manager(Replacing):
         self._ids_used: set[str] = set()
         self._leaving: set[str] = set()  # worker ids being drained out of the pool
         self.restart_watch: FileWatcher | None = None
-        self.state = plan.state or paths.state_dir(plan.name)
+        self.state = plan.state_directory
         self.hosts = hosts.Registry(plan.hosts)
         self.tls = any(bind.tls for bind in plan.listen)
 
@@ -174,28 +163,10 @@ class Manager(Replacing):
 
     # -- starting ----------------------------------------------------------------------------
     def start_balancer(self) -> None:
-        args = ["--app", self.plan.name, "--control", str(self.control_path),
-                *self.plan.balancer_args,
-                *edge.balancer_args(self.supervisor.binds(), self.runtime, self.state)]
-        self.balancer = self.supervisor.start_balancer(args)
-
-    def prepare_edge(self) -> None:
-        """The host registry and the certificate, before the balancer starts: a corrupt
-        registry or a bad certificate stops the start with an error naming the file. The
-        state directory is made only by what writes into it (hosts added, a certificate)."""
-        self.hosts = hosts.Registry(self.plan.hosts, hosts.load(edge.hosts_file(self.state)))
-        if self.tls:
-            found = edge.install_certificate(self.plan.cert, self.plan.key, self.hosts.names(),
-                                             self.state, self.runtime)
-            log.info("HTTPS certificate: %s (%s)", found.cert, found.origin)
+        self.balancer = self.supervisor.start_balancer()
 
     def start_worker(self, slot: WorkerSlot) -> Handle:
-        handoff = ["--recycle-handoff"] if self.supervisor.recycle_handoff else []
-        args = [self.plan.app, "--name", self.plan.name, "--id", slot.id, *handoff,
-                *self.plan.worker_args]
-        env = {"WATCHDOG_USEC": str(int(self.plan.watchdog_sec * 1e6))} \
-            if self.plan.watchdog_sec else {}
-        slot.child = self.supervisor.start_worker(slot.id, slot.path, args, env)
+        slot.child = self.supervisor.start_worker(slot.id, slot.path)
         slot.child.version = self.version
         self.workers.append(slot.child)
         return slot.child
@@ -297,13 +268,11 @@ class Manager(Replacing):
         if self.stopping:
             return
         now = self.loop.time()
-        watched = [] if self.supervisor.own_watchdog or not self.plan.watchdog_sec \
-            else self.slots
-        for slot in watched:
+        for slot in self.slots:
             child = slot.child
             if child is None or child.retired or not child.ready.done() or child.exited.done():
                 continue
-            if now - child.last_ping > self.plan.watchdog_sec:
+            if child.missed_watchdog(now):
                 self.abort(child, f"missed its watchdog ({self.plan.watchdog_sec:.0f} s)")
         if self._checking is None or self._checking.done():
             self._checking = self.loop.create_task(self.check_pool())
@@ -488,64 +457,11 @@ class Manager(Replacing):
         self.stopping = True
         sd.notify("STOPPING=1")
 
-    # -- the edge: certificate and host registry ----------------------------------------------
-    async def reload_certificate(self) -> str | None:
-        """Install the certificate files again and have the balancer load them: connections
-        opened afterwards get the new certificate. Returns why it failed, or None."""
-        try:
-            found = edge.install_certificate(self.plan.cert, self.plan.key, self.hosts.names(),
-                                             self.state, self.runtime)
-        except edge.CertificateError as exc:
-            return f"certificate not reloaded: {exc}"
-        reply = await self.control("tls-reload", {})
-        if reply is None or not reply.get("ok"):
-            error = (reply or {}).get("error") or {"message": "the balancer does not answer"}
-            return f"certificate not reloaded: {error['message']}"
-        log.info("HTTPS certificate reloaded: %s (%s)", found.cert, found.origin)
-        return None
-
-    def command_tls_reload(self) -> asyncio.Task[str | None]:
-        if not self.tls:
-            raise CommandError("no-tls", "this app serves no HTTPS port", 409)
-        return self.loop.create_task(self.reload_certificate())
-
-    def command_hosts(self, action: str, host: str = "") -> asyncio.Task[None] | None:
-        """list, add or remove a host of the registry; kept in the state file, then sent to
-        the balancer."""
-        if action == "list":
-            return None
-        try:
-            name = hosts.normalize(host)
-        except ValueError as exc:
-            raise CommandError("bad-host", str(exc)) from None
-        added = list(self.hosts.added)
-        if action == "add":
-            if name in self.hosts.names():
-                return None
-            added.append(name)
-        elif name in self.hosts.configured:
-            raise CommandError("configured-host", f"{name!r} is built in or configured in the "
-                               "app's settings (hosts); change it there", 409)
-        elif name not in added:
-            raise CommandError("unknown-host", f"{name!r} is not in the registry", 404)
-        else:
-            added.remove(name)
-        hosts.save(edge.hosts_file(self.state), added)
-        self.hosts.set_added(added)
-        return self.loop.create_task(self._send_hosts())
-
     def _count(self, event: str) -> None:
         """Tell the balancer, for its metrics (its answer is not waited for)."""
         task = self.loop.create_task(self.control("event", {"name": event}))
         self._counting.add(task)  # a reference, so the task is not collected half-way
         task.add_done_callback(self._counting.discard)
-
-    async def _send_hosts(self) -> None:
-        await self.control("hosts", {"added": list(self.hosts.added)})
-        if self.tls and not self.plan.cert:  # a generated certificate covers the new names
-            why = await self.reload_certificate()
-            if why is not None:
-                log.error("%s", why)
 
     # -- helpers -------------------------------------------------------------------------------
     def new_slot(self, number: int) -> WorkerSlot:

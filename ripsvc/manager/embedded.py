@@ -11,7 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ripsvc import logs, paths
+from ripsvc import launch, logs, paths
 from ripsvc.manager.children import Child
 from ripsvc.manager.supervisor import Post, ServePlan
 from ripsvc.sockets import Bind, describe, local_port
@@ -27,7 +27,7 @@ def claim_runtime_dir(name: str) -> Path:
     """The app's runtime directory; refuse if a live manager of the same name holds it."""
     path = paths.app_dir(name)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    sock = path / "manager.sock"
+    sock = path / paths.MANAGER_SOCKET
     if sock.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -53,8 +53,9 @@ def _empty(path: Path) -> None:
 
 
 class EmbeddedSupervisor:
-    own_watchdog = False  # the manager reads WATCHDOG=1 on each child's notify socket
-    recycle_handoff = True
+    """Supervisor (supervisor.py) of child processes. A worker that reaches a recycling limit
+    waits for its successor (--recycle-handoff); each child's watchdog pings come to its
+    notify socket and are checked here (Child.missed_watchdog)."""
 
     def __init__(self, plan: ServePlan, post: Post) -> None:
         self.plan = plan
@@ -82,7 +83,9 @@ class EmbeddedSupervisor:
         return [f"{bind.scheme}://{describe(sock)}"
                 for bind, sock in zip(self._binds, self.listeners, strict=True)]
 
-    def start_balancer(self, args: list[str]) -> Child:
+    def start_balancer(self) -> Child:
+        args = launch.balancer_args(self.plan.settings, self.binds(), self.runtime,
+                                    self.plan.state_directory)
         argv = [sys.executable, "-m", "ripsvc.balancer", *args]
         sockets = [("http", sock) for sock in self.listeners]
         return self._track(Child("balancer", "0", argv, sockets, self.runtime, self.post))
@@ -105,11 +108,14 @@ class EmbeddedSupervisor:
             sock.close()
         path.unlink(missing_ok=True)
 
-    def start_worker(self, ident: str, socket_path: Path, args: list[str],
-                     env: dict[str, str]) -> Child:
+    def start_worker(self, ident: str, socket_path: Path) -> Child:
+        plan = self.plan
+        args = launch.worker_args(plan.settings, plan.app, ident, handoff=True)
         argv = [sys.executable, "-m", "ripsvc.worker", *args]
         sockets = [("worker", self.worker_sockets[socket_path])]
-        return self._track(Child("worker", ident, argv, sockets, self.runtime, self.post, env))
+        env = {"WATCHDOG_USEC": str(int(plan.watchdog_sec * 1e6))} if plan.watchdog_sec else {}
+        return self._track(Child("worker", ident, argv, sockets, self.runtime, self.post, env,
+                                 watchdog=plan.watchdog_sec))
 
     def _track(self, child: Child) -> Child:
         self.children = [c for c in self.children if not c.exited.done()]

@@ -17,11 +17,9 @@ from typing import TYPE_CHECKING, Any
 from ripsvc import logs, sd
 from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
+from ripsvc.manager.slots import WorkerSlot
 from ripsvc.manager.supervisor import Handle, ServePlan, Supervisor
 from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL
-
-if TYPE_CHECKING:
-    from ripsvc.manager.core import WorkerSlot
 
 log = logs.get("manager")
 

@@ -18,6 +18,11 @@ is `rip-balancer@APP` on the ports of `rip-balancer@APP.socket` (rip-generator).
   so a start that came in while rip@APP is being stopped must fail, not replace its stop job.
 We subscribe before the first job, and never poll. When the bus closes (D-Bus stopped), the
 jobs waited for fail at once and the manager is told ("bus_lost").
+
+What differs from the embedded backend stays here: the balancer's command line is in its unit
+(the generator wrote it with launch.balancer_args from the same app file; a unit older than
+the file is said), systemd watches the workers' watchdog (WatchdogSec=), and a recycled worker
+exits and is restarted on its socket by systemd (Restart=) rather than waiting for a successor.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,9 +37,8 @@ from typing import Any
 from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
-from ripsvc import logs, units
-from ripsvc.manager.supervisor import Post, ServePlan
-from ripsvc.settings import Settings
+from ripsvc import launch, logs, paths, units
+from ripsvc.manager.supervisor import Handle, Post, ServePlan
 from ripsvc.sockets import Bind
 
 log = logs.get("manager")
@@ -146,25 +149,16 @@ class Systemd:
         self.bus.disconnect()
 
 
-class UnitHandle:
+class UnitHandle(Handle):
     """One running unit of the app (the balancer or a worker), as the manager sees a process:
-    ready once its start job is done; exited when its ActiveState leaves "active"."""
+    ready once its start job is done; exited when its ActiveState leaves "active". Its
+    watchdog is systemd's (WatchdogSec=): missed_watchdog() is never true here."""
 
     def __init__(self, backend: SystemdSupervisor, role: str, ident: str, unit: str) -> None:
-        loop = asyncio.get_running_loop()
+        super().__init__(role, ident)
         self.backend = backend
-        self.role = role
-        self.id = ident
         self.unit = unit
-        self.pid = 0
-        self.version = 0
-        self.status = ""
-        self.started = time.time()
-        self.last_ping = loop.time()
-        self.retired = False
         self.restarting = False  # systemd was restarting it when we were asked to start it
-        self.ready: asyncio.Future[None] = loop.create_future()
-        self.exited: asyncio.Future[int] = loop.create_future()
         self.path = ""
         self._main_exit: tuple[int, int] | None = None  # ExecMainCode/Status, as last sent
 
@@ -271,18 +265,15 @@ class UnitHandle:
 class SystemdSupervisor:
     """Supervisor (supervisor.py) whose processes are the app's units."""
 
-    own_watchdog = True  # WatchdogSec= in the units: systemd kills a worker that misses it
-    recycle_handoff = False  # a recycled worker exits and systemd restarts it on its socket
-
-    def __init__(self, plan: ServePlan, post: Post, settings: Settings, config_dir: Path,
-                 python: str, bus_address: str | None = None) -> None:
+    def __init__(self, plan: ServePlan, post: Post, config_dir: Path, python: str,
+                 bus_address: str | None = None) -> None:
         self.plan = plan
         self.post = post
-        self.settings = settings
+        self.settings = plan.settings
         self.name = plan.name
         self.python = python
-        self.app_arg, self.directory = units.app_command(settings, config_dir)
-        self.runtime = Path("/run/rip") / plan.name  # rip@APP's RuntimeDirectory=
+        self.app_arg, self.directory = units.app_command(self.settings, config_dir)
+        self.runtime = paths.system_app_dir(plan.name)  # rip@APP's RuntimeDirectory=
         self.bus_address = bus_address
         self.dropin_root = units.INSTANCE_DIR
         self._sd: Systemd | None = None
@@ -343,15 +334,33 @@ class SystemdSupervisor:
     def binds(self) -> list[Bind]:
         return list(self.plan.listen)  # the socket unit's, as configured
 
-    def start_balancer(self, args: list[str]) -> UnitHandle:
-        # The balancer's command line is the generator's (the same settings, read from
-        # /etc/rip/APP.toml); `args` are what the embedded backend would run.
+    def start_balancer(self) -> UnitHandle:
         handle = UnitHandle(self, "balancer", "0", f"rip-balancer@{self.name}.service")
-        self.spawn(handle.start())
+        self.spawn(self._start_balancer(handle))
         return handle
 
+    async def _start_balancer(self, handle: UnitHandle) -> None:
+        await self._check_balancer_command(handle.unit)
+        await handle.start()
+
+    async def _check_balancer_command(self, unit: str) -> None:
+        """The balancer's command line is its unit's, which rip-generator wrote from the app
+        file at the last daemon-reload: say so if the file has changed since."""
+        expected = launch.balancer_args(self.settings, self.binds(), self.runtime,
+                                        paths.system_state_dir(self.name))
+        try:
+            exec_start = await self.sd.get(await self.sd.unit_path(unit), SERVICE, "ExecStart")
+        except SystemdError as exc:
+            log.warning("%s: cannot read its command line: %s", unit, exc)
+            return
+        found = [list(command[1])[3:] for command in exec_start]  # after python -m MODULE
+        if found != [expected]:
+            log.warning("%s runs %s, but /etc/rip/%s.toml asks for %s: the units are older "
+                        "than the app's file; run `systemctl daemon-reload`, then restart "
+                        "rip@%s", unit, found, self.name, expected, self.name)
+
     def worker_socket(self, ident: str) -> Path:
-        path = units.worker_socket_path(self.name, ident)
+        path = paths.worker_socket(self.name, ident)
         self._instances[path] = ident
         return path
 
@@ -367,13 +376,12 @@ class SystemdSupervisor:
         for kind in ("service", "socket"):
             self._remove_dropin(self.dropin_root / f"{unit}.{kind}.d")
 
-    def start_worker(self, ident: str, socket_path: Path, args: list[str],
-                     env: dict[str, str]) -> UnitHandle:
-        env = dict(env)
-        watchdog = int(env.pop("WATCHDOG_USEC", "0")) / 1e6
-        argv = [self.app_arg, *args[1:]]  # args[0] is the app as the embedded mode gives it
-        dropins = units.worker_dropins(self.settings, ident, argv, env, self.python,
-                                       self.directory, watchdog)
+    def start_worker(self, ident: str, socket_path: Path) -> UnitHandle:
+        # The app made absolute for the unit's working directory; a recycled worker exits and
+        # is restarted by systemd (no hand-off); its watchdog is the unit's WatchdogSec=.
+        args = launch.worker_args(self.settings, self.app_arg, ident, handoff=False)
+        dropins = units.worker_dropins(self.settings, ident, args, {}, self.python,
+                                       self.directory, self.plan.watchdog_sec)
         for unit_file, text in dropins.items():
             target = self.dropin_root / f"{unit_file}.d" / units.DROPIN
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,9 @@
-"""The worker's state: its app, the one-request gate, counters, recycling and module reload."""
+"""The worker's state: its app, the one-request gate, counters, recycling and module reload.
+
+It imports none of the modules that serve requests (http, asgi, wsgi, aiohttp_front), which
+refer to it for their types: the adapter of the app's kind is given by server.py (adapters.py),
+and the connections are whatever has the Connection methods.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 import random
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -15,14 +21,14 @@ from ripsvc import logs, sd
 from ripsvc.apploader import AppLoadError, AppSpec, detect_kind, import_app
 from ripsvc.exitcodes import ExitCode
 from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL, RecyclePolicy
+from ripsvc.settings import DEFAULTS
 from ripsvc.worker.reloader import ModuleWatcher, SourceOnlyFinder
 
 if TYPE_CHECKING:
-    from ripsvc.worker.http import HttpConnection
+    from ripsvc.settings import Settings
 
 log = logs.get("worker")
 
-RELOAD_MODES = ("none", "process", "module")
 #: Released workers whose limits passed while held recycle within this many seconds, each at a
 #: random moment, so that they do not all leave at once.
 RELEASE_SPREAD = 5.0
@@ -30,31 +36,49 @@ RELEASE_SPREAD = 5.0
 
 @dataclass(frozen=True)
 class WebSocketLimits:
-    """A WebSocket worker's limits (worker/websocket.py)."""
+    """A WebSocket worker's limits (worker/websocket.py); the settings websocket_*."""
 
-    connections: int = 1000  # at once, in this worker; more are refused (503)
-    max_message: int = 16 << 20  # bytes; a larger message closes with 1009
-    ping_interval: float = 20.0  # a ping after this long without a byte (0: never)
-    ping_timeout: float = 20.0  # no answer within this long: closed (1011)
+    connections: int = DEFAULTS.websocket_connections  # at once; more are refused (503)
+    max_message: int = DEFAULTS.websocket_max_message  # bytes; a larger one closes with 1009
+    ping_interval: float = DEFAULTS.websocket_ping  # a ping after this long silent (0: never)
+    ping_timeout: float = DEFAULTS.websocket_ping  # no answer within this long: closed (1011)
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
+    """What the worker's logic reads. The options that are settings take their default from
+    settings.py (DEFAULTS) and their value from the worker's command line (from_settings)."""
+
     app: AppSpec
     name: str = "app"
     worker_id: str = "0"
-    reload: str = "process"
-    recycle: RecyclePolicy = RecyclePolicy()  # noqa: RUF009 (frozen, so sharing is safe)
-    recycle_jitter: float = 0.1
-    graceful_timeout: float = 30.0
-    max_body: int = 100 << 20
-    reload_interval: float = 0.1
+    reload: str = DEFAULTS.reload
+    recycle: RecyclePolicy = DEFAULTS.recycle
+    recycle_jitter: float = DEFAULTS.recycle_jitter
+    graceful_timeout: float = DEFAULTS.graceful_timeout
+    max_body: int = DEFAULTS.max_body
+    reload_interval: float = 0.1  # not a setting
     #: Announce a reached recycling limit (sd_notify RIP_RECYCLE=1) and keep serving until
     #: stopped, at most this long, so that a supervisor can start a successor first (0: off).
     recycle_handoff: float = 0.0
     #: A WebSocket worker: many WebSockets at once, no HTTP requests (worker/websocket.py).
     websocket: bool = False
     websocket_limits: WebSocketLimits = WebSocketLimits()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, app: AppSpec, *, name: str = "app",
+                      worker_id: str = "0", recycle_handoff: float = 0.0,
+                      websocket: bool = False) -> WorkerOptions:
+        """The options for `settings` (those a worker receives: settings.role_fields), with
+        the worker's own options that are not settings."""
+        s = settings
+        limits = WebSocketLimits(s.websocket_connections, s.websocket_max_message,
+                                 s.websocket_ping, s.websocket_ping)
+        return cls(app=app, name=name, worker_id=worker_id, reload=s.reload,
+                   recycle=s.recycle, recycle_jitter=s.recycle_jitter,
+                   graceful_timeout=s.graceful_timeout, max_body=s.max_body,
+                   recycle_handoff=recycle_handoff, websocket=websocket,
+                   websocket_limits=limits)
 
 
 class AppHost(Protocol):
@@ -63,6 +87,18 @@ class AppHost(Protocol):
     async def startup(self) -> None: ...
 
     async def shutdown(self) -> None: ...
+
+
+#: The adapter for an app of a kind ("asgi", "wsgi", "aiohttp"): worker/adapters.py.
+HostFactory = Callable[[str, Any], AppHost]
+
+
+class Connection(Protocol):
+    """A client connection of the worker (http.HttpConnection)."""
+
+    transport: asyncio.Transport
+
+    def close_if_idle(self) -> None: ...
 
 
 class Gate:
@@ -87,29 +123,17 @@ class StartupFailed(AppLoadError):
     pass
 
 
-def make_host(kind: str, app: Any) -> AppHost:
-    if kind == "asgi":
-        from ripsvc.worker.asgi import AsgiHost
-
-        return AsgiHost(app)
-    if kind == "wsgi":
-        from ripsvc.worker.wsgi import WsgiHost
-
-        return WsgiHost(app)
-    from ripsvc.worker.aiohttp_front import AiohttpHost
-
-    return AiohttpHost(app)
-
-
 class Worker:
     host: Any  # AsgiHost | WsgiHost | AiohttpHost: adapters differ in their handle() signature
 
-    def __init__(self, options: WorkerOptions, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, options: WorkerOptions, loop: asyncio.AbstractEventLoop,
+                 make_host: HostFactory) -> None:
         self.options = options
         self.loop = loop
+        self.make_host = make_host
         self.policy = options.recycle.with_jitter(options.recycle_jitter)
         self.gate = Gate()
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[Connection] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.accepting = True
         self.exit_code = ExitCode.OK
@@ -152,7 +176,7 @@ class Worker:
     async def _start_host(self) -> AppHost:
         spec = self.options.app
         app = import_app(spec)
-        host = make_host(detect_kind(app, spec), app)
+        host = self.make_host(detect_kind(app, spec), app)
         try:
             await host.startup()
         except AppLoadError:
@@ -247,12 +271,12 @@ class Worker:
         if not self.recycling_held:
             return
         self.recycling_held = False
-        if self._recycle_due is None:
+        due = self._recycle_due
+        if due is None:
             log.info("recycling released: the app on disk loads again")
             return
         delay = random.uniform(0, RELEASE_SPREAD)
-        log.info("recycling released: the app on disk loads again; %s in %.1f s",
-                 self._recycle_due, delay)
+        log.info("recycling released: the app on disk loads again; %s in %.1f s", due, delay)
         self._released = self.loop.call_later(delay, self._recycle_released)
 
     def _recycle_released(self) -> None:

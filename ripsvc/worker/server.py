@@ -15,6 +15,7 @@ from ripsvc import compiled, logs, sd
 from ripsvc.apploader import AppLoadError
 from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe
+from ripsvc.worker.adapters import make_host
 from ripsvc.worker.core import Worker, WorkerOptions
 
 log = logs.get("worker")
@@ -29,7 +30,7 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     # that the operator sees where it hung, as uWSGI's harakiri does.
     faulthandler.enable(all_threads=True)
     loop = asyncio.get_running_loop()
-    worker = Worker(options, loop)
+    worker = Worker(options, loop, make_host)
     sockets = list(sd.listen_sockets().values())
     created_path = None
     if bind is not None:

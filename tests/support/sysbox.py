@@ -7,8 +7,9 @@
 The box shares the host's filesystem (so the project's venv and examples work unchanged) but has
 its own pid, mount, cgroup, uts, ipc and network namespaces; sysbox_stage2.sh puts tmpfs on
 every directory systemd or rip would write (/run, /tmp, /var/tmp, /etc/systemd/system, /etc/rip, the
-journal, rip's state) and boots a target that starts only journald and D-Bus. See
-../shared/SYSTEMD-TESTING.md for the measured facts behind each step.
+journal, rip's state) and boots a target that starts only journald and D-Bus. A checkout (and its
+virtualenv) under /tmp or /var/tmp stays visible: stage 2 puts it back over the tmpfs
+(`kept()`). See ../shared/SYSTEMD-TESTING.md for the measured facts behind each step.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,10 +29,27 @@ STAGE2 = Path(__file__).with_name("sysbox_stage2.sh")
 STAGE2_ROOTFS = Path(__file__).with_name("sysbox_stage2_rootfs.sh")
 CGROUP_ROOT = Path("/sys/fs/cgroup/unified")  # this host runs cgroups in hybrid mode
 SIGRTMIN_4 = signal.SIGRTMIN + 4  # systemd: poweroff (exit, in a container)
+REPO = Path(__file__).resolve().parents[2]
+#: The host directories on which the box mounts an empty tmpfs (sysbox_stage2.sh).
+HIDDEN = (Path("/tmp"), Path("/var/tmp"))
 
 
 class BoxError(RuntimeError):
     pass
+
+
+def kept(paths: list[Path] | None = None) -> list[Path]:
+    """Of `paths` (default: the checkout and the interpreter's virtualenv, which the units run),
+    those under a directory the box hides with a tmpfs, outermost only: stage 2 mounts them
+    again at the same place, so a checkout under /tmp works as one anywhere else."""
+    wanted = [REPO, Path(sys.prefix)] if paths is None else paths
+    hidden = [p.resolve() for p in wanted
+              if any(p.resolve().is_relative_to(d) and p.resolve() != d for d in HIDDEN)]
+    outer = [p for p in hidden if not any(p != q and p.is_relative_to(q) for q in hidden)]
+    for path in outer:
+        if any(c.isspace() for c in str(path)):
+            raise BoxError(f"{path}: a path with spaces cannot be kept visible in the box")
+    return sorted(set(outer))
 
 
 def available() -> str | None:
@@ -63,9 +83,11 @@ class SystemdBox:
         # the launcher enters its own cgroup first, so the box's cgroup namespace is rooted
         # there and parallel boxes never meet
         stage2 = f"{STAGE2_ROOTFS} {self.rootfs}" if self.rootfs else str(STAGE2)
+        keep = " ".join(map(str, kept()))
         script = (f"echo $$ > {self.cgroup}/cgroup.procs; exec unshare --pid --fork --mount "
                   "--propagation private --cgroup --uts --ipc --net env -i container=rip-test "
-                  f"PATH=/usr/sbin:/usr/bin:/sbin:/bin {stage2}")
+                  f"PATH=/usr/sbin:/usr/bin:/sbin:/bin RIP_BOX_KEEP={shlex.quote(keep)} "
+                  f"{stage2}")
         self.launcher = subprocess.Popen(["bash", "-c", script], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, start_new_session=True)
         if log is not subprocess.DEVNULL:

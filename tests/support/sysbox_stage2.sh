@@ -9,9 +9,27 @@ mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys   # no ho
 mount -t sysfs -o ro,nosuid,nodev,noexec sysfs /sys 2>/dev/null || mount -o remount,bind,ro /sys
 mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup        # rooted at our cgroup ns
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+# The host paths under /tmp and /var/tmp that the box must still see (a checkout there and its
+# virtualenv: RIP_BOX_KEEP, from sysbox.kept()) are held aside, then put back over the tmpfs.
+n=0
+for path in ${RIP_BOX_KEEP:-}; do
+  mkdir -p "/run/rip-test/keep/$n" && mount --rbind "$path" "/run/rip-test/keep/$n"; n=$((n + 1))
+done
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp                    # PrivateTmp= lives here
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp                # and here (systemd-private-*)
+n=0
+for path in ${RIP_BOX_KEEP:-}; do
+  mkdir -p "$path" && mount --move "/run/rip-test/keep/$n" "$path"; n=$((n + 1))
+done
 mount -t tmpfs -o mode=755 tmpfs /etc/systemd/system                   # hides host enablement
+# rip's units have PrivateTmp=, a /tmp of their own: the kept paths are bound into it too.
+if [ -n "${RIP_BOX_KEEP:-}" ]; then
+  for unit in rip@ rip-balancer@ rip-worker@; do
+    mkdir -p "/etc/systemd/system/$unit.service.d"
+    { echo "[Service]"; for path in $RIP_BOX_KEEP; do echo "BindReadOnlyPaths=$path"; done; } \
+      > "/etc/systemd/system/$unit.service.d/40-rip-test-keep.conf"
+  done
+fi
 mount -t tmpfs -o mode=2755 tmpfs /var/log/journal
 # rip's own directories: the mount points are created once on the host (empty, as the package
 # would), their contents stay in the box.
