@@ -298,8 +298,13 @@ def status_of_each(apps: list[str], as_json: bool) -> int:
 
 def format_status(data: dict[str, Any]) -> str:
     total = data.get("requests_total", data["requests"])
+    websockets = [w for w in data["workers"] if w.get("kind") == "websocket"]
+    open_now = sum(w.get("open", 0) for w in websockets)
     lines = [f"{data['app']}: {data.get('health', data['balancer'])}, version {data['version']}, "
-             f"{len(data['workers'])} workers, {total} requests since start "
+             f"{len(data['workers']) - len(websockets)} workers, "
+             + (f"{len(websockets)} WebSocket worker{'s' if len(websockets) > 1 else ''} "
+                f"({open_now} open), " if websockets else "")
+             + f"{total} requests since start "
              f"({data['requests']} by these workers), queue "
              f"{data['queue']['depth']}/{data['queue']['max']}"
              + (" (rolling restart in progress)" if data["reloading"] else "")]
@@ -314,9 +319,13 @@ def format_status(data: dict[str, Any]) -> str:
             lines.append(f"  {w['id']:<8} {'-':>7}  {'vacant':<9} {'-':>7} {'-':>9} "
                          f"{'-':>9}  {w['reason']}")
             continue
-        queued = kernel.get(f"worker:{w['id']}", {}).get("queued", "-")
+        if w.get("kind") == "websocket":  # its requests: the WebSockets it took
+            what = f"WebSockets open {w.get('open', 0)}"
+        else:
+            queued = kernel.get(f"worker:{w['id']}", {}).get("queued", "-")
+            what = f"accept queue {queued}"
         lines.append(f"  {w['id']:<8} {w['pid']:>7}  {w['state']:<9} {w['version']:>7} "
-                     f"{w['requests']:>9} {w['uptime']:>8.1f}s  accept queue {queued}")
+                     f"{w['requests']:>9} {w['uptime']:>8.1f}s  {what}")
     ports = [(name, q) for name, q in kernel.items() if name.startswith("port:")]
     if ports:
         lines.append("  listening: " + ", ".join(
@@ -324,6 +333,9 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append("  version: 1 at start, +1 for each rolling restart (ripctl reload)")
     lines.append("  id N.K: worker position N on its K-th socket; each rolling restart gives a "
                  f"position a new one (under systemd: unit rip-worker@{data['app']}:ID)")
+    if websockets:
+        lines.append("  id wsN: a WebSocket worker, holding many WebSockets (its requests: "
+                     "the WebSockets it took)")
     return "\n".join(lines)
 
 

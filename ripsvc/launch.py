@@ -27,9 +27,12 @@ def balancer_args(settings: Settings, binds: Sequence[Bind], runtime: Path,
             *settings.args_for("balancer"), *edge.balancer_args(binds, runtime, state)]
 
 
-def worker_args(settings: Settings, app: str, ident: str, *, handoff: bool) -> list[str]:
+def worker_args(settings: Settings, app: str, ident: str, *, handoff: bool,
+                websocket: bool = False) -> list[str]:
     """A worker's arguments: `app` as its supervisor names it (under systemd, made absolute
     for the unit's working directory), its id, and the settings it receives. `handoff`: the
-    worker announces a reached recycling limit and waits for a successor (--recycle-handoff)."""
+    worker announces a reached recycling limit and waits for a successor (--recycle-handoff).
+    `websocket`: a WebSocket worker (--websocket)."""
     return [app, "--name", settings.name, "--id", ident,
-            *(["--recycle-handoff"] if handoff else []), *settings.args_for("worker")]
+            *(["--recycle-handoff"] if handoff else []),
+            *(["--websocket"] if websocket else []), *settings.args_for("worker")]

@@ -27,7 +27,9 @@ BROKEN = "this is not python\n"
 
 
 def worker_pids(server: Server) -> list[int]:
-    return [pid for pid in server.children() if "ripsvc.worker" in cmdline(pid)]
+    """The HTTP workers' (not the WebSocket worker's)."""
+    return [pid for pid in server.children()
+            if "ripsvc.worker" in cmdline(pid) and "--websocket" not in cmdline(pid)]
 
 
 def status(server: Server) -> dict:

@@ -171,7 +171,8 @@ def test_the_pool_is_reconciled_with_the_running_workers(short_tmp):
         assert control(ctl, "leave", {"id": "1"})[0] == 200
         assert control(ctl, "join", {"id": "ghost", "socket": str(short_tmp / "no.sock")})[0] \
             == 200
-        wait_for(lambda: pool_states(server) == {"1": "ready", "2": "ready"}, timeout=10,
+        wait_for(lambda: pool_states(server) == {"1": "ready", "2": "ready", "ws1": "ready"},
+                 timeout=10,
                  what="the pool to be reconciled")
         output = server.output()
         assert "worker 1 is ready but not in the balancer's pool: joining it again" in output

@@ -140,7 +140,7 @@ def test_1_install_starts_nothing_then_the_example_serves_and_logs(debian: Syste
              10, "the access-log entry in the journal")
     workers = debian.run("systemctl", "list-units", "rip-worker@hello:*", "--plain",
                          "--no-legend").stdout.splitlines()
-    assert len(workers) == 4  # two workers: their services and sockets
+    assert len(workers) == 6  # two workers and a WebSocket worker: services and sockets
 
 
 def test_2_ripctl_reload_under_load_fails_no_request(debian: SystemdBox) -> None:

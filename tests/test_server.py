@@ -50,7 +50,7 @@ def test_serves_through_the_balancer_and_stops_cleanly(short_tmp):
     try:
         server.wait_healthy(2)
         children = server.children()
-        assert len(children) == 3  # the balancer and two workers
+        assert len(children) == 4  # the balancer, two workers and a WebSocket worker
         replies = [fetch(server.port, "/ping") for _ in range(10)]
         assert all(r.status == 200 and r.text.startswith("pong") for r in replies)
         server.proc.send_signal(signal.SIGINT)
@@ -149,24 +149,27 @@ def test_ripctl_status_scale_stop_and_errors(short_tmp):
             fetch(server.port, "/ping")
         status = ripctl("status", server.name)
         assert status.returncode == 0, status.stderr
-        assert f"{server.name}: healthy, version 1, 2 workers, 4 requests since start (4 by " \
-            "these workers)" in status.stdout
+        assert f"{server.name}: healthy, version 1, 2 workers, 1 WebSocket worker (0 open), " \
+            "4 requests since start (4 by these workers)" in status.stdout
         # what "version" and an id "N.K" are, once each
         assert "  version: 1 at start, +1 for each rolling restart" in status.stdout
         assert "  id N.K: worker position N on its K-th socket" in status.stdout
         assert ripctl("reload", server.name, "--wait").returncode == 0
         status = ripctl("status", server.name)  # the app's total outlives its workers
-        assert "version 2, 2 workers, 4 requests since start (0 by these workers)" in \
+        assert "version 2, 2 workers, 1 WebSocket worker (0 open), 4 requests since start " \
+            "(0 by these workers)" in \
             status.stdout, status.stdout
         data = json.loads(ripctl("status", server.name, "-j").stdout)
-        assert [w["state"] for w in data["workers"]] == ["ready", "ready"]
+        assert [(w["kind"], w["state"]) for w in data["workers"]] == [
+            ("http", "ready"), ("http", "ready"), ("websocket", "ready")]
         assert data["health"] == "healthy" and data["requests_total"] == 4
         assert all(w["pid"] in server.children() for w in data["workers"])
         assert ripctl("scale", server.name, "3").returncode == 0
         server.wait_healthy(3)
         assert ripctl("scale", server.name, "1").returncode == 0
         server.wait_healthy(1)
-        assert len(json.loads(ripctl("status", server.name, "-j").stdout)["workers"]) == 1
+        assert len(json.loads(ripctl("status", server.name, "-j").stdout)["workers"]) == 2
+        assert "  id wsN: a WebSocket worker" in ripctl("status", server.name).stdout
         bad = ripctl("scale", server.name, "0")
         assert bad.returncode == 1 and "(bad-request)" in bad.stderr
         twin = subprocess.run([sys.executable, "-c", "from ripsvc.cli import serve_main; "
@@ -379,6 +382,7 @@ def test_rolling_restarts_and_recycling_hand_offs_together(short_tmp):
         assert "Traceback" not in server.output()
         server.wait_healthy(2)
         status = json.loads(ripctl("status", server.name, "-j").stdout)
-        assert len(status["workers"]) == 2 and status["version"] == 4
+        assert [w["kind"] for w in status["workers"]] == ["http", "http", "websocket"]
+        assert status["version"] == 4
     finally:
         server.close()

@@ -50,6 +50,26 @@ def test_a_stream_longer_than_the_response_timeout_is_not_cut(start_stack):
     healed(stack.port, 1)
 
 
+def test_max_stream_duration_ends_a_chunked_stream_and_cuts_a_declared_one(start_stack):
+    """A stream that reaches max_stream_duration: a chunked one ends with its last chunk (an
+    SSE client reconnects as after any end), one of a declared length is cut short; the app
+    sees its client leave, and the worker is back in rotation."""
+    stack = start_stack(workers=1, args=("--max-stream-duration", "1"))
+    start = time.monotonic()
+    with open_stream(stack.port, "/sse?n=100&ms=100") as sock:
+        replies = read_responses(sock, ["GET"], timeout=10)
+    assert 1 <= time.monotonic() - start < 2.5
+    assert replies[0].complete and 5 <= replies[0].body.count(b"data: event") < 30
+    healed(stack.port, 1)
+    with open_stream(stack.port, "/stream?n=100&ms=100&length=100000") as sock:
+        replies = read_responses(sock, ["GET"], timeout=10)
+    assert not replies[0].complete and b"piece 5" in replies[0].body
+    healed(stack.port, 1)
+    _, stats = control(stack.control, "stats")
+    assert stats["data"]["counters"]["streams_ended"] == 2
+    assert stats["data"]["counters"].get("hung", 0) == 0
+
+
 def test_a_slow_reader_of_a_stream_holds_no_worker(start_stack):
     """A client that does not read: the worker finishes its 2 MB and serves others while the
     rest waits in the balancer's spool for the client."""

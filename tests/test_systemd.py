@@ -72,10 +72,12 @@ def get(box: SystemdBox, path: str, port: int = PORT) -> tuple[int, str]:
     return int(code or 0), body
 
 
-def worker_units(box: SystemdBox, app: str = "hello") -> list[str]:
+def worker_units(box: SystemdBox, app: str = "hello", websocket: bool = False) -> list[str]:
+    """The active units of the app's HTTP workers (`websocket`: of its WebSocket workers)."""
     out = box.run("systemctl", "list-units", f"rip-worker@{app}:*.service", "--state=active",
                   "--plain", "--no-legend").stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
+    units_ = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [u for u in units_ if (f"@{app}:ws" in u) == websocket]
 
 
 # -- the generator -------------------------------------------------------------------------
@@ -155,8 +157,9 @@ def test_start_blocks_until_ready_then_serves(hello: SystemdBox) -> None:
     assert sorted(worker_units(hello)) == ["rip-worker@hello:1.service",
                                            "rip-worker@hello:2.service"]
     assert get(hello, "/version") == (200, "v1")
+    assert worker_units(hello, websocket=True) == ["rip-worker@hello:ws1.service"]
     status = hello.show("rip@hello.service", "StatusText")["StatusText"]
-    assert status.startswith("2/2 workers ready, v1")
+    assert status.startswith("2/2 workers ready, WebSocket workers 1/1, v1"), status
     user = hello.show("rip-worker@hello:1.service", "User")["User"]
     assert user == "rip"
     # Its access log goes to journald, so its balancer keeps journald's priority (auto).
@@ -338,7 +341,8 @@ def test_the_readme_s_systemd_analyze_line_rates_every_unit_of_the_app(hello: Sy
     out = hello.run("bash", "-c", line.replace("shop", "hello"), check=False)
     rated = re.findall(r"Overall exposure level for (\S+):", out.stdout)
     assert sorted(rated) == sorted(["rip@hello.service", "rip-balancer@hello.service",
-                                    *worker_units(hello)]), out.stdout + out.stderr
+                                    *worker_units(hello),
+                                    *worker_units(hello, websocket=True)]), out.stdout + out.stderr
 
 
 def ripctl(box: SystemdBox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -374,9 +378,10 @@ def test_ripctl_install_scale_logs_and_app_overrides(box: SystemdBox) -> None:
         ripctl(box, "scale", "shop", "1")
         wait_for(lambda: len(worker_units(box, "shop")) == 1, 30, "1 shop worker")
         wait_for(lambda: len(list(box.path("/run/systemd/system").glob(
-            "rip-worker@shop:*.service.d"))) == 1, 10, "the scaled-down drop-ins removed")
+            "rip-worker@shop:[0-9]*.service.d"))) == 1, 10, "the scaled-down drop-ins removed")
         status = json.loads(ripctl(box, "status", "shop", "--json").stdout)
-        assert len(status["workers"]) == 1 and status["balancer"] == "healthy"
+        assert [w["kind"] for w in status["workers"]] == ["http", "websocket"]
+        assert status["balancer"] == "healthy"
 
         logs = ripctl(box, "logs", "shop", "-n", "200", "--json").stdout
         entries = [json.loads(line) for line in logs.splitlines()]

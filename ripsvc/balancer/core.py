@@ -575,8 +575,12 @@ class Balancer:
             limit = self.options.response_timeout
             if exchange.state == WAITING and now - exchange.dispatched > limit:
                 self._hung(slot, exchange, now, f"no response within {limit:g} s")
-            elif exchange.state == STREAMING and now - exchange.last_byte > limit:
-                self._hung(slot, exchange, now, f"silent mid-response for {limit:g} s")
+            elif exchange.state == STREAMING:
+                longest = self.options.max_stream_duration
+                if now - exchange.last_byte > limit:
+                    self._hung(slot, exchange, now, f"silent mid-response for {limit:g} s")
+                elif longest and now - exchange.dispatched > longest:
+                    self._end_stream(slot, exchange, now, longest)
         elif state == PROBING:
             limit = self.options.response_timeout
             if not slot.reported and now - slot.since > limit:
@@ -593,6 +597,25 @@ class Balancer:
             elif now - slot.probe_sent > PROBE_TIMEOUT:
                 self._close_upstream(slot)
                 self._probe_later(slot, now, "no answer")
+
+    def _end_stream(self, slot: Slot, exchange: Exchange, now: float, longest: float) -> None:
+        """A response went on for max_stream_duration: its worker's connection is closed (the
+        app sees its client leave, as when one does, and the worker is probed back in). A
+        chunked response ends cleanly with its last chunk (an SSE client reconnects, as after
+        any end); one of a declared length can only be cut short."""
+        why = f"max_stream_duration ({longest:g} s)"
+        log.info("worker %s: %s %s streamed for %s: ended", slot.id, exchange.method,
+                 exchange.target.decode("latin-1"), why)
+        self.stats["streams_ended"] += 1
+        exchange.slot = None
+        self._close_upstream(slot)
+        self._slot_free(slot, now, f"its response reached {why}")
+        if exchange.chunked:
+            exchange.note = why
+            exchange.move(FLUSHING)
+            exchange.client.response_end(exchange)
+        else:
+            exchange.client.broken(exchange, why)
 
     def _hung(self, slot: Slot, exchange: Exchange, now: float, why: str) -> None:
         log.error("worker %s: %s to %s %s: reported hung", slot.id, why, exchange.method,

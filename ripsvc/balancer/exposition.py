@@ -72,6 +72,8 @@ class Collector:
                 ("rip_client_gone", "client_gone", "Requests whose client left before "
                  "their answer"),
                 ("rip_send_timeouts", "send_timeout", "Clients disconnected for not reading"),
+                ("rip_streams_ended", "streams_ended", "Streamed responses ended at "
+                 "max_stream_duration"),
                 ("rip_spool_errors", "spool_errors", "Bodies that could not be spooled to "
                  "disk"),
                 ("rip_descriptors_exhausted", "descriptors_exhausted", "Seconds in which the "

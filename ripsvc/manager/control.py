@@ -33,6 +33,10 @@ class Slot(Protocol):
     def retry_at(self) -> float:
         """While vacant: the loop time of the next attempt."""
 
+    @property
+    def websocket(self) -> bool:
+        """A WebSocket worker's position."""
+
 
 class Manager(Protocol):
     """What the control socket reads of the manager (core.Manager)."""
@@ -83,10 +87,15 @@ async def serve_control(manager: Manager) -> web.AppRunner:
     return runner
 
 
+def kind(slot: Slot) -> str:
+    return "websocket" if slot.websocket else "http"
+
+
 def make_app(manager: Manager) -> web.Application:
     async def status(body: dict[str, Any]) -> Any:
-        """Each worker (id, pid, state, version, requests, uptime), the queue, totals, and
-        the app's health ("healthy", or "degraded: 2/3 workers, …" and why)."""
+        """Each worker (id, kind, pid, state, version, requests, uptime; a WebSocket
+        worker's requests are the WebSockets it took, `open` those it holds), the queue,
+        totals, and the app's health ("healthy", or "degraded: 2/3 workers, …" and why)."""
         try:
             pool = {w["id"]: w for w in await manager.client.query("pool")}
             stats = await manager.client.query("stats")
@@ -100,7 +109,7 @@ def make_app(manager: Manager) -> web.Application:
             child = slot.child
             if child is None:
                 wait = max(0.0, slot.retry_at - manager.loop.time())
-                workers.append({"id": slot.id, "pid": 0, "state": "vacant",
+                workers.append({"id": slot.id, "kind": kind(slot), "pid": 0, "state": "vacant",
                                 "reason": f"no worker: the app on disk fails to load; the "
                                           f"next attempt in {wait:.0f} s",
                                 "version": 0, "requests": 0, "uptime": 0.0, "status": ""})
@@ -109,10 +118,11 @@ def make_app(manager: Manager) -> web.Application:
             state = seen.get("state") or ("starting" if not child.ready.done() else "out")
             reason = seen.get("reason", "") if seen else (
                 "" if state == "starting" else "not in the balancer's pool (being joined)")
-            workers.append({"id": child.id, "pid": child.pid, "state": state,
-                            "reason": reason, "version": child.version,
+            workers.append({"id": child.id, "kind": kind(slot), "pid": child.pid,
+                            "state": state, "reason": reason, "version": child.version,
                             "requests": seen.get("served", 0),
-                            "uptime": round(now - child.started, 1), "status": child.status})
+                            "uptime": round(now - child.started, 1), "status": child.status,
+                            **({"open": seen.get("open", 0)} if slot.websocket else {})})
         health = manager.health()
         if health == "healthy" and stats["status"] != "healthy":
             health = f"{stats['status']}: no worker in rotation"
@@ -120,7 +130,7 @@ def make_app(manager: Manager) -> web.Application:
                 "queue": stats["queue"], "balancer": stats["status"], "health": health,
                 "load_error": manager.load_error,
                 "kernel": kernel, "ports": stats.get("ports", []),
-                "requests": sum(w["requests"] for w in workers),
+                "requests": sum(w["requests"] for w in workers if w["kind"] == "http"),
                 "requests_total": manager.requests_total(stats),
                 "reloading": manager.reloading is not None and not manager.reloading.done()}
 
@@ -149,7 +159,7 @@ def make_app(manager: Manager) -> web.Application:
         if not isinstance(workers, int) or isinstance(workers, bool) or not 0 < workers <= 1024:
             raise CommandError("bad-request", "'workers' must be a whole number in 1..1024")
         await asyncio.shield(await manager.command("scale", workers=workers))
-        return {"workers": len(manager.slots)}
+        return {"workers": sum(1 for slot in manager.slots if not slot.websocket)}
 
     async def stop(body: dict[str, Any]) -> Any:
         """Stop the app gracefully (the reply comes first)."""

@@ -137,6 +137,10 @@ class Manager(Replacing, HostsAndTLS):
                 slot = self.new_slot(number)
                 self.slots.append(slot)
                 self.start_worker(slot)
+            for number in range(1, self.plan.websocket_workers + 1):
+                slot = self.new_slot(number, websocket=True)
+                self.slots.append(slot)
+                self.start_worker(slot)
             self._watch_restart_file()
             self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
             stop_watchdog = sd.start_watchdog(self.loop)
@@ -166,10 +170,21 @@ class Manager(Replacing, HostsAndTLS):
         self.balancer = self.supervisor.start_balancer()
 
     def start_worker(self, slot: WorkerSlot) -> Handle:
-        slot.child = self.supervisor.start_worker(slot.id, slot.path)
+        slot.child = self.supervisor.start_worker(slot.id, slot.path, websocket=slot.websocket)
         slot.child.version = self.version
         self.workers.append(slot.child)
         return slot.child
+
+    async def join(self, slot: WorkerSlot) -> None:
+        """The ready worker of `slot` into the balancer's pool (a WebSocket worker with the
+        WebSockets it may hold at once)."""
+        child = slot.child
+        assert child is not None
+        body: dict[str, object] = {"id": child.id, "socket": str(slot.path),
+                                   "version": str(child.version)}
+        if slot.websocket:
+            body.update(kind="websocket", capacity=self.plan.settings.websocket_connections)
+        await self.control("join", body)
 
     # -- event handlers --------------------------------------------------------------------
     async def handle_ready(self, child: Handle | None, _: int) -> None:
@@ -186,14 +201,20 @@ class Manager(Replacing, HostsAndTLS):
             slot = self._slot_of(child)
             if slot is not None:
                 slot.crashes = 0
-                await self.control("join", {"id": child.id, "socket": str(slot.path),
-                                            "version": str(child.version)})
+                await self.join(slot)
         if child.role == "balancer":
             self._balancer_backoff = 0
+        self._announce_ready()
+
+    def _announce_ready(self) -> None:
+        """READY=1 once the balancer and every worker are ready (then never again)."""
         if not self.started and not self.stopping and self._everyone_ready():
             self.started = True
             ports = self.supervisor.ports()
-            log.info("ready: %s with %d workers on %s", self.plan.name, len(self.slots),
+            websockets = len(self.websocket_slots())
+            log.info("ready: %s with %d workers%s on %s", self.plan.name,
+                     len(self.slots) - websockets,
+                     f" and {websockets} WebSocket workers" if websockets else "",
                      ", ".join(ports))
             if ports:
                 scheme, _sep, address = ports[0].partition("://")
@@ -235,6 +256,9 @@ class Manager(Replacing, HostsAndTLS):
         """What follows a worker's exit (not asked for): a restart on its socket, after a
         back-off for a crash; or, when the app on disk cannot load, a vacant position
         (vacate). Exit 4 on a cold start stops the app: nothing has served, nothing would."""
+        if code == ExitCode.NO_WEBSOCKETS and slot.websocket:
+            await self.no_websockets()
+            return
         if code == ExitCode.APP_LOAD_ERROR:
             why = self.load_failed(child)
             if not self.ever_ready:
@@ -251,14 +275,15 @@ class Manager(Replacing, HostsAndTLS):
                               "socket")
             return
         if code == ExitCode.RECYCLE:
-            log.info("worker %s recycled; starting its successor", child.id)
+            log.info("%s %s recycled; starting its successor", slot.role, child.id)
             self.start_worker(slot)
             return
         slot.crashes += 1
         self._count("worker_restarts")
         delay = min(MAX_BACKOFF, 0.1 * 2 ** (slot.crashes - 1))
-        log.warning("worker %s %s; restarting in %.1f s", child.id, exit_text(code), delay)
-        self.loop.call_later(delay, self.post, "respawn", None, slot.number)
+        log.warning("%s %s %s; restarting in %.1f s", slot.role, child.id, exit_text(code),
+                    delay)
+        self.loop.call_later(delay, self.post, "respawn", None, slot)
 
     async def handle_tick(self, _: Handle | None, __: int) -> None:
         """Once a second: kill workers that missed their watchdog, and look at the balancer's
@@ -320,11 +345,10 @@ class Manager(Replacing, HostsAndTLS):
             running.add(child.id)
             ready = child.ready.done() and not child.ready.cancelled()
             if ready and not child.retired and child.id not in in_pool:
-                log.warning("worker %s is ready but not in the balancer's pool: joining it "
-                            "again", child.id)
+                log.warning("%s %s is ready but not in the balancer's pool: joining it "
+                            "again", slot.role, child.id)
                 self._count("pool_rejoins")
-                await self.control("join", {"id": child.id, "socket": str(slot.path),
-                                            "version": str(child.version)})
+                await self.join(slot)
         for worker_id in in_pool - running - self._leaving:
             log.warning("the balancer's pool holds worker %s, which does not run: taking it "
                         "out", worker_id)
@@ -381,11 +405,11 @@ class Manager(Replacing, HostsAndTLS):
             log.debug("%s does not exist (yet): create it to restart by touching %s",
                       path.parent, path.name)
 
-    async def handle_respawn(self, _: Handle | None, number: int) -> None:
-        """Restart the worker of position `number` on its socket after its back-off (or, if
-        the app on disk failed to load meanwhile, leave the position vacant)."""
-        slot = self._slot_numbered(number)
-        if self.stopping or slot is None or slot.child is None:
+    async def handle_respawn(self, _: Handle | None, slot: WorkerSlot) -> None:
+        """Restart the worker of `slot` on its socket after its back-off (or, if the app on
+        disk failed to load meanwhile, leave the position vacant). A position replaced or
+        scaled away meanwhile is no longer in `slots`: nothing to do."""
+        if self.stopping or slot not in self.slots or slot.child is None:
             return
         if self.load_error is not None:
             await self.vacate(slot, f"worker {slot.child.id} is not restarted on its socket: "
@@ -464,20 +488,25 @@ class Manager(Replacing, HostsAndTLS):
         task.add_done_callback(self._counting.discard)
 
     # -- helpers -------------------------------------------------------------------------------
-    def new_slot(self, number: int) -> WorkerSlot:
-        """A fresh socket for worker position `number`: id "N" the first time, "N.K" after."""
+    def new_slot(self, number: int, websocket: bool = False) -> WorkerSlot:
+        """A fresh socket for worker position `number`: id "N" the first time, "N.K" after
+        ("wsN", "wsN.K" for a WebSocket worker's)."""
         self._sockets_made += 1
-        ident = str(number)
+        ident = f"ws{number}" if websocket else str(number)
         if ident in self._ids_used:  # ids are never reused: an old holder may still drain
-            ident = f"{number}.{self._sockets_made}"
+            ident = f"{ident}.{self._sockets_made}"
         self._ids_used.add(ident)
-        return WorkerSlot(number, ident, self.supervisor.worker_socket(ident))
+        return WorkerSlot(number, ident, self.supervisor.worker_socket(ident), websocket)
+
+    def http_slots(self) -> list[WorkerSlot]:
+        """The positions of the workers that serve requests (those `workers` counts)."""
+        return [s for s in self.slots if not s.websocket]
+
+    def websocket_slots(self) -> list[WorkerSlot]:
+        return [s for s in self.slots if s.websocket]
 
     def _slot_of(self, child: Handle) -> WorkerSlot | None:
         return next((s for s in self.slots if s.child is child), None)
-
-    def _slot_numbered(self, number: int) -> WorkerSlot | None:
-        return next((s for s in self.slots if s.number == number), None)
 
     def _everyone_ready(self) -> bool:
         """The balancer and every worker are ready (vacant positions aside, at least one)."""
@@ -499,8 +528,7 @@ class Manager(Replacing, HostsAndTLS):
             return  # it exited before READY: its own exit event restarts it again
         for slot in self.slots:
             if slot.child is not None and slot.child.ready.done():
-                await self.control("join", {"id": slot.child.id, "socket": str(slot.path),
-                                            "version": str(slot.child.version)})
+                await self.join(slot)
 
     async def drain_and_leave(self, worker_id: str) -> None:
         """No new requests for the worker; its request in flight may take graceful_timeout
@@ -532,17 +560,23 @@ class Manager(Replacing, HostsAndTLS):
         return reply
 
     # -- health ---------------------------------------------------------------------------------
-    def ready_workers(self) -> int:
-        return sum(1 for s in self.slots if s.child is not None and s.child.ready.done()
+    def ready_workers(self, slots: list[WorkerSlot] | None = None) -> int:
+        """How many of `slots` (default: the workers serving requests) have a ready worker."""
+        return sum(1 for s in (self.http_slots() if slots is None else slots)
+                   if s.child is not None and s.child.ready.done()
                    and not s.child.ready.cancelled() and not s.child.exited.done())
 
     def health(self) -> str:
         """"healthy", or "degraded: 2/3 workers" and why when known: "…, the app on disk
         fails to load: SyntaxError: invalid syntax (/srv/app/app.py:3)"."""
-        ready, total = self.ready_workers(), len(self.slots)
-        if ready >= total:
+        ready, total = self.ready_workers(), len(self.http_slots())
+        websockets = self.websocket_slots()
+        websockets_ready = self.ready_workers(websockets)
+        if ready >= total and websockets_ready >= len(websockets):
             return "healthy"
         text = f"degraded: {ready}/{total} workers"
+        if websockets_ready < len(websockets):
+            text += f", {websockets_ready}/{len(websockets)} WebSocket workers"
         if self.load_error is not None:
             text += f", the app on disk fails to load: {self.load_error}"
         return text
@@ -554,8 +588,11 @@ class Manager(Replacing, HostsAndTLS):
         requests = self._requests_before + self._requests
         if health != "healthy":
             return f"{health}; v{self.version}, {requests} requests"
-        line = (f"{self.ready_workers()}/{len(self.slots)} workers ready, v{self.version}, "
-                f"{requests} requests")
+        websockets = self.websocket_slots()
+        line = (f"{self.ready_workers()}/{len(self.slots) - len(websockets)} workers ready, "
+                + (f"WebSocket workers {self.ready_workers(websockets)}/{len(websockets)}, "
+                   if websockets else "")
+                + f"v{self.version}, {requests} requests")
         if self.load_error is not None:
             line += (f"; the app on disk fails to load: {self.load_error} (recycling waits "
                      "for a good deploy)")

@@ -108,9 +108,10 @@ class EmbeddedSupervisor:
             sock.close()
         path.unlink(missing_ok=True)
 
-    def start_worker(self, ident: str, socket_path: Path) -> Child:
+    def start_worker(self, ident: str, socket_path: Path, websocket: bool = False) -> Child:
         plan = self.plan
-        args = launch.worker_args(plan.settings, plan.app, ident, handoff=True)
+        args = launch.worker_args(plan.settings, plan.app, ident, handoff=not websocket,
+                                  websocket=websocket)
         argv = [sys.executable, "-m", "ripsvc.worker", *args]
         sockets = [("worker", self.worker_sockets[socket_path])]
         env = {"WATCHDOG_USEC": str(int(plan.watchdog_sec * 1e6))} if plan.watchdog_sec else {}

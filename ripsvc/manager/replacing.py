@@ -50,7 +50,11 @@ class Replacing:
     if TYPE_CHECKING:
         def post(self, kind: str, child: Handle | None, value: Any) -> None: ...
         def start_worker(self, slot: WorkerSlot) -> Handle: ...
-        def new_slot(self, number: int) -> WorkerSlot: ...
+        def new_slot(self, number: int, websocket: bool = False) -> WorkerSlot: ...
+        def http_slots(self) -> list[WorkerSlot]: ...
+        def websocket_slots(self) -> list[WorkerSlot]: ...
+        async def join(self, slot: WorkerSlot) -> None: ...
+        def _announce_ready(self) -> None: ...
         async def worker_gone(self, slot: WorkerSlot, child: Handle, code: int) -> None: ...
         async def control(self, command: str, body: dict[str, object],
                           timeout: float | None = None) -> dict[str, Any] | None: ...
@@ -59,8 +63,7 @@ class Replacing:
         def _count(self, event: str) -> None: ...
         def _children(self) -> list[Handle]: ...
         def _slot_of(self, child: Handle) -> WorkerSlot | None: ...
-        def _slot_numbered(self, number: int) -> WorkerSlot | None: ...
-        def ready_workers(self) -> int: ...
+        def ready_workers(self, slots: list[WorkerSlot] | None = None) -> int: ...
         def health(self) -> str: ...
         def status_line(self) -> str: ...
 
@@ -91,7 +94,9 @@ class Replacing:
         self._count("reloads")
         self.version += 1
         log.info("rolling restart of %d workers to version %d", len(self.slots), self.version)
-        for slot in sorted(self.slots, key=lambda s: s.child is not None):
+        # Vacant positions first; WebSocket workers last (their WebSockets are closed with
+        # 1001 for their clients to reconnect, to the new code by then).
+        for slot in sorted(self.slots, key=lambda s: (s.websocket, s.child is not None)):
             why = await self.replace(slot)
             if why is not None:
                 log.error("rolling restart stopped: %s", why)
@@ -106,8 +111,10 @@ class Replacing:
         old = slot.child
         if old is not None:
             old.retired = True  # its exit from now on is ours to handle
-        fresh, why = await self.start_successor(slot.number)
+        fresh, why = await self.start_successor(slot)
         if fresh is None:
+            if slot not in self.slots:  # a WebSocket position the new code has no use for
+                return None
             if old is not None:
                 old.retired = False
                 if old.exited.done() and not self.stopping:  # it left meanwhile
@@ -124,19 +131,22 @@ class Replacing:
         self.supervisor.release_socket(slot.path)
         return None
 
-    async def start_successor(self, number: int) -> tuple[WorkerSlot | None, str]:
-        """A worker for position `number` on a fresh socket (a new id), READY and joined to
-        the pool: its slot. Or None and why not (its socket released)."""
-        fresh = self.new_slot(number)
+    async def start_successor(self, slot: WorkerSlot) -> tuple[WorkerSlot | None, str]:
+        """A worker for `slot`'s position on a fresh socket (a new id), READY and joined to
+        the pool: its slot. Or None and why not (its socket released). A WebSocket worker
+        whose new code has no WebSockets takes the WebSocket positions away (no_websockets)."""
+        fresh = self.new_slot(slot.number, slot.websocket)
         child = self.start_worker(fresh)
         either: list[asyncio.Future[Any]] = [child.ready, child.exited]
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if child.ready.done() and not child.ready.cancelled():
-            await self.control("join", {"id": child.id, "socket": str(fresh.path),
-                                        "version": str(child.version)})
+            await self.join(fresh)
             return fresh, ""
         self.supervisor.release_socket(fresh.path)
         code = await child.exited
+        if code == ExitCode.NO_WEBSOCKETS and slot.websocket:
+            await self.no_websockets()
+            return None, "the app has no WebSockets"
         if code == ExitCode.APP_LOAD_ERROR:
             return None, f"worker {child.id} cannot load the app: {self.load_failed(child)}"
         return None, f"worker {child.id} {exit_text(code)} before READY"
@@ -222,18 +232,17 @@ class Replacing:
     def _retry_later(self, slot: WorkerSlot, what: str) -> None:
         slot.failed_attempts += 1
         delay = min(LOAD_BACKOFF_MAX, LOAD_BACKOFF * 2 ** (slot.failed_attempts - 1))
-        slot.retry = self.loop.call_later(delay, self.post, "refill", None, slot.number)
+        slot.retry = self.loop.call_later(delay, self.post, "refill", None, slot)
         slot.retry_at = self.loop.time() + delay
-        log.error("%s; degraded: %d/%d workers; the next attempt at position %d in %.0f s",
-                  what, self.ready_workers(), len(self.slots), slot.number, delay)
+        log.error("%s; %s; the next attempt at %sposition %d in %.0f s", what, self.health(),
+                  "WebSocket " if slot.websocket else "", slot.number, delay)
         if self.started:
             sd.notify(f"STATUS={self.status_line()}")
 
-    async def handle_refill(self, _: Handle | None, number: int) -> None:
+    async def handle_refill(self, _: Handle | None, slot: WorkerSlot) -> None:
         """A vacant position's back-off is over: try a successor (refill). During a rolling
         restart nothing is done: the restart fills vacant positions first."""
-        slot = self._slot_numbered(number)
-        if slot is None or slot.child is not None or self.stopping:
+        if slot not in self.slots or slot.child is not None or self.stopping:
             return
         slot.retry = None
         if self.reloading is not None and not self.reloading.done():
@@ -245,7 +254,7 @@ class Replacing:
     async def refill(self, slot: WorkerSlot) -> None:
         """A successor for the vacant `slot`: ready, it takes the position; otherwise the
         position stays vacant until the next attempt, twice as late."""
-        fresh, why = await self.start_successor(slot.number)
+        fresh, why = await self.start_successor(slot)
         if fresh is None:
             if slot in self.slots and slot.child is None and not self.stopping:
                 self._retry_later(slot, why)
@@ -257,20 +266,49 @@ class Replacing:
             self.supervisor.release_socket(fresh.path)
             return
         self.slots[self.slots.index(slot)] = fresh
-        log.info("worker %s took position %d: %s", fresh.id, fresh.number, self.health())
+        log.info("%s %s took position %d: %s", fresh.role, fresh.id, fresh.number,
+                 self.health())
         if self.started:
             sd.notify(f"STATUS={self.status_line()}")
 
+    # -- WebSocket workers -------------------------------------------------------------------------
+    async def no_websockets(self) -> None:
+        """A WebSocket worker found that the app has no WebSockets (a WSGI app: it exited
+        NO_WEBSOCKETS): the WebSocket positions go for this run, and a WebSocket upgrade
+        reaches the app as a plain request, as under gunicorn (balancer/client.py). Workers
+        of older code still holding WebSockets are drained and stopped (their WebSockets are
+        closed with 1001, for their clients to reconnect)."""
+        gone = self.websocket_slots()
+        if not gone:
+            return
+        log.info("the app has no WebSockets (a WSGI app): no WebSocket workers; a WebSocket "
+                 "upgrade reaches the app as a plain request")
+        for slot in gone:
+            self.slots.remove(slot)
+            if slot.retry is not None:
+                slot.retry.cancel()
+        for slot in gone:
+            child = slot.child
+            if child is not None and not child.exited.done():
+                child.retired = True
+                if child.ready.done() and not child.ready.cancelled():
+                    await self.drain_and_leave(child.id)
+                child.terminate()
+            self.supervisor.release_socket(slot.path)
+        self._announce_ready()
+
     # -- scaling -------------------------------------------------------------------------------
     async def scale(self, workers: int) -> None:
-        """Start workers up to `workers`, or drain and stop the highest-numbered ones."""
-        while len(self.slots) < workers:
-            number = max((s.number for s in self.slots), default=0) + 1
+        """Start workers up to `workers`, or drain and stop the highest-numbered ones
+        (WebSocket workers are not counted, nor scaled)."""
+        while len(self.http_slots()) < workers:
+            number = max((s.number for s in self.http_slots()), default=0) + 1
             slot = self.new_slot(number)
             self.slots.append(slot)
             self.start_worker(slot)
-        while len(self.slots) > workers:
-            slot = self.slots.pop()
+        while len(self.http_slots()) > workers:
+            slot = max(self.http_slots(), key=lambda s: s.number)
+            self.slots.remove(slot)
             if slot.retry is not None:
                 slot.retry.cancel()
             child = slot.child

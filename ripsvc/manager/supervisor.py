@@ -50,6 +50,10 @@ class ServePlan:
         return self.settings.workers
 
     @property
+    def websocket_workers(self) -> int:
+        return self.settings.websocket_workers
+
+    @property
     def listen(self) -> list[Bind]:
         return self.settings.binds()
 
@@ -134,9 +138,9 @@ class Supervisor(Protocol):
 
     def release_socket(self, path: Path) -> None: ...
 
-    def start_worker(self, ident: str, socket_path: Path) -> Handle:
+    def start_worker(self, ident: str, socket_path: Path, websocket: bool = False) -> Handle:
         """Start worker `ident` on its socket with the app's command line
-        (launch.worker_args)."""
+        (launch.worker_args); `websocket`: a WebSocket worker."""
 
     async def close(self) -> None:
         """Stop what still runs, release every socket and the runtime directory."""

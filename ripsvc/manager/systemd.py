@@ -376,10 +376,11 @@ class SystemdSupervisor:
         for kind in ("service", "socket"):
             self._remove_dropin(self.dropin_root / f"{unit}.{kind}.d")
 
-    def start_worker(self, ident: str, socket_path: Path) -> UnitHandle:
+    def start_worker(self, ident: str, socket_path: Path, websocket: bool = False) -> UnitHandle:
         # The app made absolute for the unit's working directory; a recycled worker exits and
         # is restarted by systemd (no hand-off); its watchdog is the unit's WatchdogSec=.
-        args = launch.worker_args(self.settings, self.app_arg, ident, handoff=False)
+        args = launch.worker_args(self.settings, self.app_arg, ident, handoff=False,
+                                  websocket=websocket)
         dropins = units.worker_dropins(self.settings, ident, args, {}, self.python,
                                        self.directory, self.plan.watchdog_sec)
         for unit_file, text in dropins.items():

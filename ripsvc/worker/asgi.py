@@ -9,6 +9,7 @@ from urllib.parse import unquote_to_bytes
 
 from ripsvc import logs
 from ripsvc.apploader import AppLoadError
+from ripsvc.worker.errors import ClientDisconnected
 from ripsvc.worker.request import Request, as_bytes
 
 if TYPE_CHECKING:
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
 
 log = logs.get("worker.asgi")
 
-ASGI_INFO = {"version": "3.0", "spec_version": "2.3"}
+#: 2.4: send() raises an OSError once the client has left (ClientDisconnected), and a
+#: framework that knows it (Starlette) streams without watching for http.disconnect.
+ASGI_INFO = {"version": "3.0", "spec_version": "2.4"}
 Message = dict[str, Any]
 
 
@@ -146,6 +149,8 @@ class AsgiHost:
             nonlocal pending_start
             if not isinstance(message, dict):  # narrowed, compiled code reads it as a dict
                 message = dict(message)
+            if conn.gone:
+                raise ClientDisconnected("the client disconnected")
             kind = message["type"]
             if kind == "http.response.body":
                 if pending_start is None:

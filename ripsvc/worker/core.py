@@ -166,7 +166,9 @@ class Worker:
         self.host = await self._start_host()
         if self.watcher is not None:
             self.watcher.snapshot()
-        if self.policy.seconds:
+        if self.policy.seconds and not self.options.websocket:
+            # A WebSocket worker is not recycled by age: its WebSockets would all be cut at
+            # once. It serves no requests to count either; rolling restarts replace it.
             self.loop.call_later(self.policy.seconds, self._age_limit)
         # Installed once the app is loaded (an app's own handler would be replaced anyway):
         # the manager signals only workers that are ready.

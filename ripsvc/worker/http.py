@@ -22,6 +22,7 @@ import httptools
 from ripsvc import logs
 from ripsvc.body import Body
 from ripsvc.http11 import BUSY_HEADER, field_lines, simple_response, status_line
+from ripsvc.worker.errors import ClientDisconnected
 from ripsvc.worker.request import Request, parse_client, parse_server
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class HttpConnection(asyncio.Protocol):
         self.pending: deque[Request | int] = deque()
         self.active: Request | None = None
         self.closing = False
+        self.gone = False  # the peer closed: what the app sends now reaches no one
         self.writable = threading.Event()  # cleared while the transport's buffer is full
         self.writable.set()
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -87,6 +89,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.gone = True
         if self._linger is not None:
             self._linger.cancel()
         self.worker.connections.discard(self)
@@ -266,7 +269,9 @@ class HttpConnection(asyncio.Protocol):
             if worker.watcher is not None:  # module reload: a changed app is re-imported first
                 await worker.before_request()
             await worker.host.handle(request, self)
-            if not self.response_started:
+            if self.gone:
+                pass  # the client left: nothing is missing that it could see
+            elif not self.response_started:
                 log.error("%s %s: the app returned without a response", request.method,
                           request.target.decode("latin-1"))
                 self._write_500()
@@ -274,6 +279,9 @@ class HttpConnection(asyncio.Protocol):
                 log.error("%s %s: the app did not finish its response", request.method,
                           request.target.decode("latin-1"))
                 self.closing = True
+        except ClientDisconnected:
+            log.info("%s %s: the client left mid-response; the app stopped", request.method,
+                     request.target.decode("latin-1"))
         except Exception:
             log.exception("%s %s: the app raised", request.method, request.target.decode("latin-1"))
             if self.response_started:

@@ -59,7 +59,9 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     aio_server = None
     hub = None
     if options.websocket and worker.kind == "wsgi":
-        log.error("the app is a WSGI app: it has no WebSockets to serve")
+        # Expected for every WSGI app (websocket_workers defaults to 1): said, not an error.
+        log.info("the app is a WSGI app: no WebSockets to serve (exit %d)",
+                 ExitCode.NO_WEBSOCKETS)
         sd.notify("STATUS=the app has no WebSockets (WSGI)")
         await worker.host.shutdown()
         return ExitCode.NO_WEBSOCKETS

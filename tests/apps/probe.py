@@ -64,8 +64,9 @@ async def app(scope, receive, send):
     if path == "/secret":
         return await reply(send, b"ok", [*headers, (b"rip-secret", b"1"), (b"rip-worker-x", b"2")])
     if path == "/stream":
+        length = [(b"content-length", query["length"].encode())] if "length" in query else []
         await send({"type": "http.response.start", "status": int(query.get("status", "200")),
-                    "headers": [*headers, (b"x-accel-buffering", b"no")]})
+                    "headers": [*headers, *length, (b"x-accel-buffering", b"no")]})
         for i in range(int(query.get("n", "3"))):
             await send({"type": "http.response.body", "body": b"piece %d\n" % i,
                         "more_body": True})

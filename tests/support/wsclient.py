@@ -7,6 +7,7 @@ import socket
 import ssl
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -88,8 +89,9 @@ class WebSocket:
                     self.sock.sendall(self.ws.send(event.response()))
                 elif isinstance(event, CloseConnection):
                     self.closed = event.code
-                    with contextlib.suppress(OSError):
-                        self.sock.sendall(self.ws.send(event.response()))
+                    if self.ws.state == ConnectionState.REMOTE_CLOSING:  # not at a bare EOF
+                        with contextlib.suppress(OSError):
+                            self.sock.sendall(self.ws.send(event.response()))
         return None
 
     def close(self, code: int = 1000) -> None:
