@@ -105,6 +105,23 @@ def test_a_client_that_closes_is_seen_by_the_app_within_a_second(start_stack, sh
         healed(stack.port, 1, timeout=2)
 
 
+def test_an_app_streaming_to_a_client_that_left_is_stopped_at_its_next_piece(start_stack):
+    """ASGI 2.4 (as uvicorn): once the client has left, the app's next send() raises an
+    OSError, so an app that never reads http.disconnect stops producing its 10-second
+    stream at once, and its worker is back in rotation."""
+    stack = start_stack(workers=1)
+    sock = open_stream(stack.port, "/stream?n=100&ms=100")
+    assert b"piece 0" in sock.recv(65536)
+    sock.close()
+    start = time.monotonic()
+    healed(stack.port, 1, timeout=3)
+    assert time.monotonic() - start < 2
+    worker = stack.workers[0]
+    wait_for(lambda: "the client left mid-response; the app stopped" in worker.output(),
+             timeout=2, what="the worker to log the client's leaving")
+    assert "Traceback" not in worker.output()
+
+
 def test_a_half_closed_client_still_gets_a_slow_answer(start_stack):
     """Half-closing after the request (some HTTP/1.0 tools, and curl with --no-keepalive
     when told so) is not leaving: the answer comes, an interim 100 before it."""
