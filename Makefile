@@ -103,7 +103,8 @@ unit-debian: $(DEBIAN_STAMP) compile
 # without the extensions: compiled and interpreted must behave the same (SPEC §8).
 INTERPRETED := build/interpreted
 ADVERSARIAL := tests/test_compiled.py tests/test_availability.py tests/test_balancer_machine.py \
-	tests/test_fuzz.py
+	tests/test_fuzz.py tests/test_worker_apps.py tests/test_conformance_wsgi.py \
+	tests/test_conformance_asgi.py tests/test_streaming.py
 unit-interpreted: deps
 	rm -rf $(INTERPRETED) && mkdir -p $(INTERPRETED)
 	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \

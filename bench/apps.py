@@ -34,7 +34,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -72,7 +71,7 @@ PACKAGES = ("rip-server", "django", "fastapi", "gunicorn", "uvicorn", "granian",
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-# -- the apps ---------------------------------------------------------------------------------------
+# -- the apps ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class App:
@@ -185,7 +184,7 @@ def app_alone_us(app: App, count: int = 20_000) -> float:
     return float(result.stdout.strip())
 
 
-# -- the stacks -------------------------------------------------------------------------------------
+# -- the stacks -------------------------------------------------------------------------------
 
 def rip_workers(stack: Stack, app: App, workers: int) -> list[Path]:
     sockets = [stack.dir / f"w{n}.sock" for n in range(1, workers + 1)]
@@ -271,7 +270,7 @@ TARGETS = {
 OUTSIDE_APP_TARGET_US = 70.0  # rip's CPU per request outside the Django view
 
 
-# -- measuring --------------------------------------------------------------------------------------
+# -- measuring --------------------------------------------------------------------------------
 
 @dataclass
 class Measured:
