@@ -194,7 +194,7 @@ backend rip
 {servers}
 """
 #: Every rip host: PROXY v2 on requests and checks, readiness checked, the agent asked, at
-#: most as many requests at once as it has workers and twice that.
+#: most 4 requests at once (twice its workers: HAProxy queues the rest).
 SERVER_OPTIONS = ("send-proxy-v2 check check-send-proxy inter {inter} fall 2 rise 2 "
                   "agent-check agent-port {agent_port} agent-inter {inter} weight 100 "
                   "maxconn 4")
