@@ -106,6 +106,17 @@ def _port_or_off(value: Any) -> int:
     return int(text)
 
 
+def _agent_port(value: Any) -> str:
+    """`PORT` (on 127.0.0.1), `HOST:PORT` or `[V6]:PORT` → "HOST:PORT"; 0 or "" → "" (off)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or text in ("", "0"):
+        return ""
+    bind = Bind.parse(f"tcp:{text}" if ":" in text else f"tcp:127.0.0.1:{text}")
+    if bind.host is None or not 0 < bind.port < 65536:
+        raise ValueError(f"{value!r} is not a port (1..65535) or HOST:PORT (0: off)")
+    return f"[{bind.host}]:{bind.port}" if ":" in bind.host else f"{bind.host}:{bind.port}"
+
+
 def _path_or_empty(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a path")
@@ -300,6 +311,18 @@ class Settings:
                                flag="--status-path", kind="path", to="balancer")
     server_path: str = setting("/server", _text, "the balancer's liveness endpoint",
                                flag="--server-path", kind="path", to="balancer")
+    ready_path: str = setting("/ready", _text, "the balancer's readiness endpoint: 200, or "
+                              "503 while the app is draining, stopping or has no worker ready",
+                              flag="--ready-path", kind="path", to="balancer")
+    shutdown_delay: float = setting(0.0, _seconds, "on SIGTERM (systemctl stop), fail "
+                                    "readiness and keep serving this long before the graceful "
+                                    "stop, for a load balancer in front to stop sending "
+                                    "(Kubernetes' preStop pattern)", flag="--shutdown-delay",
+                                    kind="seconds", to="balancer")
+    agent_port: str = setting("0", _agent_port, "answer HAProxy's agent-check on this TCP "
+                              "port (PORT on 127.0.0.1, or HOST:PORT): ready and a weight, "
+                              "drain, or down (0: off)", flag="--agent-port",
+                              kind="[HOST:]PORT", to="balancer")
     access_log: bool = setting(True, _bool, "one log line per request (--no-access-log turns "
                                "it off)", flag="--no-access-log", kind="bool", to="balancer")
     json_logging: bool = setting(False, _bool, "access log lines as JSON",

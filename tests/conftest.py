@@ -152,6 +152,18 @@ SLOW: dict[str, set[str]] = {
     "test_newcomer_ripctl.py": {"*"},
     "test_newcomer_serve.py": {"*"},
     "test_server.py": {"*"},
+    "test_drain.py": {
+        "test_a_restarted_balancer_is_drained_again",
+        "test_drain_for_stops_the_app_and_undrain_calls_it_off",
+        "test_drain_undrain_and_status", "test_shutdown_delay_on_sigterm"},
+    "test_fleet.py": {"*"},
+    "test_readiness.py": {
+        "test_a_second_sigterm_ends_the_shutdown_delay",
+        "test_agent_check_reports_weight_drain_and_down",
+        "test_agent_port_survives_floods_half_sent_and_endless_input",
+        "test_readiness_fails_while_draining_liveness_never_waits",
+        "test_shutdown_delay_fails_readiness_and_serves_before_stopping",
+        "test_time_already_drained_counts_toward_the_shutdown_delay"},
     "test_balancer_dispatch.py": {
         "test_busy_worker_is_retried_on_another",
         "test_hung_worker_gets_504_within_the_timeout_and_is_reported",

@@ -640,12 +640,16 @@ class Client:
             return
         if exchange.method == "GET" or exchange.method == "HEAD":
             path = exchange.target.partition(b"?")[0]
-            status_path, server_path = balancer.local_paths
+            status_path, server_path, ready_path = balancer.local_paths
             if path == status_path:
                 self._answer_status(exchange)
                 return
             if path == server_path:
                 self._answer(exchange, 200, b"ok\n")
+                return
+            if path == ready_path:
+                code, body = balancer.readiness()
+                self._answer(exchange, code, body)
                 return
         if exchange.unknown_host:
             self._answer(exchange, 404, b"404 unknown host\n")

@@ -51,6 +51,11 @@ class BalancerOptions:
     max_header_bytes: int = 64 << 10  # not a setting
     status_path: str = DEFAULTS.status_path
     server_path: str = DEFAULTS.server_path
+    ready_path: str = DEFAULTS.ready_path
+    #: On SIGTERM: readiness fails and requests are served this long before the stop.
+    shutdown_delay: float = DEFAULTS.shutdown_delay
+    #: HAProxy's agent-check on this "HOST:PORT" ("": none).
+    agent_port: str = DEFAULTS.agent_port
     access_log: bool = DEFAULTS.access_log
     json_logging: bool = DEFAULTS.json_logging
     #: Proxies in front whose X-Forwarded-* and X-Request-Id are kept (others' are replaced).
@@ -85,6 +90,7 @@ class BalancerOptions:
             keepalive_timeout=s.keepalive_timeout, send_timeout=s.send_timeout,
             max_stream_duration=s.max_stream_duration,
             max_body=s.max_body, status_path=s.status_path, server_path=s.server_path,
+            ready_path=s.ready_path, shutdown_delay=s.shutdown_delay, agent_port=s.agent_port,
             access_log=s.access_log, json_logging=s.json_logging,
             forwarded_allow_ips=s.forwarded_allow_ips, hosts=s.hosts, hosts_file=hosts_file,
             tls_ports=tls_ports, redirect_ports=redirect_ports, cert=cert, key=key,
