@@ -34,6 +34,7 @@ from ripsvc.balancer.upstream import CONNECTING
 from ripsvc.control import bind_socket
 from ripsvc.exitcodes import ExitCode
 from ripsvc.process import set_priority
+from ripsvc.settings import DEFAULTS
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe, local_port
 
 log = logs.get("balancer")
@@ -236,7 +237,7 @@ class Plan:
     control: str | None = None
     workers: list[StaticWorker] = field(default_factory=list)
     websocket_workers: list[StaticWorker] = field(default_factory=list)
-    graceful_timeout: float = 30.0
+    graceful_timeout: float = DEFAULTS.graceful_timeout
 
 
 def describe_role(sock: socket.socket, options: BalancerOptions) -> str:
