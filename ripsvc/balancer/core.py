@@ -119,6 +119,9 @@ class Balancer:
         #: Why readiness fails while requests are still served ("" when it does not): the
         #: manager drained the app (ripctl drain), or a stop waits out shutdown_delay.
         self.draining = ""
+        #: The manager's word on the app when it is not healthy ("degraded: 2/3 workers, the
+        #: app on disk fails to load: …"), for /status; "" when healthy or never said.
+        self.app_health = ""
         self.draining_since = 0.0  # its clock() time
         self.hsts_header = (b"strict-transport-security: max-age=%d\r\n" % options.hsts_max_age
                             if options.hsts else b"")
@@ -809,7 +812,8 @@ class Balancer:
         out = {s.id: f"{s.reason} (for {time.monotonic() - s.since:.1f} s)"
                for s in pool.slots.values() if s.state == PROBING}
         return {
-            "status": "healthy" if pool.serving else "degraded",
+            "status": "healthy" if pool.serving and not self.app_health else "degraded",
+            **({"health": self.app_health} if self.app_health else {}),
             "app": self.options.app,
             "workers": pool.counts(),
             "queue": {"depth": pool.queued, "max": pool.max_queue},

@@ -329,6 +329,9 @@ class Manager(Replacing, HostsAndTLS, Draining):
             return
         self.count_requests(stats)
         self.reconcile_drain(str(stats.get("draining") or ""))
+        health = self.health()
+        if stats.get("health", "healthy") != health:  # a change, or a restarted balancer
+            self._spawn(self.control("app-health", {"health": health}))
         hung: list[str] = stats.get("hung", [])
         if len(hung) < self._hung_seen:
             self._hung_seen = 0
