@@ -295,6 +295,8 @@ class Manager(Replacing, HostsAndTLS, Draining):
         self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
         if self.stopping:
             return
+        if self.restart_watch is not None:
+            self.restart_watch.recheck()  # a link on its path switched by a deploy
         now = self.loop.time()
         for slot in self.slots:
             child = slot.child
