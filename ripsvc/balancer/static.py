@@ -246,6 +246,8 @@ class StaticFiles:
                 return None if mount.fallback else _error(404, b"Not Found")
             name += mount.index
         request = RequestFields(fields)
+        if method == "HEAD":
+            request.range = b""  # defined for GET only (RFC 9110 §14.2)
         reply = self._variant(mount, name, request, sock)
         if reply is not None:
             return reply
