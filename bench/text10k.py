@@ -1,7 +1,10 @@
-"""A 10 KB text/html response for bench/static.py --compression (ASGI)."""
+"""A 10 KB text/html response for bench/static.py --compression (ASGI): the first 10 KB of
+the project's README, English prose and code as a page would hold (a synthetic page of
+repeated rows would compress to nothing and cost less than a real one)."""
 
-BODY = b"".join(b"<p>row %05d: all work and no play makes Jack a dull boy</p>\n" % i
-                for i in range(200))[:10240]
+from pathlib import Path
+
+BODY = (Path(__file__).resolve().parent.parent / "README.md").read_bytes()[:10240]
 
 
 async def app(scope, receive, send):
