@@ -136,12 +136,19 @@ def test_dotfiles_are_hidden_unless_allowed(start_stack, site):
 def test_symbolic_links_out_of_the_mount_are_refused_unless_allowed(start_stack, site):
     """nginx follows every link unless `disable_symlinks`; rip only those that stay inside."""
     stack = start_stack(workers=1, args=mounts(mount(site), mount(site, "/links/", "symlinks")))
+    # The mount that allows them first: what it served is no precedent for the other.
+    assert fetch(stack.port, "/links/out.txt").body == b"outside the mount\n"
+    assert fetch(stack.port, "/links/outdir/x.txt").body == b"outside too\n"
     assert fetch(stack.port, "/static/in.css").body == CSS  # a link inside the mount
     for target in ("/static/out.txt", "/static/outdir/x.txt"):
         reply = fetch(stack.port, target)
         assert reply.status == 403 and b"outside" not in reply.body
-    assert fetch(stack.port, "/links/out.txt").body == b"outside the mount\n"
-    assert fetch(stack.port, "/links/outdir/x.txt").body == b"outside too\n"
+    # A file served once, then replaced by a link out of the mount: checked again.
+    (site / "swap.txt").write_bytes(b"inside\n")
+    assert fetch(stack.port, "/static/swap.txt").body == b"inside\n"
+    (site / "swap.txt").unlink()
+    os.symlink(site.parent / "secret.txt", site / "swap.txt")
+    assert fetch(stack.port, "/static/swap.txt").status == 403
 
 
 def test_directories_are_never_listed_an_index_is_served(start_stack, site):

@@ -144,6 +144,10 @@ class Mount:
         self.dotfiles = mount.dotfiles
         self.symlinks = mount.symlinks
         self.precompressed = mount.precompressed
+        #: Files served lately, by path: (device, inode, mtime, size, ETag, validator fields,
+        #: type fields). An entry is made once the file passed the symbolic-link check: the
+        #: same device and inode at the same path later are the same file, checked already.
+        self.heads: dict[bytes, tuple[int, int, int, int, bytes, bytes, bytes]] = {}
 
     def _real(self) -> bytes:
         return os.path.realpath(self.root).rstrip(b"/") + b"/"
@@ -176,7 +180,6 @@ class StaticFiles:
 
     def __init__(self, mounts: StaticMounts) -> None:
         self.mounts = [Mount(m) for m in mounts.mounts]
-        self.heads: dict[bytes, tuple[int, int, int, bytes, bytes, bytes]] = {}
         self._date_second = -1
         self._date = b""
 
@@ -308,9 +311,14 @@ class StaticFiles:
                     return _error(301, b"Moved Permanently",
                                   b"location: " + location + b"\r\n")
                 return self._missing(mount, encoding)
-            if not mount.symlinks and not mount.inside(fd):
-                return None if encoding else _error(403, b"Forbidden")
-            reply = self._answer(mount, name, encoding, st, fd, request, sock)
+            cached = mount.heads.get(name)
+            mtime = int(st.st_mtime)
+            if cached is None or cached[1] != st.st_ino or cached[0] != st.st_dev or \
+                    cached[2] != mtime or cached[3] != st.st_size:
+                if not mount.symlinks and not mount.inside(fd):
+                    return None if encoding else _error(403, b"Forbidden")
+                cached = self._head(mount, name, encoding, st)
+            reply = self._answer(st, cached, fd, request, sock)
             if reply.file is not None:
                 fd = -1  # the FileBody has it now
             return reply
@@ -325,15 +333,12 @@ class StaticFiles:
             return None
         return _error(404, b"Not Found")
 
-    def _head(self, mount: Mount, name: bytes, encoding: bytes,
-              st: os.stat_result) -> tuple[bytes, bytes, bytes]:
-        """(ETag, the validator fields every answer with this file has, a 304's too, and its
-        type and coding for the others), cached by path."""
-        cached = self.heads.get(name)
+    @staticmethod
+    def _head(mount: Mount, name: bytes, encoding: bytes,
+              st: os.stat_result) -> tuple[int, int, int, int, bytes, bytes, bytes]:
+        """The ETag and fields of a file (those every answer has, a 304's too, and its type
+        and coding for the others), kept in the mount's cache."""
         mtime = int(st.st_mtime)
-        if cached is not None and cached[0] == st.st_ino and cached[1] == mtime and \
-                cached[2] == st.st_size:
-            return cached[3], cached[4], cached[5]
         etag = b'"%x-%x"' % (mtime, st.st_size)
         validators = b"".join((
             b"last-modified: ", http_date(mtime), b"\r\netag: ", etag, b"\r\n",
@@ -341,14 +346,16 @@ class StaticFiles:
         original = name[:-3] if encoding else name  # NAME.br, NAME.gz: NAME's type
         entity = b"".join((b"content-encoding: " + encoding + b"\r\n" if encoding else b"",
                            b"content-type: ", content_type(original), b"\r\n"))
-        if len(self.heads) >= HEAD_CACHE_SIZE:
-            self.heads.clear()
-        self.heads[name] = (st.st_ino, mtime, st.st_size, etag, validators, entity)
-        return etag, validators, entity
+        heads = mount.heads
+        if len(heads) >= HEAD_CACHE_SIZE:
+            heads.clear()
+        entry = heads[name] = (st.st_dev, st.st_ino, mtime, st.st_size, etag, validators,
+                               entity)
+        return entry
 
-    def _answer(self, mount: Mount, name: bytes, encoding: bytes, st: os.stat_result, fd: int,
-                request: RequestFields, sock: int) -> Reply:
-        etag, validators, entity = self._head(mount, name, encoding, st)
+    def _answer(self, st: os.stat_result, cached: tuple[int, int, int, int, bytes, bytes, bytes],
+                fd: int, request: RequestFields, sock: int) -> Reply:
+        etag, validators, entity = cached[4], cached[5], cached[6]
         size = st.st_size
         if request.not_modified(etag, int(st.st_mtime)):
             return Reply(304, b"".join((status_line(304), self.date(), validators)))
