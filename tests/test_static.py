@@ -363,3 +363,24 @@ def test_a_missing_directory_is_reported_at_start(start_stack, short_tmp):
     stack = start_stack(workers=1, args=mounts(mount(short_tmp / "nowhere")))
     assert "is not a directory" in stack.balancer.wait_output("is not a directory")
     assert fetch(stack.port, "/static/x.css").status == 404
+
+
+def test_rip_server_passes_its_mounts_and_compression_to_its_balancer(site, short_tmp):
+    """The whole way: rip-server's flags → the manager → the balancer's command line."""
+    from tests.support.server import Server
+
+    hello = str(Path(__file__).parent.parent / "examples" / "hello")
+    server = Server(short_tmp, hello, "w:1", "--static",
+                    f"/static/={site};cache-control=public, max-age=60",
+                    "--static", f"/files/={site}/sub;index=index.html", "--compression",
+                    "--compression-min-size", "1")
+    try:
+        server.wait_healthy(1)
+        css = fetch(server.port, "/static/app.css")
+        assert css.body == CSS and css.headers["cache-control"] == "public, max-age=60"
+        assert fetch(server.port, "/files/").body == b"<h1>sub</h1>\n"
+        ping = fetch(server.port, "/ping", headers={"Accept-Encoding": "gzip"})
+        assert ping.headers["content-encoding"] == "gzip"
+        assert gzip.decompress(ping.body).startswith(b"pong")
+    finally:
+        server.close()
