@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_VENV := .venv-debian
 DEBIAN_PACKAGES := python3-aiohttp python3-httptools python3-uvloop python3-systemd \
 	python3-dbus-fast python3-jinja2 python3-pyroute2 python3-cryptography \
-	python3-prometheus-client python3-wsproto python3-venv \
+	python3-prometheus-client python3-wsproto python3-venv python3-brotli \
 	python3-django python3-flask python3-fastapi python3-uvicorn gunicorn
 DEBIAN_STAMP := $(DEBIAN_VENV)/.installed
 PORT ?= 8000

@@ -26,6 +26,8 @@ from typing import Any, Final
 
 from ripsvc import hosts
 from ripsvc.apploader import AppLoadError, parse_spec
+from ripsvc.mounts import KIND as STATIC_KIND
+from ripsvc.mounts import StaticMounts, parse_static
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.sockets import Bind
 from ripsvc.values import Network, parse_networks, parse_nice, parse_seconds, parse_size, typed
@@ -211,6 +213,27 @@ def _networks(value: Any) -> tuple[Network, ...]:
     return parse_networks(",".join(value) if isinstance(value, list) else str(value))
 
 
+#: What compression applies to unless told (compression_types): text, and the formats of text.
+COMPRESSION_TYPES = ("text/*", "application/javascript", "application/json", "application/xml",
+                     "application/*+json", "application/*+xml", "image/svg+xml")
+_TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
+_MEDIA_TYPE = re.compile(rf"^{_TOKEN}/(?:\*|\*\+[a-z0-9.-]+|{_TOKEN})$")
+
+
+def _media_types(value: Any) -> tuple[str, ...]:
+    """Media types, `text/*` for every subtype, `application/*+json` for a suffix."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"{value!r} is not a list of media types")
+    types = tuple(dict.fromkeys(str(item).strip().lower() for item in items
+                                if str(item).strip()))
+    for text in types:
+        if not _MEDIA_TYPE.match(text):
+            raise ValueError(f"{text!r} is not a media type (type/subtype, type/*, "
+                             "type/*+suffix)")
+    return types
+
+
 def setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None,
             token: str | tuple[str, ...] | None = None, kind: str = "", to: str = "",
             arg: str = "") -> Any:
@@ -353,6 +376,27 @@ class Settings:
     metrics_port: int = setting(0, _port_or_off, "serve Prometheus /metrics on "
                                 "127.0.0.1:PORT (0: only on the control socket)",
                                 flag="--metrics-port", kind="port", to="balancer")
+    static: StaticMounts = setting("", parse_static,  # noqa: RUF009 (frozen)
+                                   "URL prefixes the balancer serves from "
+                                   "directories itself, no worker involved: a table PREFIX = "
+                                   "DIR, or PREFIX = { root = DIR, options }; options: "
+                                   "fallback (a missing file goes to the app), index (a "
+                                   "directory's file), cache_control, dotfiles, symlinks (that "
+                                   "lead out of DIR), precompressed (FILE.br and FILE.gz, on); "
+                                   "--static is repeatable", flag="--static",
+                                   kind=STATIC_KIND, to="balancer")
+    compression: bool = setting(False, _bool, "gzip the app's responses of compression_types "
+                                "for clients that accept it (brotli too when the brotli module "
+                                "is installed); see the BREACH note in docs/operations.md",
+                                flag="--compression", kind="bool", to="balancer")
+    compression_types: tuple[str, ...] = setting(COMPRESSION_TYPES, _media_types, "the media "
+                                                 "types compressed (type/*, type/*+suffix)",
+                                                 flag="--compression-types", kind="types",
+                                                 to="balancer")
+    compression_min_size: int = setting("1K", _size, "responses shorter than this are sent "
+                                        "as they are (a streamed one, of unknown length, is "
+                                        "compressed)", flag="--compression-min-size",
+                                        kind="size", to="balancer")
     balancer_nice: int | None = setting("auto", _nice, "the balancer's scheduling priority, "
                                         "-20..19 (auto: -5, above the workers' 0, or 0 when "
                                         "its access log goes to journald; below 0 needs root "
@@ -478,6 +522,12 @@ def _store(values: dict[str, Any], problems: list[str], where: str, name: str,
         return
     if name == "listen" and where == "command line" and "listen" in values:
         value = values["listen"] + value  # several http: tokens add up
+    if name == "static" and where == "command line" and "static" in values:
+        try:
+            value = values["static"].merged(value)  # several --static flags add up
+        except ValueError as exc:
+            problems.append(f"{where}: {name}: {exc}")
+            return
     values[name] = value
 
 

@@ -178,6 +178,12 @@ SLOW: dict[str, set[str]] = {
         "test_new_version_workers_are_preferred",
         "test_sigterm_finishes_requests_in_flight_then_exits", "test_slow_body_gets_408",
         "test_slowloris_gets_408_and_idle_keep_alive_is_closed"},
+    "test_static.py": {
+        "test_a_client_that_stops_reading_a_file_is_disconnected",
+        "test_a_large_file_to_a_slow_client_holds_neither_the_loop_nor_memory",
+        "test_rip_server_passes_its_mounts_and_compression_to_its_balancer"},
+    "test_compression.py": {
+        "test_a_stream_is_compressed_piece_by_piece_and_each_piece_arrives_at_once"},
     "test_balancer_front_door.py": {
         "test_a_malformed_proxy_header_closes_the_connection",
         "test_forwarded_headers_are_replaced_unless_from_a_trusted_proxy"},

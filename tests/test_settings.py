@@ -159,7 +159,9 @@ OTHER_VALUES = {
     "proxy_protocol": "true", "metrics_port": "9100", "balancer_nice": "3",
     "max_stream_duration": "30", "websocket_connections": "50", "websocket_max_message": "1M",
     "websocket_ping": "5", "ready_path": "/readyz", "shutdown_delay": "5",
-    "agent_port": "5555",
+    "agent_port": "5555", "static": "/static/=/srv/static;fallback",
+    "compression": "true", "compression_types": "text/html,application/json",
+    "compression_min_size": "4K",
 }
 PARSERS = {"balancer": lambda: balancer_parser(), "worker": lambda: worker_parser()}
 POSITIONAL = {"balancer": [], "worker": [HELLO]}

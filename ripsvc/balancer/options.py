@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ripsvc.mounts import StaticMounts
 from ripsvc.settings import DEFAULTS, Settings
 from ripsvc.values import Network, parse_networks
 
@@ -75,6 +76,12 @@ class BalancerOptions:
     proxy_protocol: bool = DEFAULTS.proxy_protocol
     metrics_port: int = DEFAULTS.metrics_port
     nice: int | None = DEFAULTS.balancer_nice  # the scheduling priority; None: auto (nice_for)
+    #: URL prefixes served from directories (balancer/static.py).
+    static: StaticMounts = DEFAULTS.static
+    #: The app's responses compressed (balancer/compress.py).
+    compression: bool = DEFAULTS.compression
+    compression_types: tuple[str, ...] = DEFAULTS.compression_types
+    compression_min_size: int = DEFAULTS.compression_min_size
 
     @classmethod
     def from_settings(cls, settings: Settings, *, app: str = "app", hosts_file: str = "",
@@ -95,4 +102,6 @@ class BalancerOptions:
             forwarded_allow_ips=s.forwarded_allow_ips, hosts=s.hosts, hosts_file=hosts_file,
             tls_ports=tls_ports, redirect_ports=redirect_ports, cert=cert, key=key,
             hsts=s.hsts, hsts_max_age=s.hsts_max_age, proxy_protocol=s.proxy_protocol,
-            metrics_port=s.metrics_port, nice=s.balancer_nice)
+            metrics_port=s.metrics_port, nice=s.balancer_nice, static=s.static,
+            compression=s.compression, compression_types=s.compression_types,
+            compression_min_size=s.compression_min_size)
