@@ -157,7 +157,7 @@ def test_it_depends_on_debian_packages_only(deb: Path) -> None:
     assert names <= {"python3", "python3-aiohttp", "python3-cryptography", "python3-dbus-fast",
                      "python3-httptools", "python3-idna", "python3-jinja2",
                      "python3-prometheus-client", "python3-pyroute2", "python3-systemd",
-                     "python3-uvloop", "systemd", "libc6"}, names
+                     "python3-uvloop", "python3-wsproto", "systemd", "libc6"}, names
     assert "python3 (<< 3.12)" in depends and "python3 (>= 3.11~)" in depends, depends
     conffiles = subprocess.run(["dpkg-deb", "-I", str(deb), "conffiles"], check=True,
                                capture_output=True, text=True).stdout.split()

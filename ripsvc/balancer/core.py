@@ -814,6 +814,7 @@ class Balancer:
         return {
             "status": "healthy" if pool.serving and not self.app_health else "degraded",
             **({"health": self.app_health} if self.app_health else {}),
+            "serving": pool.serving,
             "app": self.options.app,
             "workers": pool.counts(),
             "queue": {"depth": pool.queued, "max": pool.max_queue},

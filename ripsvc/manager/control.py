@@ -127,8 +127,10 @@ def make_app(manager: Manager) -> web.Application:
                             "uptime": round(now - child.started, 1), "status": child.status,
                             **({"open": seen.get("open", 0)} if slot.websocket else {})})
         health = manager.health()
-        if health == "healthy" and stats["status"] != "healthy":
-            health = f"{stats['status']}: no worker in rotation"
+        # (the balancer's own "degraded" may still be the manager's last word, told again
+        # within a second: only an empty rotation counts here)
+        if health == "healthy" and not stats.get("serving", True):
+            health = "degraded: no worker in rotation"
         return {"app": manager.plan.name, "version": manager.version, "workers": workers,
                 "queue": stats["queue"], "balancer": stats["status"], "health": health,
                 "load_error": manager.load_error,
