@@ -158,7 +158,7 @@ OTHER_VALUES = {
     "hosts": "shop.example,*.shop.example", "hsts": "true", "hsts_max_age": "600",
     "proxy_protocol": "true", "metrics_port": "9100", "balancer_nice": "3",
     "max_stream_duration": "30", "websocket_connections": "50", "websocket_max_message": "1M",
-    "websocket_ping": "5",
+    "websocket_ping": "5", "max_rss": "512M",
 }
 PARSERS = {"balancer": lambda: balancer_parser(), "worker": lambda: worker_parser()}
 POSITIONAL = {"balancer": [], "worker": [HELLO]}

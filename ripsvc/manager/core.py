@@ -275,7 +275,8 @@ class Manager(Replacing, HostsAndTLS):
                               "socket")
             return
         if code == ExitCode.RECYCLE:
-            log.info("%s %s recycled; starting its successor", slot.role, child.id)
+            log.info("%s %s recycled (%s); starting its successor", slot.role, child.id,
+                     self.count_recycle(child))
             self.start_worker(slot)
             return
         slot.crashes += 1

@@ -19,7 +19,7 @@ from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.slots import WorkerSlot
 from ripsvc.manager.supervisor import Handle, ServePlan, Supervisor
-from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL
+from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL, reason_of
 
 log = logs.get("manager")
 
@@ -166,10 +166,19 @@ class Replacing:
             self._held.discard(child.id)
             self.hold_recycling()
             return
-        log.info("worker %s asks to be recycled: starting its successor first", child.id)
+        log.info("worker %s asks to be recycled: starting its successor first (%s)", child.id,
+                 child.status)
+        self.count_recycle(child)
         task = self.loop.create_task(self.replace(slot))
         self._replacing.add(task)
         task.add_done_callback(self._replaced)
+
+    def count_recycle(self, child: Handle) -> str:
+        """A worker recycles (it asked for a successor, or exited 75): counted in the
+        balancer's metrics by the reason its last STATUS= gives (rip_worker_recycles)."""
+        reason = reason_of(child.status)
+        self._count(f"recycles_{reason}")
+        return reason
 
     def _replaced(self, task: asyncio.Task[str | None]) -> None:
         self._replacing.discard(task)
