@@ -152,6 +152,7 @@ SLOW: dict[str, set[str]] = {
     "test_newcomer_ripctl.py": {"*"},
     "test_newcomer_serve.py": {"*"},
     "test_server.py": {"*"},
+    "test_recycle_memory.py": {"*"},
     "test_balancer_dispatch.py": {
         "test_busy_worker_is_retried_on_another",
         "test_hung_worker_gets_504_within_the_timeout_and_is_reported",

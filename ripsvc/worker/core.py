@@ -168,6 +168,9 @@ class Worker:
         self._rss_next = 0.0  # time.monotonic() of the next read
         self._rss_over = 0  # the resident memory found above max_rss (0: not yet)
         self._rss_timer: asyncio.TimerHandle | None = None  # a read put off (memory_over)
+        # Why it waits for a successor or stops: its STATUS= until it exits (status_line), so
+        # that the supervisor reads the reason last (recycle.reason_of), not "idle".
+        self.leaving = ""
 
     @property
     def kind(self) -> str:
@@ -342,7 +345,8 @@ class Worker:
         log.info("%s: asking for a successor (serving meanwhile, at most %.0f s)", reason,
                  handoff, extra=fields)
         # STATUS= first: the supervisor reads why (recycle.reason_of) when RIP_RECYCLE=1 comes.
-        sd.notify(f"STATUS={reason}; waiting for a successor", "RIP_RECYCLE=1")
+        self.leaving = f"{reason}; waiting for a successor"
+        sd.notify(f"STATUS={self.leaving}", "RIP_RECYCLE=1")
         self._recycle_due = reason
         self._handoff = self.loop.call_later(handoff, self.begin_stop, ExitCode.RECYCLE,
                                              f"{reason}; no successor came")
@@ -359,6 +363,7 @@ class Worker:
             if timer is not None:
                 timer.cancel()
         self._handoff = self._released = None
+        self.leaving = ""  # it no longer waits for a successor
         if pending is not None and self._recycle_due is not None:
             log.warning("%s: held, since the app on disk cannot load; this worker keeps "
                         "serving until the next good deploy", self._recycle_due)
@@ -430,7 +435,8 @@ class Worker:
         for server in self.servers:
             server.close()
         log.info("%s; stopping", reason, extra=fields)
-        sd.notify("STOPPING=1", f"STATUS={reason}; stopping")
+        self.leaving = f"{reason}; stopping"
+        sd.notify("STOPPING=1", f"STATUS={self.leaving}")
         for conn in list(self.connections):
             conn.close_if_idle()
         self.stopping.set()
@@ -438,6 +444,8 @@ class Worker:
             self.drained.set()
 
     def status_line(self) -> str:
+        if self.leaving:
+            return self.leaving
         if self.websockets is not None:
             return (f"{self.options.name} ({self.kind}): {self.websockets.open} WebSockets "
                     f"open, {self.websockets.opened} since start")
