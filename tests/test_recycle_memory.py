@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ripsvc.exitcodes import ExitCode
-from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL, REASONS, reason_of, reason_text
+from ripsvc.recycle import HOLD_SIGNAL, REASONS, RELEASE_SIGNAL, reason_of, reason_text
 from ripsvc.worker.core import RELEASE_SPREAD
 from tests.support.client import UnixHTTPConnection, request
 from tests.support.procs import TEST_APPS
