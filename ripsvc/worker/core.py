@@ -34,8 +34,8 @@ log = logs.get("worker")
 RELEASE_SPREAD = 5.0
 #: With max_rss, the worker's memory is read after a request at most this often (a read costs
 #: about 1 µs, a request about 20 µs of the worker's CPU): a busy worker is measured ten times
-#: a second, a quiet one after each request. A request whose end came too soon after the last
-#: read is measured once the interval is over, by a timer if the worker is idle by then.
+#: a second, a quiet one after each request. A request that ended within the interval after
+#: the last read is measured once the interval is over, by a timer if the worker is idle by then.
 MEMORY_INTERVAL = 0.1
 
 
@@ -165,9 +165,11 @@ class Worker:
         self.max_rss = 0
         self.rss_loaded = 0  # the resident memory right after loading the app
         self._meter: memory.RssMeter | None = None
-        self._rss_next = 0.0  # time.monotonic() of the next read
+        # A read may be done now (the interval since the last one is over), or was put off
+        # (a request ended meanwhile): no clock is read per request (memory_over).
+        self._rss_due = True
+        self._rss_put_off = False
         self._rss_over = 0  # the resident memory found above max_rss (0: not yet)
-        self._rss_timer: asyncio.TimerHandle | None = None  # a read put off (memory_over)
         # Why it waits for a successor or stops: its STATUS= until it exits (status_line), so
         # that the supervisor reads the reason last (recycle.reason_of), not "idle".
         self.leaving = ""
@@ -232,25 +234,31 @@ class Worker:
 
     def memory_over(self) -> bool:
         """Is the worker's resident memory above max_rss? Read at most every MEMORY_INTERVAL
-        seconds; once found above, it stays so (the worker is on its way out). A read that
-        fails turns the check off, said once."""
+        seconds: within the interval the read is put off (a flag, no clock per request) to
+        when it is over (_memory_due). Once found above, it stays so (the worker is on its
+        way out)."""
         if self._rss_over:
             return True
-        now = time.monotonic()
-        if now < self._rss_next:
-            if self._rss_timer is None:  # put off, not skipped: a burst then silence
-                self._rss_timer = self.loop.call_later(self._rss_next - now, self._memory_due)
+        if not self._rss_due:
+            self._rss_put_off = True
             return False
-        self._rss_next = now + MEMORY_INTERVAL
+        return self._read_memory()
+
+    def _read_memory(self) -> bool:
+        """Read the resident memory now; the next read is due MEMORY_INTERVAL later. A read
+        that fails turns the check off, said once."""
         meter = self._meter
         if meter is None:
             return False
+        self._rss_due = self._rss_put_off = False
+        self.loop.call_later(MEMORY_INTERVAL, self._memory_due)
         try:
             rss = meter.read()
         except (OSError, ValueError) as exc:
             log.error("max_rss is off from now on: this worker cannot read its resident "
                       "memory (%s)", exc)
             self.max_rss = 0
+            self._meter = None
             return False
         if rss > self.max_rss:
             self._rss_over = rss
@@ -258,10 +266,12 @@ class Worker:
         return False
 
     def _memory_due(self) -> None:
-        """The read put off by memory_over: done now if the worker is idle (a request in
-        flight is measured when it ends)."""
-        self._rss_timer = None
-        if self.accepting and not self.gate.busy and self.max_rss and self.memory_over():
+        """The interval after a read is over: the next request's end reads again, or, for a
+        request that ended meanwhile, a read now if the worker is idle (one in flight is
+        measured when it ends)."""
+        self._rss_due = True
+        if (self._rss_put_off and self.max_rss and self.accepting and not self.gate.busy
+                and self._read_memory()):
             self._recycle_on_memory()
 
     def _recycle_on_memory(self) -> None:
