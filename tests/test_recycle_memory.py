@@ -15,7 +15,7 @@ from ripsvc.recycle import HOLD_SIGNAL, REASONS, RELEASE_SIGNAL, reason_of, reas
 from ripsvc.worker.core import RELEASE_SPREAD
 from tests.support.client import UnixHTTPConnection, request
 from tests.support.procs import TEST_APPS
-from tests.support.server import Server
+from tests.support.server import Server, ripctl
 from tests.test_availability import healed
 from tests.test_https import ripctl_metrics
 from tests.test_server import Load
@@ -180,6 +180,44 @@ def test_memory_recycling_under_load_fails_no_request_and_is_counted(short_tmp):
         assert counted["memory"] >= 4, counted
         assert counted["requests"] == counted["age"] == counted["reloads"] == 0, counted
         assert "does not apply to a WebSocket worker" in out
+    finally:
+        server.close()
+
+
+def test_a_broken_deploy_holds_memory_recycling_and_a_good_one_resumes_it(short_tmp):
+    """While the app on disk cannot load, a successor would not start: workers above max_rss
+    serve on (held, said once each), none is lost, no request fails; a good deploy replaces
+    them and memory recycling goes on."""
+    app = short_tmp / "hog"
+    app.mkdir()
+    good = (TEST_APPS / "memory_hog.py").read_text()
+    (app / "app.py").write_text(good)
+    server = Server(short_tmp, str(app), "w:2", "r:0,0s,0r", "--max-rss", "64M")
+    held = "is above max_rss 64.0 MiB"
+    try:
+        server.wait_healthy(2)
+        (app / "app.py").write_text(good + "\nthis is not python\n")
+        assert ripctl("reload", server.name, "--wait").returncode == 1
+        load = Load(server.port, threads=2, path="/grow?kb=1024")
+        try:
+            server.wait_output_count(": held, since the app on disk cannot load", 2)
+            time.sleep(1)  # far above the limit by now, still serving
+            during = len(load.results)
+            assert len({body for _, _, body in load.results}) <= 2  # no successor, no loss
+            assert memory_recycles(server.name)["memory"] == 0
+            assert server.output().count(held) == 2  # once each: held, not asked again
+            (app / "app.py").write_text(good)
+            done = ripctl("reload", server.name, "--wait")
+            assert done.returncode == 0, done.stderr
+            deadline = time.monotonic() + 20
+            while memory_recycles(server.name)["memory"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            load.finish()
+        assert load.errors == [] and load.statuses() == {200}, load.errors
+        assert len(load.results) > during
+        assert memory_recycles(server.name)["memory"] >= 1  # the new workers, recycled
+        healed(server.port, 2, path="/pid")
     finally:
         server.close()
 

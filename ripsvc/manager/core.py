@@ -80,6 +80,7 @@ class Manager(Replacing, HostsAndTLS):
         self._requests_before = 0  # answered by earlier balancers of this run
         self._balancer_backoff = 0
         self._replacing: set[asyncio.Task[Any]] = set()
+        self._recycle_after_reload: set[Handle] = set()  # (replacing.handle_recycle_soon)
         self._counting: set[asyncio.Task[Any]] = set()
         self._ids_used: set[str] = set()
         self._leaving: set[str] = set()  # worker ids being drained out of the pool

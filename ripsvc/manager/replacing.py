@@ -46,6 +46,7 @@ class Replacing:
     client: BalancerClient
     _held: set[str]
     _replacing: set[asyncio.Task[Any]]
+    _recycle_after_reload: set[Handle]
 
     if TYPE_CHECKING:
         def post(self, kind: str, child: Handle | None, value: Any) -> None: ...
@@ -81,6 +82,11 @@ class Replacing:
     def _reloaded(self, _: asyncio.Task[str | None]) -> None:
         if not self.stopping:
             sd.notify("READY=1", f"STATUS={self.status_line()}")
+        # Successors of this restart that reached a limit meanwhile: their turn now.
+        for child in self._recycle_after_reload:
+            if not child.exited.done():
+                self.post("recycle_soon", child, 0)
+        self._recycle_after_reload.clear()
 
     async def _rolling_restart(self) -> str | None:
         """Each worker in turn is replaced (see replace), vacant positions first. Returns None
@@ -153,14 +159,19 @@ class Replacing:
 
     async def handle_recycle_soon(self, child: Handle | None, _: int) -> None:
         """A worker reached a recycling limit and waits for a successor (--recycle-handoff):
-        replace it first, so capacity never dips. During a rolling restart it is left alone:
-        the restart replaces it anyway, and its hand-off timeout bounds the wait. While the
-        app on disk cannot load, it is told to hold (it serves until a good deploy)."""
+        replace it first, so capacity never dips. During a rolling restart a worker of an
+        older version is left alone: the restart replaces it anyway, and its hand-off timeout
+        bounds the wait; a successor the restart started (the current version, which it will
+        not replace: one over max_rss at once, say) is replaced once the restart is over.
+        While the app on disk cannot load, it is told to hold (it serves until a good
+        deploy)."""
         assert child is not None
         slot = self._slot_of(child)
         if slot is None or child.retired or self.stopping:
             return  # retired: a rolling restart or another hand-off is replacing it
         if self.reloading is not None and not self.reloading.done():
+            if child.version == self.version:
+                self._recycle_after_reload.add(child)
             return
         if self.load_error is not None:
             self._held.discard(child.id)
