@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 DEBIAN_VENV := .venv-debian
 DEBIAN_PACKAGES := python3-aiohttp python3-httptools python3-uvloop python3-systemd \
 	python3-dbus-fast python3-jinja2 python3-pyroute2 python3-cryptography \
-	python3-prometheus-client python3-wsproto python3-venv \
+	python3-prometheus-client python3-wsproto python3-venv python3-brotli \
 	python3-django python3-flask python3-fastapi python3-uvicorn gunicorn
 DEBIAN_STAMP := $(DEBIAN_VENV)/.installed
 PORT ?= 8000
@@ -103,7 +103,8 @@ unit-debian: $(DEBIAN_STAMP) compile
 # without the extensions: compiled and interpreted must behave the same (SPEC §8).
 INTERPRETED := build/interpreted
 ADVERSARIAL := tests/test_compiled.py tests/test_availability.py tests/test_balancer_machine.py \
-	tests/test_fuzz.py
+	tests/test_fuzz.py tests/test_worker_apps.py tests/test_conformance_wsgi.py \
+	tests/test_conformance_asgi.py tests/test_streaming.py
 unit-interpreted: deps
 	rm -rf $(INTERPRETED) && mkdir -p $(INTERPRETED)
 	tar -c --exclude=./.git --exclude='./.venv*' --exclude=./build --exclude='*.egg-info' \

@@ -68,10 +68,12 @@ class Target:
     minimum: float
 
 
+# Each headline compares the same app on both sides (issue 24): a user replacing nginx +
+# gunicorn keeps their WSGI app (rip-wsgi), one replacing nginx + uvicorn their ASGI app (rip).
 TARGETS = (
-    Target("rip >= 3x nginx -> gunicorn", "rip", "nginx-gunicorn", 3.0),
-    Target("rip >= 3x haproxy -> uvicorn", "rip", "haproxy-uvicorn", 3.0),
-    Target("rip >= 0.8x nginx -> uvicorn", "rip", "nginx-uvicorn", 0.8),
+    Target("rip (WSGI) >= 3x nginx -> gunicorn", "rip-wsgi", "nginx-gunicorn", 3.0),
+    Target("rip (ASGI) >= 1.0x nginx -> uvicorn", "rip", "nginx-uvicorn", 1.0),
+    Target("rip (ASGI) >= 3x haproxy -> uvicorn", "rip", "haproxy-uvicorn", 3.0),
     Target("rip >= 12,000 requests/s", "rip", None, 12_000.0),
     Target("rip /server >= 0.4x nginx static", "rip-server", "nginx-static", 0.4),
     Target("rip HTTPS >= 2x nginx HTTPS -> gunicorn (keep-alive)", "rip-https",
@@ -81,7 +83,7 @@ TARGETS = (
 
 INFO_RATIOS = (("rip-nolog", "rip"),  # without / with the access log
                ("rip", "rip-nice0"),  # the balancer above / at the workers' priority
-               ("rip-wsgi", "nginx-gunicorn"),  # the same WSGI app on both sides
+               ("rip-wsgi", "rip"),  # the WSGI path against the ASGI path, same response
                # HAProxy in front of rip's workers: how far a balancer in C gets with them
                ("haproxy-rip", "nginx-gunicorn"),
                ("haproxy-https-rip", "nginx-https-gunicorn"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -53,7 +54,9 @@ class AppSpec:
     directory: Path
 
     def __str__(self) -> str:
-        return f"{self.module}:{self.attr} (in {self.directory})"
+        real = self.directory.resolve()
+        shown = self.directory if real == self.directory else f"{self.directory} = {real}"
+        return f"{self.module}:{self.attr} (in {shown})"
 
 
 def absolute_spec(text: str, cwd: Path) -> str:
@@ -61,8 +64,15 @@ def absolute_spec(text: str, cwd: Path) -> str:
     For a file that is read elsewhere (/etc/rip/APP.toml) or a process started elsewhere."""
     location, sep, attr = text.rpartition(":") if ":" in text else (text, "", "")
     if location.endswith(".py") or "/" in location or (cwd / location).is_dir():
-        return str((cwd / location).resolve()) + sep + attr
+        return str(_absolute(cwd / location)) + sep + attr
     return text
+
+
+def _absolute(path: Path) -> Path:
+    """`path` made absolute, its symbolic links kept: a deploy that points a link (current →
+    releases/N) elsewhere is followed by each worker started afterwards, and the restart
+    file is looked for where the link points now."""
+    return Path(os.path.abspath(path))
 
 
 def parse_spec(text: str, cwd: Path | None = None) -> AppSpec:
@@ -78,7 +88,7 @@ def parse_spec(text: str, cwd: Path | None = None) -> AppSpec:
     attr = attr or DEFAULT_ATTR
     if not all(part.isidentifier() for part in attr.split(".")):
         raise BadImportString(f"{text!r}: {attr!r} is not an attribute name")
-    path = (cwd / location).resolve()
+    path = _absolute(cwd / location)
     if path.is_dir():
         if not (path / "app.py").is_file():
             raise BadImportString(f"{text!r}: directory {path} has no app.py")
@@ -95,7 +105,7 @@ def parse_spec(text: str, cwd: Path | None = None) -> AppSpec:
         )
     if not all(part.isidentifier() for part in location.split(".")):
         raise BadImportString(f"{text!r}: {location!r} is not a module name")
-    return AppSpec(location, attr, cwd.resolve())
+    return AppSpec(location, attr, _absolute(cwd))
 
 
 def import_app(spec: AppSpec) -> Any:

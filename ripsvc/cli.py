@@ -23,6 +23,7 @@ from ripsvc import logs
 from ripsvc.apploader import parse_spec
 from ripsvc.exitcodes import ExitCode
 from ripsvc.settings import FIELDS, MISSING_APP, Settings, SettingsError, resolve
+from ripsvc.values import parse_seconds, typed
 
 USAGE = ("usage: rip-server APP [w:N|auto|half|2x|3x] [http:PORT] [r:REQUESTS,SECONDSs,RELOADSr]"
          " [--option VALUE …] [--config FILE.toml]\n"
@@ -138,6 +139,15 @@ def ripctl_parser() -> argparse.ArgumentParser:
     scale = commands.add_parser("scale", help="run N workers")
     scale.add_argument("app", nargs="?", help="the app (default: the only one running)")
     scale.add_argument("workers", type=int)
+    drain = commands.add_parser("drain", help="fail the app's readiness (a load balancer in "
+                                "front stops sending) while serving every request that "
+                                "arrives; --for: then stop it")
+    drain.add_argument("app", nargs="?", help="the app (default: the only one running)")
+    drain.add_argument("--for", dest="seconds", type=typed(parse_seconds, "seconds"),
+                       help="stop the app after this long (30, 30s, 500ms)")
+    undrain = commands.add_parser("undrain", help="readiness follows the workers again (and "
+                                  "a stop set by drain --for is called off)")
+    undrain.add_argument("app", nargs="?", help="the app (default: the only one running)")
     stop = commands.add_parser("stop", help="stop the app gracefully")
     stop.add_argument("app", nargs="?", help="the app (default: the only one running)")
     logs_ = commands.add_parser("logs", help="the app's journal entries (every process)")
@@ -244,6 +254,8 @@ def command_main(args: argparse.Namespace, typed: str = "") -> int:
         body = {"wait": args.wait, "tls": args.tls}
     elif command == "scale":
         body = {"workers": args.workers}
+    elif command == "drain":
+        body = {"for": args.seconds}
     elif command == "status":
         body = None
     elif command == "hosts":
@@ -275,6 +287,13 @@ def command_output(args: argparse.Namespace, data: Any) -> str:
                 f" (version {data['version']})")
     if args.command == "scale":
         return f"{args.app}: {data['workers']} workers"
+    if args.command == "drain":
+        return (f"{args.app}: draining: readiness fails, requests are still served; "
+                + ("`ripctl undrain` ends it" if data.get("stops_in") is None
+                   else f"stopping in {data['stops_in']:g} s"))
+    if args.command == "undrain":
+        return (f"{args.app}: undrained: readiness follows the workers again" if data["was"]
+                else f"{args.app}: was not draining (nothing changed)")
     return f"{args.app}: stopping"
 
 
@@ -300,7 +319,9 @@ def format_status(data: dict[str, Any]) -> str:
     total = data.get("requests_total", data["requests"])
     websockets = [w for w in data["workers"] if w.get("kind") == "websocket"]
     open_now = sum(w.get("open", 0) for w in websockets)
-    lines = [f"{data['app']}: {data.get('health', data['balancer'])}, version {data['version']}, "
+    drain = data.get("drain", {})
+    lines = [f"{data['app']}: {data.get('health', data['balancer'])}, "
+             + ("draining, " if drain.get("draining") else "") + f"version {data['version']}, "
              f"{len(data['workers']) - len(websockets)} workers, "
              + (f"{len(websockets)} WebSocket worker{'s' if len(websockets) > 1 else ''} "
                 f"({open_now} open), " if websockets else "")
@@ -308,6 +329,10 @@ def format_status(data: dict[str, Any]) -> str:
              f"({data['requests']} by these workers), queue "
              f"{data['queue']['depth']}/{data['queue']['max']}"
              + (" (rolling restart in progress)" if data["reloading"] else "")]
+    if drain.get("draining"):
+        lines.append(f"  draining for {drain['for']:.0f} s: readiness fails, requests are "
+                     "still served" + ("" if drain.get("stops_in") is None else
+                                       f"; stopping in {drain['stops_in']:.0f} s"))
     if data.get("load_error") and not data.get("health", "").startswith("degraded"):
         lines.append(f"  the app on disk fails to load: {data['load_error']}; the workers serve "
                      "past their recycling limits until a good deploy")

@@ -27,6 +27,8 @@ from typing import Any, Final
 
 from ripsvc import hosts
 from ripsvc.apploader import AppLoadError, parse_spec
+from ripsvc.mounts import KIND as STATIC_KIND
+from ripsvc.mounts import StaticMounts, parse_static
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.sockets import Bind
 from ripsvc.values import (
@@ -113,6 +115,17 @@ def _port_or_off(value: Any) -> int:
     if isinstance(value, bool) or not text.isdigit() or not 0 <= int(text) < 65536:
         raise ValueError(f"{value!r} is not a port (1..65535, 0: off)")
     return int(text)
+
+
+def _agent_port(value: Any) -> str:
+    """`PORT` (on 127.0.0.1), `HOST:PORT` or `[V6]:PORT` → "HOST:PORT"; 0 or "" → "" (off)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or text in ("", "0"):
+        return ""
+    bind = Bind.parse(f"tcp:{text}" if ":" in text else f"tcp:127.0.0.1:{text}")
+    if bind.host is None or not 0 < bind.port < 65536:
+        raise ValueError(f"{value!r} is not a port (1..65535) or HOST:PORT (0: off)")
+    return f"[{bind.host}]:{bind.port}" if ":" in bind.host else f"{bind.host}:{bind.port}"
 
 
 def _path_or_empty(value: Any) -> str:
@@ -221,6 +234,27 @@ def _networks(value: Any) -> tuple[Network, ...]:
     return parse_networks(",".join(value) if isinstance(value, list) else str(value))
 
 
+#: What compression applies to unless told (compression_types): text, and the formats of text.
+COMPRESSION_TYPES = ("text/*", "application/javascript", "application/json", "application/xml",
+                     "application/*+json", "application/*+xml", "image/svg+xml")
+_TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
+_MEDIA_TYPE = re.compile(rf"^{_TOKEN}/(?:\*|\*\+[a-z0-9.-]+|{_TOKEN})$")
+
+
+def _media_types(value: Any) -> tuple[str, ...]:
+    """Media types, `text/*` for every subtype, `application/*+json` for a suffix."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"{value!r} is not a list of media types")
+    types = tuple(dict.fromkeys(str(item).strip().lower() for item in items
+                                if str(item).strip()))
+    for text in types:
+        if not _MEDIA_TYPE.match(text):
+            raise ValueError(f"{text!r} is not a media type (type/subtype, type/*, "
+                             "type/*+suffix)")
+    return types
+
+
 def setting(default: Any, parse: Callable[[Any], Any], help: str, *, flag: str | None = None,
             token: str | tuple[str, ...] | None = None, kind: str = "", to: str = "",
             arg: str = "") -> Any:
@@ -325,6 +359,18 @@ class Settings:
                                flag="--status-path", kind="path", to="balancer")
     server_path: str = setting("/server", _text, "the balancer's liveness endpoint",
                                flag="--server-path", kind="path", to="balancer")
+    ready_path: str = setting("/ready", _text, "the balancer's readiness endpoint: 200, or "
+                              "503 while the app is draining, stopping or has no worker ready",
+                              flag="--ready-path", kind="path", to="balancer")
+    shutdown_delay: float = setting(0.0, _seconds, "on SIGTERM (systemctl stop), fail "
+                                    "readiness and keep serving this long before the graceful "
+                                    "stop, for a load balancer in front to stop sending "
+                                    "(Kubernetes' preStop pattern)", flag="--shutdown-delay",
+                                    kind="seconds", to="balancer")
+    agent_port: str = setting("0", _agent_port, "answer HAProxy's agent-check on this TCP "
+                              "port (PORT on 127.0.0.1, or HOST:PORT): ready and a weight, "
+                              "drain, or down (0: off)", flag="--agent-port",
+                              kind="[HOST:]PORT", to="balancer")
     access_log: bool = setting(True, _bool, "one log line per request (--no-access-log turns "
                                "it off)", flag="--no-access-log", kind="bool", to="balancer")
     json_logging: bool = setting(False, _bool, "access log lines as JSON",
@@ -355,6 +401,27 @@ class Settings:
     metrics_port: int = setting(0, _port_or_off, "serve Prometheus /metrics on "
                                 "127.0.0.1:PORT (0: only on the control socket)",
                                 flag="--metrics-port", kind="port", to="balancer")
+    static: StaticMounts = setting("", parse_static,  # noqa: RUF009 (frozen)
+                                   "URL prefixes the balancer serves from "
+                                   "directories itself, no worker involved: a table PREFIX = "
+                                   "DIR, or PREFIX = { root = DIR, options }; options: "
+                                   "fallback (a missing file goes to the app), index (a "
+                                   "directory's file), cache_control, dotfiles, symlinks (that "
+                                   "lead out of DIR), precompressed (FILE.br and FILE.gz, on); "
+                                   "--static is repeatable", flag="--static",
+                                   kind=STATIC_KIND, to="balancer")
+    compression: bool = setting(False, _bool, "gzip the app's responses of compression_types "
+                                "for clients that accept it (brotli too when the brotli module "
+                                "is installed); see the BREACH note in docs/operations.md",
+                                flag="--compression", kind="bool", to="balancer")
+    compression_types: tuple[str, ...] = setting(COMPRESSION_TYPES, _media_types, "the media "
+                                                 "types compressed (type/*, type/*+suffix)",
+                                                 flag="--compression-types", kind="types",
+                                                 to="balancer")
+    compression_min_size: int = setting("1K", _size, "responses shorter than this are sent "
+                                        "as they are (a streamed one, of unknown length, is "
+                                        "compressed)", flag="--compression-min-size",
+                                        kind="size", to="balancer")
     balancer_nice: int | None = setting("auto", _nice, "the balancer's scheduling priority, "
                                         "-20..19 (auto: -5, above the workers' 0, or 0 when "
                                         "its access log goes to journald; below 0 needs root "
@@ -488,6 +555,12 @@ def _store(values: dict[str, Any], problems: list[str], where: str, name: str,
         return
     if name == "listen" and where == "command line" and "listen" in values:
         value = values["listen"] + value  # several http: tokens add up
+    if name == "static" and where == "command line" and "static" in values:
+        try:
+            value = values["static"].merged(value)  # several --static flags add up
+        except ValueError as exc:
+            problems.append(f"{where}: {name}: {exc}")
+            return
     values[name] = value
 
 

@@ -135,13 +135,23 @@ def app_units(settings: Settings, source: Path, python: str) -> dict[str, str]:
         f"rip-balancer@{name}.socket": render(
             "app-balancer.socket.j2", listen=[listen_stream(b) for b in settings.binds()],
             **common),
-        f"rip@{name}.service.d/{DROPIN}": render("app-manager.conf.j2", **common),
+        f"rip@{name}.service.d/{DROPIN}": render(
+            "app-manager.conf.j2", stop_timeout=_manager_stop_timeout(settings), **common),
         f"rip-balancer@{name}.service.d/{DROPIN}": render(
             "app-balancer.conf.j2", args=balancer_args,
             # The units' balancer logs to journald: its access log too, unless turned off.
             nice=nice_for(settings.balancer_nice, settings.access_log),
-            stop_timeout=f"{settings.graceful_timeout + 10:g}s", **common),
+            # A stop may first wait out shutdown_delay, serving.
+            stop_timeout=f"{settings.shutdown_delay + settings.graceful_timeout + 10:g}s",
+            **common),
     }
+
+
+def _manager_stop_timeout(settings: Settings) -> str:
+    """rip@.service's TimeoutStopSec= (120 s), unless the balancer's shutdown_delay and
+    graceful_timeout, then the workers' stop, may take longer."""
+    needed = settings.shutdown_delay + 2 * settings.graceful_timeout + 20
+    return "" if needed <= 120 else f"{needed:g}s"
 
 
 # -- per worker instance (the manager) -------------------------------------------------------

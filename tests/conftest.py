@@ -153,6 +153,18 @@ SLOW: dict[str, set[str]] = {
     "test_newcomer_serve.py": {"*"},
     "test_server.py": {"*"},
     "test_recycle_memory.py": {"*"},
+    "test_drain.py": {
+        "test_a_restarted_balancer_is_drained_again",
+        "test_drain_for_stops_the_app_and_undrain_calls_it_off",
+        "test_drain_undrain_and_status", "test_shutdown_delay_on_sigterm"},
+    "test_fleet.py": {"*"},
+    "test_readiness.py": {
+        "test_a_second_sigterm_ends_the_shutdown_delay",
+        "test_agent_check_reports_weight_drain_and_down",
+        "test_agent_port_survives_floods_half_sent_and_endless_input",
+        "test_readiness_fails_while_draining_liveness_never_waits",
+        "test_shutdown_delay_fails_readiness_and_serves_before_stopping",
+        "test_time_already_drained_counts_toward_the_shutdown_delay"},
     "test_balancer_dispatch.py": {
         "test_busy_worker_is_retried_on_another",
         "test_hung_worker_gets_504_within_the_timeout_and_is_reported",
@@ -167,6 +179,12 @@ SLOW: dict[str, set[str]] = {
         "test_new_version_workers_are_preferred",
         "test_sigterm_finishes_requests_in_flight_then_exits", "test_slow_body_gets_408",
         "test_slowloris_gets_408_and_idle_keep_alive_is_closed"},
+    "test_static.py": {
+        "test_a_client_that_stops_reading_a_file_is_disconnected",
+        "test_a_large_file_to_a_slow_client_holds_neither_the_loop_nor_memory",
+        "test_rip_server_passes_its_mounts_and_compression_to_its_balancer"},
+    "test_compression.py": {
+        "test_a_stream_is_compressed_piece_by_piece_and_each_piece_arrives_at_once"},
     "test_balancer_front_door.py": {
         "test_a_malformed_proxy_header_closes_the_connection",
         "test_forwarded_headers_are_replaced_unless_from_a_trusted_proxy"},

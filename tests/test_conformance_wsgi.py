@@ -81,8 +81,12 @@ RESPONSES = {
                       b"connection: close\r\n\r\ntuple\n",
     "/list-headers": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ncontent-length: 5\r\n"
                      b"connection: close\r\n\r\nlist\n",
-    "/bytes-like": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-                   b"4\r\none \r\n4\r\ntwo\n\r\n0\r\n\r\n",
+    # An iterator over a list is a body in memory too (Django's HttpResponse is one).
+    "/bytes-like": b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\n"
+                   b"one two\n",
+    # The app runs on the worker's loop thread, which it must not see running (worker/wsgi.py).
+    "/asyncio": b"HTTP/1.1 200 OK\r\ncontent-length: 26\r\nconnection: close\r\n\r\n"
+                b"asyncio.run async_to_sync\n",
     "/bytes-like-list": b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\n"
                         b"one two\n",
     "/write": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"

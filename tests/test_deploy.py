@@ -92,6 +92,14 @@ def test_a_broken_deploy_with_recycles_and_kills_keeps_serving_degraded(short_tm
         assert "requests since start" in human and "vacant" in human
         line = json.loads(fetch(server.port, "/status").body)
         assert line["workers"]["ready"] + line["workers"]["busy"] == 1
+        # /status says it too, within the manager's next look at the pool (a second)
+        deadline = time.monotonic() + 5
+        while "fails to load" not in line.get("health", ""):
+            assert time.monotonic() < deadline, line
+            time.sleep(0.1)
+            line = json.loads(fetch(server.port, "/status").body)
+        assert line["status"] == "degraded"
+        assert line["health"].startswith("degraded: 1/3 workers, the app on disk fails to load")
 
         # One log line per attempt, each later than the one before (1 s, 2 s, 4 s …).
         out = server.output()
@@ -108,6 +116,10 @@ def test_a_broken_deploy_with_recycles_and_kills_keeps_serving_degraded(short_tm
         assert done.returncode == 0, done.stderr
         server.wait_healthy(3)
         assert status(server)["health"] == "healthy"
+        deadline = time.monotonic() + 5
+        while "health" in json.loads(fetch(server.port, "/status").body):
+            assert time.monotonic() < deadline, "/status still says degraded"
+            time.sleep(0.1)
         assert {fetch(server.port, "/").body for _ in range(9)} == {b"v2"}
     finally:
         server.close()

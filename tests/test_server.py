@@ -308,6 +308,37 @@ def test_touching_the_restart_file_rolls_the_workers(short_tmp):
         server.close()
 
 
+def test_a_deploy_that_switches_a_link_and_touches_the_restart_file_is_served(short_tmp):
+    """Capistrano's way: releases/N, `current` pointing at the newest, the app given as
+    current/app.py. The switch (an atomic rename of a new link) and a touch of
+    current/tmp/restart.txt right after roll the workers onto the new release, whose own
+    tmp/ the watch follows."""
+    releases = short_tmp / "releases"
+    releases.mkdir()
+    for version in ("v1", "v2"):
+        app = versioned_app(releases)
+        app.rename(releases / version)
+        (releases / version / "VERSION").write_text(version)
+        (releases / version / "tmp").mkdir()
+    current = short_tmp / "current"
+    current.symlink_to(releases / "v1")
+    server = Server(short_tmp, str(current / "app.py"), "w:2")
+    try:
+        server.wait_healthy(2)
+        server.wait_output(f"touch {current}/tmp/restart.txt for a rolling restart")
+        assert fetch(server.port, "/").body == b"v1"
+        switching = short_tmp / "current.new"
+        switching.symlink_to(releases / "v2")
+        switching.rename(current)
+        (current / "tmp" / "restart.txt").touch()
+        server.wait_output_count("rolling restart done", 1)
+        assert fetch(server.port, "/").body == b"v2"
+        (current / "tmp" / "restart.txt").touch()  # the new release's tmp/ is watched now
+        server.wait_output_count("rolling restart done", 2)
+    finally:
+        server.close()
+
+
 def test_a_worker_that_stalls_its_loop_is_killed_and_replaced(short_tmp):
     from tests.support.procs import TEST_APPS
 

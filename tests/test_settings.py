@@ -189,7 +189,10 @@ OTHER_VALUES = {
     "hosts": "shop.example,*.shop.example", "hsts": "true", "hsts_max_age": "600",
     "proxy_protocol": "true", "metrics_port": "9100", "balancer_nice": "3",
     "max_stream_duration": "30", "websocket_connections": "50", "websocket_max_message": "1M",
-    "websocket_ping": "5", "max_rss": "512M",
+    "websocket_ping": "5", "ready_path": "/readyz", "shutdown_delay": "5",
+    "agent_port": "5555", "static": "/static/=/srv/static;fallback",
+    "compression": "true", "compression_types": "text/html,application/json",
+    "compression_min_size": "4K", "max_rss": "512M",
 }
 PARSERS = {"balancer": lambda: balancer_parser(), "worker": lambda: worker_parser()}
 POSITIONAL = {"balancer": [], "worker": [HELLO]}
@@ -305,3 +308,17 @@ def test_run_rip_paths_only_from_paths_py() -> None:
                   for number, line in enumerate(template.read_text().splitlines(), 1)
                   if "/run/rip" in line and not line.startswith("#")]
     assert found == []
+
+
+def test_agent_port_is_loopback_unless_an_address_is_given():
+    def agent(value: str) -> str:
+        return st.resolve([HELLO, "--agent-port", value], env={}).agent_port
+
+    assert st.DEFAULTS.agent_port == ""  # off
+    assert agent("5555") == "127.0.0.1:5555"
+    assert agent("0.0.0.0:5555") == "0.0.0.0:5555"
+    assert agent("[::1]:5555") == "[::1]:5555"
+    assert agent("0") == ""
+    for bad in ("70000", "host:", "five"):
+        with pytest.raises(st.SettingsError, match="agent_port"):
+            agent(bad)

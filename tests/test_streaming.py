@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import zlib
 
 from tests.support.client import control, fetch, read_responses
 from tests.support.waiting import wait_for
@@ -68,6 +69,22 @@ def test_max_stream_duration_ends_a_chunked_stream_and_cuts_a_declared_one(start
     _, stats = control(stack.control, "stats")
     assert stats["data"]["counters"]["streams_ended"] == 2
     assert stats["data"]["counters"].get("hung", 0) == 0
+
+
+def test_a_compressed_stream_ended_at_max_stream_duration_is_whole_gzip(start_stack):
+    """With compression on, the ended stream's gzip is finished (its last block and trailer
+    before the last chunk): the client decompresses every event it got."""
+    stack = start_stack(workers=1, args=("--max-stream-duration", "1", "--compression"))
+    sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    sock.sendall(b"GET /sse?n=100&ms=100 HTTP/1.1\r\nHost: localhost\r\n"
+                 b"Accept-Encoding: gzip\r\n\r\n")
+    with sock:
+        replies = read_responses(sock, ["GET"], timeout=10)
+    assert replies[0].complete and replies[0].header("content-encoding") == "gzip"
+    inflate = zlib.decompressobj(wbits=31)
+    events = inflate.decompress(replies[0].body)
+    assert inflate.eof and 5 <= events.count(b"data: event") < 30
+    healed(stack.port, 1)
 
 
 def test_a_slow_reader_of_a_stream_holds_no_worker(start_stack):

@@ -88,3 +88,23 @@ def test_the_worker_units_get_the_memory_limits(settings: list[str], lines: list
     service = dropins[f"rip-worker@{resolved.name}:1.service"]
     assert [line for line in service.splitlines() if line.startswith("Memory")] == lines
     assert "Memory" not in dropins[f"rip-worker@{resolved.name}:1.socket"]
+
+
+@pytest.mark.parametrize("settings, balancer, manager", [
+    ([], "40s", None),  # rip@.service's own 120 s holds
+    (["--shutdown-delay", "15"], "55s", None),
+    (["--shutdown-delay", "60", "--graceful-timeout", "30"], "100s", "140s"),
+])
+def test_stop_timeouts_make_room_for_the_shutdown_delay(settings: list[str], balancer: str,
+                                                        manager: str | None) -> None:
+    """systemd must not kill a balancer that waits out shutdown_delay, nor the manager that
+    waits for it and then for the workers."""
+    resolved = st.resolve([str(EXAMPLES / "hello"), *settings], env={})
+    found = units.app_units(resolved, Path("/etc/rip/hello.toml"), sys.executable)
+    assert f"\nTimeoutStopSec={balancer}\n" in \
+        found[f"rip-balancer@{resolved.name}.service.d/{units.DROPIN}"]
+    dropin = found[f"rip@{resolved.name}.service.d/{units.DROPIN}"]
+    if manager is None:
+        assert "TimeoutStopSec" not in dropin
+    else:
+        assert dropin.endswith(f"\nTimeoutStopSec={manager}\n"), dropin

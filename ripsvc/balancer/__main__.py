@@ -13,6 +13,7 @@ import logging
 from ripsvc import __version__, logs, settings
 from ripsvc.balancer.options import BalancerOptions
 from ripsvc.balancer.server import Plan, StaticWorker, run
+from ripsvc.balancer.static import StaticFiles
 from ripsvc.process import run_and_exit
 from ripsvc.sockets import Bind
 from ripsvc.values import typed
@@ -69,7 +70,11 @@ def plan_from(args: argparse.Namespace) -> Plan:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logs.setup("balancer", level=getattr(logging, args.log_level.upper()), APP=args.app)
-    run_and_exit("balancer", run(plan_from(args)))
+    plan = plan_from(args)
+    static = StaticFiles.of(plan.options)
+    if static is not None:
+        static.check()  # a mount that cannot serve is said at the start
+    run_and_exit("balancer", run(plan))
 
 
 if __name__ == "__main__":

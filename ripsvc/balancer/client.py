@@ -36,8 +36,11 @@ import httptools
 
 from ripsvc import logs
 from ripsvc.balancer import proxyproto
+from ripsvc.balancer.compress import Compression
 from ripsvc.balancer.exchange import DONE, FLUSHING, PIPELINED, STREAMING, WAITING, Exchange
+from ripsvc.balancer.static import Mount, Reply, StaticFiles, socket_of
 from ripsvc.balancer.tunnel import CLOSED as TUNNEL_CLOSED
+from ripsvc.balancer.upstream import header_fields
 from ripsvc.body import Body, Spool
 from ripsvc.http11 import NO_CALLBACKS, simple_response, status_line
 
@@ -131,6 +134,9 @@ class Client:
         self.redirect_port = redirect_port
         #: Headers added to every response on this listener (HSTS on HTTPS).
         self.extra = balancer.hsts_header if scheme == b"https" else b""
+        #: Static mounts and compression (None: not configured, nothing done per request).
+        self.static = StaticFiles.of(self.options)
+        self.compression = Compression.of(self.options)
         # per connection
         self.state = IDLE
         self.since = self.clock()  # when the state's clock started (idle, head, body, linger)
@@ -152,6 +158,7 @@ class Client:
         self._eof_probes = 0  # interim responses written since the client's EOF
         self.tunnel: Tunnel | None = None  # a WebSocket's way to its worker (TUNNEL)
         self._early = b""  # bytes after a WebSocket's upgrade request, before its answer
+        self._sendfile = -2  # the socket's descriptor for sendfile (-1: TLS; -2: not known yet)
         # per request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -466,7 +473,13 @@ class Client:
         local = ((method == "GET" or method == "HEAD") and not self.trusted
                  and self._url.partition(b"?")[0] in self.balancer.local_paths)
         websocket = self._websocket(method) if self._upgrade else 0
-        head = b"" if local else self._upstream_head(method, websocket == 1)
+        mount: Mount | None = None
+        static = self.static
+        if static is not None and not local and not self._upgrade:
+            mount = static.match(self._url)
+        # A mount that does not fall back never needs the worker's request.
+        head = b"" if local or (mount is not None and not mount.fallback) else \
+            self._upstream_head(method, websocket == 1)
         keep_alive = parser.should_keep_alive()
         # HTTP/1.0 matters only to a keep-alive request that says so (its response must say
         # so too) and to one without Host: the version is asked for only then.
@@ -476,6 +489,12 @@ class Client:
                             self._request_id or new_request_id(), self.since)
         exchange.host = host
         exchange.http10 = http10
+        if mount is not None:
+            exchange.mount = mount
+            exchange.fields = self._headers
+        compression = self.compression
+        if compression is not None and not http10:
+            exchange.accept = compression.accepts(self._headers)
         # A keep-alive client repeats its Host: one comparison, while the registry is as it was.
         hosts = self.balancer.hosts
         if host != self._allowed_host or hosts.generation != self._allowed_generation:
@@ -640,18 +659,25 @@ class Client:
             return
         if exchange.method == "GET" or exchange.method == "HEAD":
             path = exchange.target.partition(b"?")[0]
-            status_path, server_path = balancer.local_paths
+            status_path, server_path, ready_path = balancer.local_paths
             if path == status_path:
                 self._answer_status(exchange)
                 return
             if path == server_path:
                 self._answer(exchange, 200, b"ok\n")
                 return
+            if path == ready_path:
+                code, body = balancer.readiness()
+                self._answer(exchange, code, body)
+                return
         if exchange.unknown_host:
             self._answer(exchange, 404, b"404 unknown host\n")
             return
         if self.redirect_port:
             self._redirect(exchange)
+            return
+        mount = exchange.mount
+        if mount is not None and self._serve_static(exchange, mount):
             return
         # The request id goes in last: it is only known now that the request is complete.
         # X-Request-Start (microseconds since the epoch, as APM agents read it: New Relic,
@@ -732,11 +758,17 @@ class Client:
         exchange.status = status
         out = self._out
         if fields is None:  # one Content-Length frames the body, which passes as it comes
-            out += (head, b"x-request-id: ", exchange.request_id.encode(), b"\r\n", self.extra,
-                    self._connection_field(exchange), b"\r\n")
-            return
+            if not exchange.accept:
+                out += (head, b"x-request-id: ", exchange.request_id.encode(), b"\r\n",
+                        self.extra, self._connection_field(exchange), b"\r\n")
+                return
+            # To be compressed, perhaps: its Content-Length would change.
+            fields = header_fields(head.split(b"\r\n")[1:-1]) or []
         head_only = exchange.head_only or status in (204, 304) or status < 200
         exchange.head_only = head_only
+        compression = self.compression
+        if exchange.accept and not head_only and compression is not None:
+            exchange.encoder, fields = compression.negotiate(exchange.accept, status, fields)
         out.append(status_line(status))
         lengths: list[bytes] = []
         chunked = False
@@ -764,6 +796,11 @@ class Client:
     def response_body(self, exchange: Exchange, chunk: bytes) -> None:
         if exchange.head_only or not chunk:
             return
+        encoder = exchange.encoder
+        if encoder is not None:  # compressed and flushed piece by piece: streams go on
+            chunk = encoder.compress(chunk)
+            if not chunk:
+                return
         exchange.sent += len(chunk)
         if exchange.chunked:
             self._out += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
@@ -772,6 +809,12 @@ class Client:
 
     def response_end(self, exchange: Exchange) -> None:
         """The worker's response is complete (the exchange is FLUSHING)."""
+        encoder = exchange.encoder
+        if encoder is not None:
+            exchange.encoder = None
+            tail = encoder.finish()
+            exchange.sent += len(tail)
+            self._out += (b"%x\r\n" % len(tail), tail, b"\r\n") if exchange.chunked else (tail,)
         if exchange.chunked:
             self._out.append(b"0\r\n\r\n")
         self.flush()
@@ -811,6 +854,9 @@ class Client:
 
     def _pump(self, exchange: Exchange) -> None:
         """The client reads again: what was spooled goes out, as much as it takes."""
+        if exchange.file is not None:
+            self.send_file(exchange)
+            return
         spool = exchange.spool
         while spool is not None and spool.size and self.writable and self.state != CLOSED:
             try:
@@ -822,6 +868,66 @@ class Client:
                 return
             self.transport.write(data)
         if exchange.state == FLUSHING and (spool is None or not spool.size):
+            self._finish(exchange)
+
+    # -- static files (static.py) ----------------------------------------------------------
+    def _serve_static(self, exchange: Exchange, mount: Mount) -> bool:
+        """Answer a request under a static mount; False: it is the app's (fallback)."""
+        static = self.static
+        fields = exchange.fields
+        if static is None or fields is None:
+            return False
+        exchange.fields = None
+        sock = self._sendfile
+        if sock == -2:
+            sock = self._sendfile = socket_of(self.transport) if self.scheme == b"http" else -1
+        try:
+            reply = static.serve(mount, exchange.method, exchange.target, fields, sock)
+        except OSError as exc:  # the file could not be read
+            log.warning("static %s: %s", exchange.target.decode("latin-1"), exc)
+            exchange.note = f"static file: {exc}"
+            reply = Reply(500, b"HTTP/1.1 500 Internal Server Error\r\n"
+                          b"content-type: text/plain; charset=utf-8\r\n"
+                          b"content-length: 26\r\n", b"500 Internal Server Error\n")
+        if reply is None:
+            return False
+        exchange.worker_id = "static"
+        exchange.status = reply.status
+        head_only = exchange.head_only
+        file = reply.file
+        if head_only and file is not None:
+            file.close()
+            file = None
+        body = b"" if head_only else reply.body
+        exchange.sent = len(body)
+        if self.state != CLOSED:
+            self.transport.write(b"".join((
+                reply.head, b"x-request-id: ", exchange.request_id.encode(), b"\r\n",
+                self.extra, self._connection_field(exchange), b"\r\n", body)))
+        if file is None or self.state == CLOSED:
+            if file is not None:
+                file.close()
+            self._finish(exchange)
+            return True
+        exchange.file = file
+        exchange.move(FLUSHING)
+        self.send_file(exchange)
+        return True
+
+    def send_file(self, exchange: Exchange) -> None:
+        """Send what the client takes now of a static file; the rest when it reads again
+        (resume_writing), or in the event loop's next turn after a long burst."""
+        file = exchange.file
+        if file is None or self.state == CLOSED or exchange.state != FLUSHING:
+            return
+        try:
+            done = file.send(self, exchange)
+        except OSError as exc:
+            log.warning("static %s: %s", exchange.target.decode("latin-1"), exc)
+            exchange.note = f"static file: {exc.strerror or exc}"
+            self.abort()  # the connection_lost that follows logs it
+            return
+        if done:
             self._finish(exchange)
 
     def early_bytes(self) -> bytes:

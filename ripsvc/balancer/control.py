@@ -74,6 +74,27 @@ def make_app(balancer: Balancer) -> web.Application:
                                f"{timeout} s", 504) from None
         return slot.describe()
 
+    async def drain_app(body: dict[str, Any]) -> Any:
+        """The app's readiness (ready_path, the agent-check): {"draining": true} fails it
+        while every request is still served, {"draining": false} undoes that; without a body,
+        the state. The manager sends it (ripctl drain), again to a restarted balancer."""
+        if body:
+            draining = body.get("draining")
+            if not isinstance(draining, bool):
+                raise CommandError("bad-request", "'draining' must be true or false")
+            balancer.drain_app("drained" if draining else "")
+        return {"draining": bool(balancer.draining), "for": round(balancer.drained_for(), 3)}
+
+    async def app_health(body: dict[str, Any]) -> Any:
+        """{"health": "degraded: …"} from the manager when the app is not healthy (a worker
+        position left vacant by a deploy that cannot load), "" when it is again: /status says
+        it."""
+        health = body.get("health")
+        if not isinstance(health, str):
+            raise CommandError("bad-request", "'health' must be a string")
+        balancer.app_health = "" if health == "healthy" else health
+        return {"health": balancer.app_health or "healthy"}
+
     async def pool_(body: dict[str, Any]) -> Any:
         """Every registered worker with its state (WebSocket workers: "kind": "websocket")."""
         return ([slot.describe() for slot in pool.slots.values()]
@@ -130,7 +151,8 @@ def make_app(balancer: Balancer) -> web.Application:
 
     return control.make_app({"join": join, "leave": leave, "drain": drain, "pool": pool_,
                              "stats": stats, "kernel": kernel, "hosts": hosts_,
-                             "tls-reload": tls_reload, "event": event},
+                             "tls-reload": tls_reload, "event": event,
+                             "drain-app": drain_app, "app-health": app_health},
                             raw={"/metrics": metrics_handler(balancer)})
 
 

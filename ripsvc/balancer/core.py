@@ -113,8 +113,16 @@ class Balancer:
         self.hosts_file = Path(options.hosts_file) if options.hosts_file else None
         self.hosts = hosts.Registry(options.hosts, hosts.load(self.hosts_file)
                                     if self.hosts_file else ())
-        #: GET /status and GET /server: answered by the balancer itself.
-        self.local_paths = (options.status_path.encode(), options.server_path.encode())
+        #: GET /status, /server (liveness) and /ready: answered by the balancer itself.
+        self.local_paths = (options.status_path.encode(), options.server_path.encode(),
+                            options.ready_path.encode())
+        #: Why readiness fails while requests are still served ("" when it does not): the
+        #: manager drained the app (ripctl drain), or a stop waits out shutdown_delay.
+        self.draining = ""
+        #: The manager's word on the app when it is not healthy ("degraded: 2/3 workers, the
+        #: app on disk fails to load: …"), for /status; "" when healthy or never said.
+        self.app_health = ""
+        self.draining_since = 0.0  # its clock() time
         self.hsts_header = (b"strict-transport-security: max-age=%d\r\n" % options.hsts_max_age
                             if options.hsts else b"")
 
@@ -743,6 +751,26 @@ class Balancer:
         self._reported[key] = now
         return True
 
+    def drain_app(self, why: str) -> None:
+        """Readiness fails from now on (`why`: "" undoes it); every request is still served."""
+        if why and not self.draining:
+            self.draining_since = self.clock()
+        self.draining = why
+
+    def drained_for(self) -> float:
+        """How long readiness has failed because of a drain (0 when not draining)."""
+        return self.clock() - self.draining_since if self.draining else 0.0
+
+    def readiness(self) -> tuple[int, bytes]:
+        """GET ready_path: may a load balancer in front send work here?"""
+        if self.draining:
+            return 503, b"503 draining\n"
+        if not self.accepting:
+            return 503, b"503 stopping\n"
+        if not self.pool.serving:
+            return 503, b"503 no worker ready\n"
+        return 200, b"ready\n"
+
     def begin_stop(self) -> None:
         """No new requests: idle connections close, busy ones after their response."""
         self.accepting = False
@@ -784,13 +812,15 @@ class Balancer:
         out = {s.id: f"{s.reason} (for {time.monotonic() - s.since:.1f} s)"
                for s in pool.slots.values() if s.state == PROBING}
         return {
-            "status": "healthy" if pool.serving else "degraded",
+            "status": "healthy" if pool.serving and not self.app_health else "degraded",
+            **({"health": self.app_health} if self.app_health else {}),
             "app": self.options.app,
             "workers": pool.counts(),
             "queue": {"depth": pool.queued, "max": pool.max_queue},
             **({"websockets": {"open": sum(s.open for s in pool.websockets.values()),
                                "workers": len(pool.websockets)}} if pool.websockets else {}),
             "ports": self.ports,
+            "draining": self.draining,
             "uptime": round(time.time() - self.started, 3),
             "version": __version__,
             **({"out_of_rotation": out} if out else {}),

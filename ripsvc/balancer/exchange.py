@@ -20,7 +20,8 @@ later request):
 - DONE: answered, refused or given up; logged once.
 
 A request answered by the balancer itself (/status, an error, a redirect) goes from PIPELINED
-(or QUEUED, WAITING: 502, 503, 504) straight to DONE.
+(or QUEUED, WAITING: 502, 503, 504) straight to DONE; a static file too large to go out at once
+goes from PIPELINED to FLUSHING, the file being what the client still gets (static.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from ripsvc.body import Body, Spool
 
 if TYPE_CHECKING:
     from ripsvc.balancer.client import Client
+    from ripsvc.balancer.compress import Encoder
     from ripsvc.balancer.pool import Slot
+    from ripsvc.balancer.static import FileBody, Mount
     from ripsvc.balancer.tunnel import Tunnel
 
 PIPELINED: Final = 0
@@ -52,7 +55,7 @@ def _bits(*states: int) -> int:
 
 #: For each state, the states it may move to (a bit per state).
 TRANSITIONS: tuple[int, ...] = (
-    _bits(QUEUED, WAITING, DONE),  # PIPELINED
+    _bits(QUEUED, WAITING, FLUSHING, DONE),  # PIPELINED (FLUSHING: a static file)
     _bits(WAITING, DONE),  # QUEUED
     _bits(WAITING, QUEUED, STREAMING, DONE),  # WAITING
     _bits(FLUSHING, DONE),  # STREAMING
@@ -70,6 +73,7 @@ class StateError(Exception):
 
 class Exchange:
     __slots__ = (
+        "accept",
         "answered",
         "attempts",
         "body",
@@ -77,6 +81,9 @@ class Exchange:
         "client",
         "close_after",
         "dispatched",
+        "encoder",
+        "fields",
+        "file",
         "head",
         "head_only",
         "host",
@@ -84,6 +91,7 @@ class Exchange:
         "keep_alive",
         "last_byte",
         "method",
+        "mount",
         "note",
         "queue_deadline",
         "queued",
@@ -120,6 +128,8 @@ class Exchange:
         self.upgrade = False  # asked for a protocol upgrade (served as plain HTTP/1.1 …)
         self.websocket = 0  # … unless a WebSocket: 1, or the status refusing a bad one
         self.tunnel: Tunnel | None = None  # a WebSocket's way to its worker
+        self.mount: Mount | None = None  # a static mount its path is under (static.py) …
+        self.fields: list[tuple[bytes, bytes]] | None = None  # … and the request's fields
         # its way through the balancer
         self.state = PIPELINED
         self.attempts = 0  # workers it was sent to
@@ -141,6 +151,9 @@ class Exchange:
         self.spool: Spool | None = None  # what the client could not take yet
         self.worker_busy = False  # the worker answered Rip-Worker-Busy: not taken, retried
         self.note = ""  # how it ended, when not simply answered ("client closed", …)
+        self.accept = 0  # compress.EXAMINE and the encodings its client accepts; 0: off
+        self.encoder: Encoder | None = None  # compresses the response's body (compress.py)
+        self.file: FileBody | None = None  # a static file still being sent (static.py)
 
     def move(self, to: int) -> None:
         if not (TRANSITIONS[self.state] >> to) & 1:
@@ -161,3 +174,7 @@ class Exchange:
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+        file = self.file
+        if file is not None:
+            self.file = None
+            file.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ripsvc.mounts import StaticMounts
 from ripsvc.settings import DEFAULTS, Settings
 from ripsvc.values import Network, parse_networks
 
@@ -51,6 +52,11 @@ class BalancerOptions:
     max_header_bytes: int = 64 << 10  # not a setting
     status_path: str = DEFAULTS.status_path
     server_path: str = DEFAULTS.server_path
+    ready_path: str = DEFAULTS.ready_path
+    #: On SIGTERM: readiness fails and requests are served this long before the stop.
+    shutdown_delay: float = DEFAULTS.shutdown_delay
+    #: HAProxy's agent-check on this "HOST:PORT" ("": none).
+    agent_port: str = DEFAULTS.agent_port
     access_log: bool = DEFAULTS.access_log
     json_logging: bool = DEFAULTS.json_logging
     #: Proxies in front whose X-Forwarded-* and X-Request-Id are kept (others' are replaced).
@@ -70,6 +76,12 @@ class BalancerOptions:
     proxy_protocol: bool = DEFAULTS.proxy_protocol
     metrics_port: int = DEFAULTS.metrics_port
     nice: int | None = DEFAULTS.balancer_nice  # the scheduling priority; None: auto (nice_for)
+    #: URL prefixes served from directories (balancer/static.py).
+    static: StaticMounts = DEFAULTS.static
+    #: The app's responses compressed (balancer/compress.py).
+    compression: bool = DEFAULTS.compression
+    compression_types: tuple[str, ...] = DEFAULTS.compression_types
+    compression_min_size: int = DEFAULTS.compression_min_size
 
     @classmethod
     def from_settings(cls, settings: Settings, *, app: str = "app", hosts_file: str = "",
@@ -85,8 +97,11 @@ class BalancerOptions:
             keepalive_timeout=s.keepalive_timeout, send_timeout=s.send_timeout,
             max_stream_duration=s.max_stream_duration,
             max_body=s.max_body, status_path=s.status_path, server_path=s.server_path,
+            ready_path=s.ready_path, shutdown_delay=s.shutdown_delay, agent_port=s.agent_port,
             access_log=s.access_log, json_logging=s.json_logging,
             forwarded_allow_ips=s.forwarded_allow_ips, hosts=s.hosts, hosts_file=hosts_file,
             tls_ports=tls_ports, redirect_ports=redirect_ports, cert=cert, key=key,
             hsts=s.hsts, hsts_max_age=s.hsts_max_age, proxy_protocol=s.proxy_protocol,
-            metrics_port=s.metrics_port, nice=s.balancer_nice)
+            metrics_port=s.metrics_port, nice=s.balancer_nice, static=s.static,
+            compression=s.compression, compression_types=s.compression_types,
+            compression_min_size=s.compression_min_size)

@@ -24,6 +24,7 @@ from aiohttp import web
 from ripsvc import compiled, edge, hosts, logs, sd
 from ripsvc.balancer import proxyproto
 from ripsvc.balancer.accesslog import AccessLog
+from ripsvc.balancer.agent import Agent
 from ripsvc.balancer.client import Client
 from ripsvc.balancer.control import make_app, metrics_handler
 from ripsvc.balancer.core import REPORT_INTERVAL, SWEEP_INTERVAL, Balancer, Connecting
@@ -33,6 +34,7 @@ from ripsvc.balancer.upstream import CONNECTING
 from ripsvc.control import bind_socket
 from ripsvc.exitcodes import ExitCode
 from ripsvc.process import set_priority
+from ripsvc.settings import DEFAULTS
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe, local_port
 
 log = logs.get("balancer")
@@ -235,7 +237,7 @@ class Plan:
     control: str | None = None
     workers: list[StaticWorker] = field(default_factory=list)
     websocket_workers: list[StaticWorker] = field(default_factory=list)
-    graceful_timeout: float = 30.0
+    graceful_timeout: float = DEFAULTS.graceful_timeout
 
 
 def describe_role(sock: socket.socket, options: BalancerOptions) -> str:
@@ -322,6 +324,9 @@ async def run(plan: Plan) -> ExitCode:
         metrics_runner = web.AppRunner(metrics_app, handle_signals=False, access_log=None)
         await metrics_runner.setup()
         await web.TCPSite(metrics_runner, "127.0.0.1", plan.options.metrics_port).start()
+    agent = Agent(loop, balancer)
+    if plan.options.agent_port:
+        await agent.start(plan.options.agent_port)
     for worker in plan.workers:
         balancer.join(worker.id, worker.socket, worker.version)
     for worker in plan.websocket_workers:
@@ -340,6 +345,7 @@ async def run(plan: Plan) -> ExitCode:
     stop_watchdog = sd.start_watchdog(loop)
 
     await stopping.wait()
+    await wait_out_shutdown_delay(balancer, stopping)
     stop_watchdog()
     sd.notify("STOPPING=1")
     log.info("stopping: no new connections; finishing requests in flight")
@@ -356,6 +362,7 @@ async def run(plan: Plan) -> ExitCode:
     access_log.flush()
     for client in list(balancer.clients):
         client.transport.close()
+    agent.close()
     for runner in (control_runner, metrics_runner):
         if runner is not None:
             await runner.cleanup()
@@ -369,6 +376,23 @@ async def run(plan: Plan) -> ExitCode:
     return ExitCode.OK
 
 
+
+
+async def wait_out_shutdown_delay(balancer: Balancer, stopping: asyncio.Event) -> None:
+    """Before a graceful stop, readiness fails for shutdown_delay seconds while everything
+    that arrives is served, so that a load balancer in front (its readiness check, the agent)
+    stops sending first: Kubernetes' preStop pattern, without a sleep in a hook. Time the app
+    was already draining counts; a second SIGTERM or SIGINT ends the wait."""
+    delay = balancer.options.shutdown_delay - balancer.drained_for()
+    if delay <= 0:
+        return
+    balancer.drain_app("stopping")
+    log.info("stopping in %.1f s (shutdown_delay): readiness fails, requests are still "
+             "served", delay)
+    sd.notify(f"STATUS=draining: stopping in {delay:.1f} s")
+    stopping.clear()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), delay)
 
 
 def raise_descriptor_limit() -> None:

@@ -72,6 +72,9 @@ class Manager(Protocol):
     def health(self) -> str:
         """ "healthy", or "degraded: 2/3 workers, …" and why."""
 
+    def drain_state(self) -> dict[str, Any]:
+        """{"draining": false}, or since when, for how long, and "stops_in" (ripctl drain)."""
+
     def requests_total(self, stats: dict[str, Any]) -> int:
         """The app's requests since start (the balancer's `stats` and its restarts')."""
 
@@ -132,7 +135,8 @@ def make_app(manager: Manager) -> web.Application:
                 "kernel": kernel, "ports": stats.get("ports", []),
                 "requests": sum(w["requests"] for w in workers if w["kind"] == "http"),
                 "requests_total": manager.requests_total(stats),
-                "reloading": manager.reloading is not None and not manager.reloading.done()}
+                "reloading": manager.reloading is not None and not manager.reloading.done(),
+                "drain": manager.drain_state()}
 
     async def reload(body: dict[str, Any]) -> Any:
         """A rolling restart; with {"wait": true} the reply comes when it is done. With
@@ -160,6 +164,29 @@ def make_app(manager: Manager) -> web.Application:
             raise CommandError("bad-request", "'workers' must be a whole number in 1..1024")
         await asyncio.shield(await manager.command("scale", workers=workers))
         return {"workers": sum(1 for slot in manager.slots if not slot.websocket)}
+
+    async def drain(body: dict[str, Any]) -> Any:
+        """Fail readiness while serving every request that arrives; {"for": SECONDS}: then
+        stop the app after that long. The reply comes once the balancer has it."""
+        seconds = body.get("for")
+        if seconds is not None and (not isinstance(seconds, int | float)
+                                    or isinstance(seconds, bool) or seconds < 0):
+            raise CommandError("bad-request", "'for' must be a number of seconds ≥ 0")
+        await told(await manager.command("drain", seconds=seconds))
+        return manager.drain_state()
+
+    async def undrain(body: dict[str, Any]) -> Any:
+        """Readiness follows the workers again (a stop set by drain --for is called off);
+        "was": whether the app was draining (undraining twice changes nothing)."""
+        was = manager.drain_state()["draining"]
+        await told(await manager.command("undrain"))
+        return {**manager.drain_state(), "was": was}
+
+    async def told(task: asyncio.Task[str | None]) -> None:
+        failure = await asyncio.shield(task)
+        if failure:
+            raise CommandError("balancer-unreachable", f"the app's state is kept, but {failure}",
+                               502)
 
     async def stop(body: dict[str, Any]) -> Any:
         """Stop the app gracefully (the reply comes first)."""
@@ -202,5 +229,5 @@ def make_app(manager: Manager) -> web.Application:
         return web.Response(body=body, status=status, headers={"Content-Type": content_type})
 
     return control.make_app({"status": status, "reload": reload, "scale": scale,
-                             "stop": stop},
+                             "stop": stop, "drain": drain, "undrain": undrain},
                             raw={"/registry": registry, "/metrics": metrics})

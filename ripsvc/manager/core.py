@@ -28,6 +28,7 @@ from ripsvc.control import CommandError
 from ripsvc.exitcodes import ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.control import serve_control
+from ripsvc.manager.draining import Draining
 from ripsvc.manager.hosts_tls import HostsAndTLS
 from ripsvc.manager.replacing import Replacing, exit_text
 from ripsvc.manager.slots import WorkerSlot
@@ -46,9 +47,10 @@ KILL_AFTER = 5.0
 STOP_MARGIN = 5.0
 
 
-class Manager(Replacing, HostsAndTLS):
+class Manager(Replacing, HostsAndTLS, Draining):
     """The manager's loop and its workers; rolling restarts and replacements are in
-    replacing.py, the edge's commands (certificate, host registry) in hosts_tls.py."""
+    replacing.py, the edge's commands (certificate, host registry) in hosts_tls.py, draining
+    for a load balancer in front in draining.py."""
 
     def __init__(self, plan: ServePlan, backend: Callable[[ServePlan, Post], Supervisor]) -> None:
         self.plan = plan
@@ -88,6 +90,7 @@ class Manager(Replacing, HostsAndTLS):
         self.state = plan.state_directory
         self.hosts = hosts.Registry(plan.hosts)
         self.tls = any(bind.tls for bind in plan.listen)
+        self.init_draining()
 
     def post(self, kind: str, child: Handle | None, value: Any) -> None:
         self.events.put_nowait((kind, child, value))
@@ -294,6 +297,8 @@ class Manager(Replacing, HostsAndTLS):
         self.loop.call_later(HEALTH_INTERVAL, self.post, "tick", None, 0)
         if self.stopping:
             return
+        if self.restart_watch is not None:
+            self.restart_watch.recheck()  # a link on its path switched by a deploy
         now = self.loop.time()
         for slot in self.slots:
             child = slot.child
@@ -327,6 +332,10 @@ class Manager(Replacing, HostsAndTLS):
         if self.stopping or self.balancer is None or not self.balancer.ready.done():
             return
         self.count_requests(stats)
+        self.reconcile_drain(str(stats.get("draining") or ""))
+        health = self.health()
+        if stats.get("health", "healthy") != health:  # a change, or a restarted balancer
+            self._spawn(self.control("app-health", {"health": health}))
         hung: list[str] = stats.get("hung", [])
         if len(hung) < self._hung_seen:
             self._hung_seen = 0
@@ -430,8 +439,7 @@ class Manager(Replacing, HostsAndTLS):
     def begin_stop(self) -> None:
         """Stop the app: no new connection is accepted, the balancer finishes its requests in
         flight, then the workers stop (handle_exited). Nothing waits here: the loop goes on
-        until everything is gone, or graceful_timeout + STOP_MARGIN seconds passed
-        (handle_stop_deadline)."""
+        until everything is gone, or stop_allowance() seconds passed (handle_stop_deadline)."""
         if self.stopping:
             return
         self.stopping = True
@@ -448,8 +456,12 @@ class Manager(Replacing, HostsAndTLS):
             self.balancer.terminate()
         else:
             self._stop_workers()
-        self.loop.call_later(self.plan.graceful_timeout + STOP_MARGIN, self.post,
-                             "stop_deadline", None, 0)
+        # The balancer may first wait out shutdown_delay (serving, its readiness failing).
+        self.loop.call_later(self.stop_allowance(), self.post, "stop_deadline", None, 0)
+
+    def stop_allowance(self) -> float:
+        """How long a stop may take before what still runs is killed."""
+        return self.plan.settings.shutdown_delay + self.plan.graceful_timeout + STOP_MARGIN
 
     def _stop_workers(self) -> None:
         for worker in self._children():
@@ -457,12 +469,11 @@ class Manager(Replacing, HostsAndTLS):
                 worker.terminate()
 
     async def handle_stop_deadline(self, _: Handle | None, __: int) -> None:
-        """The stop took graceful_timeout + STOP_MARGIN: kill what still runs, and end."""
+        """The stop took stop_allowance(): kill what still runs, and end."""
         left = [c for c in self._children() if not c.exited.done()]
         if left:
             log.warning("stopping: %s still running %.0f s after the stop began: killing",
-                        ", ".join(f"{c.role} {c.id}" for c in left),
-                        self.plan.graceful_timeout + STOP_MARGIN)
+                        ", ".join(f"{c.role} {c.id}" for c in left), self.stop_allowance())
             for child in left:
                 child.kill()
         self._stop_ended = True
@@ -528,6 +539,8 @@ class Manager(Replacing, HostsAndTLS):
         await asyncio.wait([balancer.ready])
         if balancer.ready.cancelled() or self.stopping:
             return  # it exited before READY: its own exit event restarts it again
+        if self.draining:  # before any worker joins: its readiness never passes meanwhile
+            await self.tell_balancer_draining()
         for slot in self.slots:
             if slot.child is not None and slot.child.ready.done():
                 await self.join(slot)
@@ -585,7 +598,13 @@ class Manager(Replacing, HostsAndTLS):
 
     def status_line(self) -> str:
         """systemd's one-line status: "4/4 workers ready, v3, 12034 requests" (the count as
-        of the last health tick), or "degraded: 3/4 workers, …" (health)."""
+        of the last health tick), or "degraded: 3/4 workers, …" (health); "draining; …"
+        first while the app is drained (ripctl drain)."""
+        draining = self.drain_text()
+        line = self._status_line()
+        return f"{draining}; {line}" if draining else line
+
+    def _status_line(self) -> str:
         health = self.health()
         requests = self._requests_before + self._requests
         if health != "healthy":

@@ -4,7 +4,10 @@ The standard library has no inotify binding and none of our dependencies offers 
 three libc calls are made through ctypes; the descriptor is watched by the event loop.
 The file's directory may not exist yet (tmp/ is often made later, or by the deploy): its
 parent is watched too, so that the directory is watched as soon as it appears, and again if
-it is removed and made anew.
+it is removed and made anew. A watch follows the directory it was set on, not a symbolic link
+on the way (a deploy switching `current` from releases/1 to releases/2): `recheck()`, called
+once a second, sets the watches again where the path leads now, and a restart file touched
+there since counts.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import ctypes
 import os
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,17 +45,49 @@ class FileWatcher:
         self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
-        directory = path.parent
+        self._parent_wd = self._dir_wd = -1
+        self._leads_to = ""  # the directory the path led to when the watches were set
+        self._since = time.time()  # a restart file newer than this is a touch not yet seen
+        try:
+            self._arm()
+        except OSError:
+            os.close(self.fd)
+            raise
+        self._pending: asyncio.TimerHandle | None = None
+        self.loop.add_reader(self.fd, self._read)
+
+    def _arm(self) -> None:
+        """Watch the file's directory and its parent where the path leads now."""
+        for wd in (self._parent_wd, self._dir_wd):
+            if wd >= 0:
+                _libc.inotify_rm_watch(self.fd, wd)
+        directory = self.path.parent
+        self._leads_to = os.path.realpath(directory)
         self._parent_wd = _libc.inotify_add_watch(
             self.fd, str(directory.parent).encode(), IN_CREATE | IN_MOVED_TO | IN_ONLYDIR)
         if self._parent_wd < 0:
             errno = ctypes.get_errno()
-            os.close(self.fd)
             raise OSError(errno, f"cannot watch {directory.parent}: {os.strerror(errno)}")
         self._dir_wd = -1
         self._watch_directory()
-        self._pending: asyncio.TimerHandle | None = None
-        self.loop.add_reader(self.fd, self._read)
+
+    def recheck(self) -> None:
+        """A symbolic link on the path now leads elsewhere: watch there, and a restart file
+        touched there since the last look counts (a deploy switches, then touches at once)."""
+        if os.path.realpath(self.path.parent) == self._leads_to:
+            self._since = time.time()
+            return
+        try:
+            self._arm()
+        except OSError:
+            return  # the parent is gone for now: the next look tries again
+        try:
+            touched = self.path.stat().st_mtime >= self._since
+        except OSError:
+            touched = False
+        self._since = time.time()
+        if touched and self._pending is None:
+            self._pending = self.loop.call_later(DEBOUNCE, self._fire)
 
     def _watch_directory(self) -> bool:
         """Watch the file's directory, if it exists now; True if it does."""

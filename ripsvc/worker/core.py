@@ -155,6 +155,9 @@ class Worker:
         self._date_second = 0
         self._handoff: asyncio.TimerHandle | None = None
         self.websockets: Any = None  # a WebSocket worker's Hub (worker/websocket.py)
+        #: A WSGI app runs on the loop's thread: while it does, a thread pings the watchdog
+        #: (sd.start_watchdog), and signals wait (worker/wsgi.py).
+        self.app_holds_loop = False
         self._date_header = b""
         # Recycling held by the manager (the app on disk cannot load): the limit reached
         # meanwhile, if any, waits here.

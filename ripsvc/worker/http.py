@@ -12,10 +12,12 @@ at once. Pipelined requests on one connection wait their turn in order, with rea
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import socket
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -34,6 +36,10 @@ log = logs.get("worker.http")
 MAX_HEADER_BYTES = 64 * 1024
 #: How long a refused request's remaining input is drained before the connection closes.
 LINGER_SECONDS = 2.0
+#: A response written while the app holds the loop (`blocking`) gives up on a peer that took
+#: nothing for this long. A safety net: the balancer spools what its client is slow to take,
+#: and ends an unspooled response whose client stopped reading after send_timeout.
+BLOCKING_WRITE_TIMEOUT = 600
 
 class HttpConnection(asyncio.Protocol):
     """One client connection (usually the balancer's keep-alive connection)."""
@@ -54,6 +60,10 @@ class HttpConnection(asyncio.Protocol):
         self.active: Request | None = None
         self.closing = False
         self.gone = False  # the peer closed: what the app sends now reaches no one
+        #: The app holds the loop (a WSGI app runs on its thread): responses are written to
+        #: the socket at once, waiting for it, since the transport's buffer would not be
+        #: flushed until the app returns (worker/wsgi.py).
+        self.blocking = False
         self.writable = threading.Event()  # cleared while the transport's buffer is full
         self.writable.set()
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -377,7 +387,7 @@ class HttpConnection(asyncio.Protocol):
         if not more and self._chunked:
             parts.append(b"0\r\n\r\n")
         if not self.closing:
-            self.transport.write(b"".join(parts))
+            self._send(b"".join(parts))
         if not more:
             self._mark_done()
 
@@ -392,9 +402,33 @@ class HttpConnection(asyncio.Protocol):
         if not more and self._chunked:
             data += b"0\r\n\r\n"
         if data and not self.closing:
-            self.transport.write(data)
+            self._send(data)
         if not more:
             self._mark_done()
+
+    def _send(self, data: bytes) -> None:
+        if not self.blocking or self.transport.get_write_buffer_size():
+            self.transport.write(data)  # (after bytes still buffered: in order)
+            return
+        # Straight to the socket, waiting while it is full: the loop is not running.
+        sock = self.transport.get_extra_info("socket")
+        fd = sock.fileno() if sock is not None else -1
+        view = memoryview(data)
+        sent, total = 0, len(data)
+        while sent < total:
+            try:
+                sent += os.write(fd, view[sent:])
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(fd, select.POLLOUT)
+                if not poller.poll(BLOCKING_WRITE_TIMEOUT * 1000):
+                    log.warning("the peer read nothing for %d s: closing",
+                                BLOCKING_WRITE_TIMEOUT)
+                    self.gone = self.closing = True
+                    return
+            except OSError:  # EPIPE, ECONNRESET: the peer left; the loop sees it later
+                self.gone = self.closing = True
+                return
 
     def _mark_done(self) -> None:
         if self._remaining > 0:
@@ -432,5 +466,3 @@ class HttpConnection(asyncio.Protocol):
         self._done_waiter = self.loop.create_future()
         await self._done_waiter
 
-    def call_from_thread(self, callback: Any, *args: Any) -> None:
-        self.loop.call_soon_threadsafe(callback, *args)

@@ -17,6 +17,7 @@ from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.sockets import BACKLOG, Bind, SocketError, describe
 from ripsvc.worker.adapters import make_host
 from ripsvc.worker.core import Worker, WorkerOptions
+from ripsvc.worker.held import HeldLoop
 
 log = logs.get("worker")
 
@@ -101,7 +102,13 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
     if bind is not None:
         log.info("ready: try  %s", _curl_hint(sockets[-1]))
     stop_watchdog = sd.start_watchdog(loop)
-    stop_status = _start_status(worker)
+    report_status = _status_reporter(worker)
+    stop_status = _start_status(loop, report_status)
+    held = None
+    if worker.kind == "wsgi":  # its app holds the loop while it runs (worker/wsgi.py)
+        held = HeldLoop(worker, report_status, sd.watchdog_interval(),
+                        options.graceful_timeout)
+        held.start()
 
     await worker.stopping.wait()
     for server in servers:
@@ -119,6 +126,8 @@ async def run(options: WorkerOptions, bind: Bind | None = None) -> ExitCode:
                         options.graceful_timeout)
     stop_watchdog()
     stop_status()
+    if held is not None:
+        held.stop()
     if aio_server is not None:
         await aio_server.shutdown(1.0)
     for conn in list(worker.connections):
@@ -156,20 +165,30 @@ def _curl_hint(sock: socket.socket) -> str:
     return f"curl http://{describe(sock)}/"
 
 
-def _start_status(worker: Worker) -> Callable[[], None]:
-    """STATUS= whenever the worker's one-line summary changes (checked every few seconds);
-    returns a function that stops it."""
-    loop = worker.loop
-    if "NOTIFY_SOCKET" not in os.environ:
-        return lambda: None
+def _status_reporter(worker: Worker) -> Callable[[], None]:
+    """A function that sends STATUS= when the worker's one-line summary changed (from the loop,
+    or from the held-loop thread)."""
     last = [""]
-    pending: list[asyncio.TimerHandle] = []
 
-    def status() -> None:
+    def report() -> None:
         line = worker.status_line()
         if line != last[0]:
             last[0] = line
             sd.notify(f"STATUS={line}")
+
+    return report
+
+
+def _start_status(loop: asyncio.AbstractEventLoop, report: Callable[[], None]
+                  ) -> Callable[[], None]:
+    """STATUS= whenever the worker's summary changes (checked every few seconds); returns a
+    function that stops it."""
+    if "NOTIFY_SOCKET" not in os.environ:
+        return lambda: None
+    pending: list[asyncio.TimerHandle] = []
+
+    def status() -> None:
+        report()
         pending[0] = loop.call_later(STATUS_INTERVAL, status)
 
     pending.append(loop.call_later(STATUS_INTERVAL, status))

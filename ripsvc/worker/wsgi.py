@@ -1,26 +1,28 @@
 """Running a WSGI (PEP 3333) app.
 
-The app runs in a thread of its own so that a long request never stalls the event loop, which
-keeps pinging the watchdog, handling signals and answering "busy" meanwhile. Response pieces
-are handed to the loop as they come (PEP 3333 forbids holding a block back until the next one
-is produced).
-
-Every hand-off between the two threads wakes one of them, and on a small machine those
-wake-ups were most of a WSGI request's cost: the loop puts a request on a queue the app's
-thread waits on, and the response comes back in as few calls into the loop as it has pieces,
-the last one also telling the request's task that the app is done (a list body: one). Through
-the balancer this served 6,600 requests/s where asyncio's `run_in_executor` (a
-ThreadPoolExecutor's future chained to an asyncio future, plus one call per piece) served
-5,000 (docs/performance.md).
+The app runs on the event loop's own thread, as gunicorn's sync worker runs it on its only
+one: the worker serves one request at a time, so nothing else needs the loop while the app
+works, and the two thread hand-offs per request of running it elsewhere were most of what a
+WSGI request cost around the app (docs/performance.md). What the loop did meanwhile is done
+otherwise:
+- its responses are written as they come (PEP 3333 forbids holding a block back), straight to
+  the socket, waiting for it when it is full (HttpConnection.blocking): the loop, which would
+  flush a transport's buffer, does not run meanwhile;
+- the watchdog is pinged by a small thread while the app holds the loop (sd.start_watchdog:
+  `worker.app_holds_loop`), so a long request is not a stalled loop; a request that never
+  ends is the balancer's to report (response_timeout), as before;
+- signals wait until the app returns (a graceful stop lets the request finish anyway);
+- the request body is complete before the app is called (the connection dispatches a request
+  once its body is in), so reading wsgi.input never waits for the loop;
+- while the app runs, no event loop is running in this thread as far as the app can tell, so
+  that asyncio.run() or asgiref's async_to_sync() inside a view work as under gunicorn.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import threading
+from asyncio import events
 from collections.abc import Callable, Iterable, Iterator
-from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -33,7 +35,9 @@ if TYPE_CHECKING:
 
 log = logs.get("worker.wsgi")
 
-_Job = tuple[dict[str, Any], "_Response"]
+#: Iterators over a body already in memory: read at once, sent with a Content-Length (Django's
+#: HttpResponse iterates over its list of pieces).
+_IN_MEMORY: tuple[type, ...] = (type(iter([])), type(iter(())))
 _SPECIAL_HEADERS = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 
 
@@ -89,24 +93,28 @@ class WsgiHost:
 
     def __init__(self, app: Callable[..., Iterable[object]]) -> None:
         self.app = app
-        # One thread for the app, for the host's life: the worker runs one request at a time,
-        # and a WSGI app may rely on thread-local state staying put between requests.
-        self._jobs: SimpleQueue[_Job | None] = SimpleQueue()
-        self._app_thread = threading.Thread(target=self._serve, name="wsgi", daemon=True)
 
     async def startup(self) -> None:
-        self._app_thread.start()
+        pass
 
     async def shutdown(self) -> None:
-        """The thread ends once it is idle. Not waited for: a daemon thread, so that a request
-        still running past the graceful timeout does not keep the process alive."""
-        self._jobs.put(None)
+        pass
 
     async def handle(self, request: Request, conn: HttpConnection) -> None:
+        """Run the app on this thread (see the module's docstring); its exceptions go to the
+        connection (a 500, or closing once the head is out)."""
         environ = self.environ(request, conn)
-        done: asyncio.Future[None] = conn.loop.create_future()
-        self._jobs.put((environ, _Response(conn, done)))
-        await done
+        response = _Response(conn)
+        worker = conn.worker
+        running = events._get_running_loop()
+        events._set_running_loop(None)
+        worker.app_holds_loop = conn.blocking = True
+        try:
+            self._call_app(environ, response)
+            response.finish()
+        finally:
+            worker.app_holds_loop = conn.blocking = False
+            events._set_running_loop(running)
 
     def environ(self, request: Request, conn: HttpConnection) -> dict[str, Any]:
         raw_path, query = request.path_and_query
@@ -141,31 +149,19 @@ class WsgiHost:
             environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
         return environ
 
-    # -- in the app's thread -----------------------------------------------------------------
-    def _serve(self) -> None:
-        jobs = self._jobs
-        while (job := jobs.get()) is not None:
-            environ, response = job
-            error: BaseException | None = None
-            try:
-                self._call_app(environ, response)
-            except BaseException as exc:  # to the request's task, as an executor would
-                error = exc
-            try:
-                response.finish(error)
-            except RuntimeError:  # the loop is closed: the worker stopped without waiting
-                return
-
     def _call_app(self, environ: dict[str, Any], response: _Response) -> None:
         result = self.app(environ, response.start_response)
         try:
-            if isinstance(result, (list, tuple)):
-                # A finite body known up front: one hand-off, with a Content-Length.
-                response.body = b"".join(result)
-            else:
-                for chunk in result:
-                    if chunk and not response.send(as_bytes(chunk, "a WSGI body's piece")):
-                        return  # the client went away: stop producing
+            pieces = iter(result)
+            if isinstance(pieces, _IN_MEMORY):
+                # A body in memory (a list, Django's HttpResponse): written once the app is
+                # done, in one piece with its Content-Length.
+                response.body = b"".join([as_bytes(piece, "a WSGI body's piece")
+                                          for piece in pieces])
+                return
+            for chunk in pieces:
+                if chunk and not response.send(as_bytes(chunk, "a WSGI body's piece")):
+                    return  # the client went away: stop producing
         finally:
             close = getattr(result, "close", None)
             if close is not None:
@@ -185,18 +181,15 @@ def _encode_fields(headers: Iterable[Any]) -> list[tuple[bytes, bytes]]:
 
 
 class _Response:
-    """start_response and the hand-off of response pieces from the app's thread to the loop.
+    """start_response, and the response's pieces written as the app produces them; a body
+    known up front (a list) is written at the end, in one piece with its Content-Length."""
 
-    Each hand-off wakes the loop's thread, so the last piece travels with the news that the
-    app is done (and its iterable closed): one wake-up for a whole list response."""
-
-    def __init__(self, conn: HttpConnection, done: asyncio.Future[None]) -> None:
+    def __init__(self, conn: HttpConnection) -> None:
         self.conn = conn
-        self.done = done
         self.status: int | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_sent = False
-        self.body = b""  # the last piece, held until the app is done
+        self.body = b""  # the last piece, written once the app is done
 
     # Called by the app: its arguments are checked here, not by declared types that the
     # compiled build would enforce with errors of its own (request.as_bytes says why).
@@ -229,48 +222,27 @@ class _Response:
             self.send(data)
 
     def send(self, data: bytes) -> bool:
-        """Hand a piece that more will follow to the loop now; False once the connection is
-        gone."""
-        conn = self.conn
+        """Write a piece that more will follow now; False once the connection is gone."""
         if self.status is None:
             raise AssertionError("the WSGI app produced a body before calling start_response")
-        conn.writable.wait()  # back-pressure: the client is slower than the app
-        if conn.closing:
+        if self.conn.closing:
             return False
-        self._hand_over(data, True, None)
-        return True
+        self._write(data, True)
+        return not self.conn.closing
 
-    def finish(self, error: BaseException | None) -> None:
-        """The app is done (or raised `error`): the last piece, then the request's task."""
-        if error is None and self.status is None:
-            error = AssertionError("the WSGI app returned without calling start_response")
-        self._hand_over(self.body, False, error)
+    def finish(self) -> None:
+        """The app is done: the last piece (the whole body of a list), and the end."""
+        if self.status is None:
+            raise AssertionError("the WSGI app returned without calling start_response")
+        self._write(self.body, False)
 
-    def _hand_over(self, data: bytes, more: bool, error: BaseException | None) -> None:
-        # Marked sent here, in the app's thread: start_response(exc_info) must raise from now on.
-        first = not self.headers_sent and error is None
-        self.headers_sent = True
-        self.conn.call_from_thread(self._deliver, first, data, more, error)
-
-    # -- on the loop ---------------------------------------------------------------------------
-    def _deliver(self, first: bool, data: bytes, more: bool, error: BaseException | None) -> None:
+    def _write(self, data: bytes, more: bool) -> None:
         # Written even when the client is gone (the connection then writes nothing), so that
         # the request counts as answered rather than "returned without a response".
         conn = self.conn
-        if error is None:
-            try:
-                if first:
-                    assert self.status is not None
-                    conn.start_response(self.status, self.headers, data, more)
-                elif data or not more:
-                    conn.write(data, more)
-            except Exception as exc:  # to the request's task: a 500, or closing
-                error = exc
-        if more and error is None:
-            return
-        done = self.done
-        if not done.done():
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
+        if not self.headers_sent:
+            self.headers_sent = True  # start_response(exc_info) must raise from now on
+            assert self.status is not None
+            conn.start_response(self.status, self.headers, data, more)
+        elif data or not more:
+            conn.write(data, more)

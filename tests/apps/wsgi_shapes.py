@@ -69,6 +69,15 @@ def bodies(environ, start_response):
     if path == "/list-headers":
         start_response("200 OK", [["Content-Type", "text/plain"]])
         return [b"list\n"]
+    if path == "/asyncio":  # what some views do, and async_to_sync (asgiref, with Django)
+        import asyncio
+
+        from asgiref.sync import async_to_sync
+
+        ran = asyncio.run(asyncio.sleep(0, result="asyncio.run"))
+        converted = async_to_sync(asyncio.sleep)(0, result="async_to_sync")
+        start_response("200 OK", [])
+        return [f"{ran} {converted}\n".encode()]
     if path == "/bytes-like":
         start_response("200 OK", [])
         return iter([bytearray(b"one "), memoryview(b"two\n")])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,12 +22,13 @@ def run_under_journal(workdir: Path, argv: list[str], ready: Callable[[], bool],
     proc = subprocess.Popen(
         ["unshare", "-m", "--propagation", "private", "--", sys.executable,
          str(REPO / "tests" / "support" / "journal_ns.py"), str(workdir), "--", *argv],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)  # a group of its own: a failure kills all of it (below)
     try:
         deadline = time.monotonic() + 15
         while not ready():
             if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 raise AssertionError(f"not ready: {proc.communicate(timeout=5)[0]}")
             time.sleep(0.05)
         action()
@@ -32,8 +36,10 @@ def run_under_journal(workdir: Path, argv: list[str], ready: Callable[[], bool],
         output = proc.communicate(timeout=30)[0]
         assert proc.returncode == 0, output
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        # The whole group: journald and the command too, not only the namespace's first
+        # process (killed alone, it left rip-server running for hours, orphaned).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert (workdir / "exit").read_text() == "0"
     return [json.loads(line) for line in (workdir / "journal.json").read_text().splitlines()]
