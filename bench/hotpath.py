@@ -10,6 +10,7 @@ Drives the real protocol objects with in-memory transports, one request after th
     balancer-local   GET /server, answered by the balancer itself
     worker           GET /ping as the balancer sends it: HttpConnection → the ASGI adapter →
                      examples/hello, and the response
+    worker-max-rss   the same with max_rss on (a limit never reached): the cost of the checks
 
 The kernel's part (reads, writes, wake-ups) is left out on purpose: this is the number to watch
 while changing Python code on the hot path; bench/compare.py measures the whole.
@@ -132,12 +133,13 @@ def balancer_round(requests: int, local: bool = False) -> float:
     return elapsed / requests * 1e6
 
 
-def worker_round(requests: int) -> float:
+def worker_round(requests: int, max_rss: int = 0) -> float:
     loop = uvloop.new_event_loop()
     options = WorkerOptions(app=parse_spec(str(ROOT / "examples" / "hello")),
-                            recycle=RecyclePolicy.parse("r:0,0s,0r"))
+                            recycle=RecyclePolicy.parse("r:0,0s,0r"), max_rss=max_rss)
     worker = Worker(options, loop, make_host)
     loop.run_until_complete(worker.load())
+    assert worker.max_rss == max_rss  # checked, when given
     conn = HttpConnection(worker)
     transport = MemoryTransport(None)
     conn.connection_made(transport)  # type: ignore[arg-type]
@@ -162,6 +164,7 @@ PATHS: dict[str, Callable[[int], float]] = {
     "balancer": balancer_round,
     "balancer-local": lambda requests: balancer_round(requests, local=True),
     "worker": worker_round,
+    "worker-max-rss": lambda requests: worker_round(requests, max_rss=1 << 40),
 }
 
 

@@ -5,9 +5,17 @@ requests, after living SECONDS seconds, or after RELOADS module reloads, whichev
 A limit of 0 disables it. Jitter lowers the request and age limits by a random share per
 worker so that workers started together do not all leave together.
 
+A worker also recycles after a request that leaves its resident memory above `max_rss`
+(settings.py; worker/core.py measures it, memory.py reads it).
+
 While the app on disk cannot be loaded, a recycled worker's successor would not start: the
 manager then holds recycling (HOLD_SIGNAL to each worker), and the limits wait until it
 releases them (RELEASE_SIGNAL: the app loads again) or a rolling restart replaces the worker.
+
+Why a worker recycles is the first words of what it says (its log line, and the STATUS= it
+sends when it asks for a successor or stops): `reason_text` writes them in the worker, and
+`reason_of` reads them back in the manager, from the embedded supervisor's notify socket or
+from systemd's StatusText of a unit that exited 75, to count recycles by reason.
 """
 
 from __future__ import annotations
@@ -21,6 +29,15 @@ from dataclasses import dataclass
 HOLD_SIGNAL = signal.SIGUSR1
 #: Manager → worker: the code on disk loads again; a limit passed meanwhile recycles now.
 RELEASE_SIGNAL = signal.SIGUSR2
+
+#: Why a worker recycled: the label `reason` of the metric rip_worker_recycles ("other": a
+#: STATUS= that names none of them, as from a worker of an older version).
+REASONS = ("requests", "age", "reloads", "memory", "other")
+_TEXTS = {"requests": "recycling after {} requests", "age": "recycling after {} s",
+          "reloads": "recycling after {} module reloads", "memory": "recycling on memory: {}"}
+_REASON = re.compile(r"^recycling (?:after \d+ (?P<requests>requests\b)|"
+                     r"after \d+ (?P<reloads>module reloads\b)|after \d+ (?P<age>s\b)|"
+                     r"(?P<memory>on memory:))")
 
 _TOKEN = re.compile(r"^r:(?P<requests>\d+),(?P<seconds>\d+)s,(?P<reloads>\d+)r$")
 
@@ -54,3 +71,17 @@ class RecyclePolicy:
             return max(1, limit - rng.randint(0, int(limit * share))) if limit else 0
 
         return RecyclePolicy(lower(self.requests), lower(self.seconds), self.reloads)
+
+
+def reason_text(reason: str, detail: object) -> str:
+    """What a worker says when it recycles for `reason` (one of REASONS but "other"): the
+    number of requests, seconds or module reloads, or for "memory" what it measured."""
+    return _TEXTS[reason].format(detail)
+
+
+def reason_of(status: str) -> str:
+    """The reason (one of REASONS) of a recycling worker's STATUS= (reason_text)."""
+    match = _REASON.match(status)
+    if match is None:
+        return "other"
+    return next(name for name, found in match.groupdict().items() if found)

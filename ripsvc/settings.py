@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import itertools
 import os
 import re
 import tomllib
@@ -30,7 +31,15 @@ from ripsvc.mounts import KIND as STATIC_KIND
 from ripsvc.mounts import StaticMounts, parse_static
 from ripsvc.recycle import RecyclePolicy
 from ripsvc.sockets import Bind
-from ripsvc.values import Network, parse_networks, parse_nice, parse_seconds, parse_size, typed
+from ripsvc.values import (
+    Network,
+    parse_networks,
+    parse_nice,
+    parse_seconds,
+    parse_size,
+    size_text,
+    typed,
+)
 
 ENV_PREFIX = "RIP_"
 RELOAD_MODES = ("none", "process", "module")
@@ -195,6 +204,18 @@ def _size(value: Any) -> int:
     return parse_size(str(value))
 
 
+def _memory(value: Any) -> int:
+    """A memory limit: a size, or 0 / `none` for none. Below 1 MiB is refused: no Python
+    process fits, so the number was meant with a unit (`512` for `512M`)."""
+    if isinstance(value, str) and value.strip().lower() in ("none", "0", ""):
+        return 0
+    size = _size(value)
+    if 0 < size < 1 << 20:
+        raise ValueError(f"{value!r} is {size} bytes, less than any Python process needs; "
+                         f"a size takes a unit: did you mean '{str(value).strip()}M'?")
+    return size
+
+
 def _recycle(value: Any) -> RecyclePolicy:
     return RecyclePolicy.parse(str(value))
 
@@ -287,6 +308,10 @@ class Settings:
     recycle_jitter: float = setting(0.1, _jitter, "lower each worker's request and age limits "
                                     "by up to this share", flag="--recycle-jitter",
                                     kind="share or %", to="worker")
+    max_rss: int = setting("none", _memory, "recycle a worker after a request that leaves "
+                           "its resident memory (RSS) above this, as gunicorn's users ask of "
+                           "uWSGI's reload-on-rss (none: off; not WebSocket workers)",
+                           flag="--max-rss", kind="size", to="worker")
     reload: str = setting("process", _choice(*RELOAD_MODES),
                           "none, process (rolling restarts) or module (re-import changed "
                           "modules before a request)", flag="--reload",
@@ -414,6 +439,14 @@ class Settings:
     environment_file: str = setting("", _absolute_or_empty, "under systemd: a file of VAR=value "
                                     "lines for the workers (systemd's EnvironmentFile=)",
                                     flag="--environment-file", kind="path")
+    memory_high: int = setting("none", _memory, "under systemd: each worker unit's MemoryHigh= "
+                               "(above it the kernel reclaims and slows the worker down; "
+                               "none: no limit; rip-server in the foreground says it ignores "
+                               "it)", flag="--memory-high", kind="size")
+    memory_max: int = setting("none", _memory, "under systemd: each worker unit's MemoryMax= "
+                              "(a worker above it is killed by the kernel and restarted by "
+                              "systemd; none: no limit; rip-server in the foreground says it "
+                              "ignores it)", flag="--memory-max", kind="size")
 
     # -- what the processes get ----------------------------------------------------------------
     def args_for(self, role: str) -> list[str]:
@@ -757,9 +790,26 @@ def resolve(args: Iterable[str] = (), env: Mapping[str, str] | None = None,
             values[name] = getattr(DEFAULTS, name)
     if bool(values.get("cert")) != bool(values.get("key")):
         problems.append("cert, key: give both the certificate and its key, or neither")
+    problems += _memory_problems(values)
     if problems:
         raise SettingsError(problems)
     return Settings(**values)
+
+
+def _memory_problems(values: Mapping[str, Any]) -> list[str]:
+    """max_rss is the gentle limit, the units' limits the backstop: each below the next."""
+    why = {"memory_high": "the kernel would slow a worker down before it recycles",
+           "memory_max": "the kernel would kill a worker before it recycles"}
+    limits = [(name, values.get(name, 0)) for name in ("max_rss", "memory_high", "memory_max")]
+    limits = [(name, limit) for name, limit in limits if isinstance(limit, int) and limit]
+    problems = []
+    for (lower, low), (upper, high) in itertools.pairwise(limits):
+        if low >= high:
+            because = why[upper] if lower == "max_rss" else "MemoryHigh= at or above " \
+                "MemoryMax= does nothing"
+            problems.append(f"{lower}, {upper}: {lower} ({size_text(low)}) must be below "
+                            f"{upper} ({size_text(high)}): {because}")
+    return problems
 
 
 def shown_default(f: dataclasses.Field[Any]) -> str:

@@ -185,7 +185,8 @@ def worker_dropins(settings: Settings, ident: str, args: list[str], env: dict[st
         stop_timeout=f"{settings.graceful_timeout + 10:g}s",
         environment=[(k, quote(v)) for k, v in sorted(env.items())],
         environment_file=settings.environment_file,
-        read_write_paths=settings.read_write_paths)
+        read_write_paths=settings.read_write_paths,
+        memory_high=settings.memory_high, memory_max=settings.memory_max)
     return {f"{unit}.service": service,
             f"{unit}.socket": render("worker-socket.conf.j2", name=settings.name)}
 

@@ -23,6 +23,14 @@ def parse_size(text: str) -> int:
     return int(match[1]) * _SIZE_UNITS[match[2].upper()]
 
 
+def size_text(size: int) -> str:
+    """A size as parse_size reads it, in the largest unit that writes it whole: `512M`."""
+    for unit in "GMK":
+        if size and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return str(size)
+
+
 def parse_nice(text: str) -> int | None:
     """A scheduling priority as nice(1) and systemd's Nice= take it, -20 (first) to 19, or
     `auto` (None): the process chooses."""

@@ -152,6 +152,7 @@ SLOW: dict[str, set[str]] = {
     "test_newcomer_ripctl.py": {"*"},
     "test_newcomer_serve.py": {"*"},
     "test_server.py": {"*"},
+    "test_recycle_memory.py": {"*"},
     "test_drain.py": {
         "test_a_restarted_balancer_is_drained_again",
         "test_drain_for_stops_the_app_and_undrain_calls_it_off",

@@ -146,6 +146,37 @@ def test_ripctl_check(tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr
 
 
+def test_memory_limits_are_sizes_each_below_the_next() -> None:
+    """max_rss recycles gently; the units' MemoryHigh= and MemoryMax= are the backstops, so
+    each must sit above the one before; a size without its unit is a mistake said at once."""
+    resolved = st.resolve([HELLO, "--max-rss", "512M", "--memory-high", "1G",
+                           "--memory-max", "1536M"], env={})
+    assert (resolved.max_rss, resolved.memory_high, resolved.memory_max) == \
+        (512 << 20, 1 << 30, 1536 << 20)
+    assert (st.DEFAULTS.max_rss, st.DEFAULTS.memory_high, st.DEFAULTS.memory_max) == (0, 0, 0)
+    assert st.resolve([HELLO], env={"RIP_MAX_RSS": "none"}).max_rss == 0
+    with pytest.raises(st.SettingsError) as err:
+        st.resolve([HELLO, "--max-rss", "512"], env={"RIP_MEMORY_MAX": "lots"})
+    assert sorted(err.value.problems) == [
+        "command line: max_rss: '512' is 512 bytes, less than any Python process needs; a "
+        "size takes a unit: did you mean '512M'?",
+        "environment RIP_MEMORY_MAX: memory_max: 'lots' is not a size (bytes, or a number "
+        "with K, M or G)"]
+    for given, problem in (
+            (["--max-rss", "1G", "--memory-max", "1G"],
+             "max_rss, memory_max: max_rss (1G) must be below memory_max (1G): the kernel "
+             "would kill a worker before it recycles"),
+            (["--max-rss", "600M", "--memory-high", "500M"],
+             "max_rss, memory_high: max_rss (600M) must be below memory_high (500M): the "
+             "kernel would slow a worker down before it recycles"),
+            (["--memory-high", "2G", "--memory-max", "1G"],
+             "memory_high, memory_max: memory_high (2G) must be below memory_max (1G): "
+             "MemoryHigh= at or above MemoryMax= does nothing")):
+        with pytest.raises(st.SettingsError) as err:
+            st.resolve([HELLO, *given], env={})
+        assert err.value.problems == [problem]
+
+
 # -- the processes' command lines come from the same declarations ------------------------------
 #: A value other than the default for each setting that a process receives.
 OTHER_VALUES = {
@@ -161,7 +192,7 @@ OTHER_VALUES = {
     "websocket_ping": "5", "ready_path": "/readyz", "shutdown_delay": "5",
     "agent_port": "5555", "static": "/static/=/srv/static;fallback",
     "compression": "true", "compression_types": "text/html,application/json",
-    "compression_min_size": "4K",
+    "compression_min_size": "4K", "max_rss": "512M",
 }
 PARSERS = {"balancer": lambda: balancer_parser(), "worker": lambda: worker_parser()}
 POSITIONAL = {"balancer": [], "worker": [HELLO]}

@@ -470,6 +470,45 @@ def test_recycled_workers_are_restarted_by_systemd_without_a_failed_request(
         box.run("systemctl", "daemon-reload")
 
 
+def test_memory_limits_reach_the_worker_units_and_max_rss_recycles(box: SystemdBox) -> None:
+    """memory_high and memory_max become each worker unit's MemoryHigh=/MemoryMax=; max_rss
+    recycles a worker whose requests keep 1 MiB each: it exits 75 after a request, systemd
+    restarts it on its socket, no request fails, and the journal and the metric say why.
+    (The box does not enforce the units' limits: a cgroup namespace's, SYSTEMD-TESTING.md.)"""
+    box.write("/etc/rip/mem.toml", app_file(port=8085, extra='recycle = "r:0,0s,0r"\n'
+                                            'max_rss = "64M"\nmemory_high = "200M"\n'
+                                            'memory_max = "300M"\n'))
+    box.run("systemctl", "daemon-reload")
+    try:
+        box.run("systemctl", "start", "rip@mem", timeout=60)
+        units_ = worker_units(box, "mem")
+        for unit in [*units_, *worker_units(box, "mem", websocket=True)]:
+            assert box.show(unit, "MemoryHigh", "MemoryMax") == {
+                "MemoryHigh": str(200 << 20), "MemoryMax": str(300 << 20)}, unit
+        load = BoxLoad(box, "/grow", clients=2, port=8085)
+        wait_for(lambda: sum(restarts_by_systemd(box, u) for u in units_) >= 3, 60,
+                 "three restarts after memory recycling")
+        result = load.finish()
+        assert result["failed"] == 0, result["errors"]
+        assert len(result["bodies"]) >= 4  # type: ignore[arg-type]  # pids: new processes
+        said = [e for u in units_ for e in box.journal("-u", u)
+                if e.get("MESSAGE", "").startswith("recycling on memory: RSS ")]
+        assert said and "is above max_rss 64.0 MiB after" in said[0]["MESSAGE"], said
+        assert int(said[0]["RSS"]) > int(said[0]["MAX_RSS"]) == 64 << 20  # journal fields
+        assert [e for u in units_ for e in box.journal("-u", u)
+                if "status=75" in e.get("MESSAGE", "")], "no worker exited with 75 (recycle)"
+        metrics = box.run("curl", "-sS", "--unix-socket", "/run/rip/mem/manager.sock",
+                          "http://rip/metrics").stdout
+        counted = re.search(r'^rip_worker_recycles_total\{reason="memory"\} (\S+)$', metrics,
+                            re.MULTILINE)
+        assert counted is not None and float(counted[1]) >= 3, metrics
+        assert sorted(worker_units(box, "mem")) == sorted(units_)  # same units, restarted
+    finally:
+        box.run("systemctl", "stop", "rip@mem", timeout=60)
+        box.path("/etc/rip/mem.toml").unlink()
+        box.run("systemctl", "daemon-reload")
+
+
 def test_a_balancer_unit_older_than_its_app_file_is_said(box: SystemdBox) -> None:
     """The balancer's command line is its unit's (rip-generator, at daemon-reload); the manager
     builds the same one from the app file and says so when they differ."""

@@ -74,6 +74,22 @@ def test_the_balancer_unit_sets_its_priority(settings: list[str], nice: int) -> 
     assert f"\nNice={nice}\n" in dropin
 
 
+@pytest.mark.parametrize("settings, lines", [
+    ([], []),  # no limit of systemd's unless asked
+    (["--memory-max", "1G"], ["MemoryMax=1073741824"]),
+    (["--memory-high", "400M", "--memory-max", "1G", "--max-rss", "300M"],
+     ["MemoryHigh=419430400", "MemoryMax=1073741824"]),
+])
+def test_the_worker_units_get_the_memory_limits(settings: list[str], lines: list[str]) -> None:
+    """memory_high and memory_max go into each worker instance's drop-in (the service's;
+    tests/test_systemd.py sees systemd read them), and nothing else says Memory."""
+    resolved = st.resolve([str(EXAMPLES / "hello"), *settings], env={})
+    dropins = units.worker_dropins(resolved, "1", ["app"], {}, sys.executable, Path("/srv"), 3)
+    service = dropins[f"rip-worker@{resolved.name}:1.service"]
+    assert [line for line in service.splitlines() if line.startswith("Memory")] == lines
+    assert "Memory" not in dropins[f"rip-worker@{resolved.name}:1.socket"]
+
+
 @pytest.mark.parametrize("settings, balancer, manager", [
     ([], "40s", None),  # rip@.service's own 120 s holds
     (["--shutdown-delay", "15"], "55s", None),

@@ -11,11 +11,14 @@ from aiohttp import web
 from ripsvc import control, edge
 from ripsvc.balancer import exposition
 from ripsvc.balancer.core import Balancer
+from ripsvc.balancer.exposition import RECYCLE_EVENTS
 from ripsvc.control import CommandError, require
 
 #: What the manager tells the balancer to count: worker restarts, rolling restarts, workers it
-#: found ready but missing from the pool (joined again), and ids in the pool it does not run.
-MANAGER_EVENTS = ("worker_restarts", "reloads", "pool_rejoins", "pool_strays")
+#: found ready but missing from the pool (joined again), ids in the pool it does not run, and
+#: workers recycled, by reason (recycles_memory …).
+MANAGER_EVENTS = ("worker_restarts", "reloads", "pool_rejoins", "pool_strays",
+                  *RECYCLE_EVENTS)
 
 
 def make_app(balancer: Balancer) -> web.Application:

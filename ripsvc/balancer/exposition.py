@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ripsvc.balancer.metrics import CLASSES
+from ripsvc.recycle import REASONS
+
+#: The manager's events that count recycled workers, one per reason (rip_worker_recycles).
+RECYCLE_EVENTS = tuple(f"recycles_{reason}" for reason in REASONS)
 
 if TYPE_CHECKING:
     from ripsvc.balancer.core import Balancer
@@ -83,6 +87,12 @@ class Collector:
                 ("rip_invariant_repairs", "invariant_repairs", "Times the pool's invariants "
                  "were found broken and repaired")):
             yield CounterMetricFamily(name, text, value=stats[key])
+        recycles = CounterMetricFamily("rip_worker_recycles", "Workers recycled, by reason: "
+                                       "requests, age, reloads or memory (max_rss; as "
+                                       "reported by the manager)", labels=["reason"])
+        for reason, event in zip(REASONS, RECYCLE_EVENTS, strict=True):
+            recycles.add_metric([reason], stats[event])
+        yield recycles
         workers = GaugeMetricFamily("rip_workers", "Workers in the pool, by state",
                                     labels=["state"])
         for state, count in balancer.pool.counts().items():

@@ -82,6 +82,7 @@ class Manager(Replacing, HostsAndTLS, Draining):
         self._requests_before = 0  # answered by earlier balancers of this run
         self._balancer_backoff = 0
         self._replacing: set[asyncio.Task[Any]] = set()
+        self._recycle_after_reload: set[Handle] = set()  # (replacing.handle_recycle_soon)
         self._counting: set[asyncio.Task[Any]] = set()
         self._ids_used: set[str] = set()
         self._leaving: set[str] = set()  # worker ids being drained out of the pool
@@ -278,7 +279,8 @@ class Manager(Replacing, HostsAndTLS, Draining):
                               "socket")
             return
         if code == ExitCode.RECYCLE:
-            log.info("%s %s recycled; starting its successor", slot.role, child.id)
+            log.info("%s %s recycled (%s); starting its successor", slot.role, child.id,
+                     self.count_recycle(child))
             self.start_worker(slot)
             return
         slot.crashes += 1

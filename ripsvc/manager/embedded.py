@@ -15,6 +15,7 @@ from ripsvc import launch, logs, paths
 from ripsvc.manager.children import Child
 from ripsvc.manager.supervisor import Post, ServePlan
 from ripsvc.sockets import Bind, describe, local_port
+from ripsvc.values import size_text
 
 log = logs.get("manager")
 
@@ -67,6 +68,7 @@ class EmbeddedSupervisor:
         self.children: list[Child] = []
 
     async def open(self) -> None:
+        self._say_unit_limits_ignored()
         for bind in self.plan.listen:
             sock = bind.open()
             self.listeners.append(sock)
@@ -75,6 +77,19 @@ class EmbeddedSupervisor:
                 log.warning("port %d cannot be had: %s uses port %d instead", bind.port,
                             "the redirect to HTTPS" if bind.redirect else "HTTPS", port)
             self._binds.append(bind if bind.path is not None else bind.at_port(port))
+
+    def _say_unit_limits_ignored(self) -> None:
+        """memory_high and memory_max are the worker units' MemoryHigh=/MemoryMax=: without
+        systemd no worker has a unit (a cgroup of its own) to put them on, so they are not
+        applied, and said so at start rather than ignored in silence."""
+        settings = self.plan.settings
+        given = [f"{name} = {size_text(getattr(settings, name))}"
+                 for name in ("memory_high", "memory_max") if getattr(settings, name)]
+        if given:
+            log.warning("%s: ignored here: these are systemd's MemoryHigh=/MemoryMax= of each "
+                        "worker unit, applied only under systemd (rip@%s); in the foreground, "
+                        "max_rss limits a worker's memory (it recycles after a request that "
+                        "leaves it above)", ", ".join(given), self.plan.name)
 
     def binds(self) -> list[Bind]:
         return list(self._binds)

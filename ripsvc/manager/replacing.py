@@ -19,7 +19,7 @@ from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.slots import WorkerSlot
 from ripsvc.manager.supervisor import Handle, ServePlan, Supervisor
-from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL
+from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL, reason_of
 
 log = logs.get("manager")
 
@@ -46,6 +46,7 @@ class Replacing:
     client: BalancerClient
     _held: set[str]
     _replacing: set[asyncio.Task[Any]]
+    _recycle_after_reload: set[Handle]
 
     if TYPE_CHECKING:
         def post(self, kind: str, child: Handle | None, value: Any) -> None: ...
@@ -81,6 +82,11 @@ class Replacing:
     def _reloaded(self, _: asyncio.Task[str | None]) -> None:
         if not self.stopping:
             sd.notify("READY=1", f"STATUS={self.status_line()}")
+        # Successors of this restart that reached a limit meanwhile: their turn now.
+        for child in self._recycle_after_reload:
+            if not child.exited.done():
+                self.post("recycle_soon", child, 0)
+        self._recycle_after_reload.clear()
 
     async def _rolling_restart(self) -> str | None:
         """Each worker in turn is replaced (see replace), vacant positions first. Returns None
@@ -153,23 +159,37 @@ class Replacing:
 
     async def handle_recycle_soon(self, child: Handle | None, _: int) -> None:
         """A worker reached a recycling limit and waits for a successor (--recycle-handoff):
-        replace it first, so capacity never dips. During a rolling restart it is left alone:
-        the restart replaces it anyway, and its hand-off timeout bounds the wait. While the
-        app on disk cannot load, it is told to hold (it serves until a good deploy)."""
+        replace it first, so capacity never dips. During a rolling restart a worker of an
+        older version is left alone: the restart replaces it anyway, and its hand-off timeout
+        bounds the wait; a successor the restart started (the current version, which it will
+        not replace: one over max_rss at once, say) is replaced once the restart is over.
+        While the app on disk cannot load, it is told to hold (it serves until a good
+        deploy)."""
         assert child is not None
         slot = self._slot_of(child)
         if slot is None or child.retired or self.stopping:
             return  # retired: a rolling restart or another hand-off is replacing it
         if self.reloading is not None and not self.reloading.done():
+            if child.version == self.version:
+                self._recycle_after_reload.add(child)
             return
         if self.load_error is not None:
             self._held.discard(child.id)
             self.hold_recycling()
             return
-        log.info("worker %s asks to be recycled: starting its successor first", child.id)
+        log.info("worker %s asks to be recycled: starting its successor first (%s)", child.id,
+                 child.status)
+        self.count_recycle(child)
         task = self.loop.create_task(self.replace(slot))
         self._replacing.add(task)
         task.add_done_callback(self._replaced)
+
+    def count_recycle(self, child: Handle) -> str:
+        """A worker recycles (it asked for a successor, or exited 75): counted in the
+        balancer's metrics by the reason its last STATUS= gives (rip_worker_recycles)."""
+        reason = reason_of(child.status)
+        self._count(f"recycles_{reason}")
+        return reason
 
     def _replaced(self, task: asyncio.Task[str | None]) -> None:
         self._replacing.discard(task)

@@ -17,10 +17,10 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ripsvc import logs, sd
+from ripsvc import logs, memory, sd
 from ripsvc.apploader import AppLoadError, AppSpec, detect_kind, import_app
 from ripsvc.exitcodes import ExitCode
-from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL, RecyclePolicy
+from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL, RecyclePolicy, reason_text
 from ripsvc.settings import DEFAULTS
 from ripsvc.worker.reloader import ModuleWatcher, SourceOnlyFinder
 
@@ -32,6 +32,11 @@ log = logs.get("worker")
 #: Released workers whose limits passed while held recycle within this many seconds, each at a
 #: random moment, so that they do not all leave at once.
 RELEASE_SPREAD = 5.0
+#: With max_rss, the worker's memory is read after a request at most this often (a read costs
+#: about 1 µs, a request about 20 µs of the worker's CPU): a busy worker is measured ten times
+#: a second, a quiet one after each request. A request that ended within the interval after
+#: the last read is measured once the interval is over, by a timer if the worker is idle by then.
+MEMORY_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class WorkerOptions:
     reload: str = DEFAULTS.reload
     recycle: RecyclePolicy = DEFAULTS.recycle
     recycle_jitter: float = DEFAULTS.recycle_jitter
+    max_rss: int = DEFAULTS.max_rss
     graceful_timeout: float = DEFAULTS.graceful_timeout
     max_body: int = DEFAULTS.max_body
     reload_interval: float = 0.1  # not a setting
@@ -75,7 +81,7 @@ class WorkerOptions:
         limits = WebSocketLimits(s.websocket_connections, s.websocket_max_message,
                                  s.websocket_ping, s.websocket_ping)
         return cls(app=app, name=name, worker_id=worker_id, reload=s.reload,
-                   recycle=s.recycle, recycle_jitter=s.recycle_jitter,
+                   recycle=s.recycle, recycle_jitter=s.recycle_jitter, max_rss=s.max_rss,
                    graceful_timeout=s.graceful_timeout, max_body=s.max_body,
                    recycle_handoff=recycle_handoff, websocket=websocket,
                    websocket_limits=limits)
@@ -158,6 +164,18 @@ class Worker:
         self.recycling_held = False
         self._recycle_due: str | None = None
         self._released: asyncio.TimerHandle | None = None  # a released limit, due soon
+        # max_rss, once load() found the worker below it (0: not checked); see memory_over.
+        self.max_rss = 0
+        self.rss_loaded = 0  # the resident memory right after loading the app
+        self._meter: memory.RssMeter | None = None
+        # A read may be done now (the interval since the last one is over), or was put off
+        # (a request ended meanwhile): no clock is read per request (memory_over).
+        self._rss_due = True
+        self._rss_put_off = False
+        self._rss_over = 0  # the resident memory found above max_rss (0: not yet)
+        # Why it waits for a successor or stops: its STATUS= until it exits (status_line), so
+        # that the supervisor reads the reason last (recycle.reason_of), not "idle".
+        self.leaving = ""
 
     @property
     def kind(self) -> str:
@@ -177,6 +195,96 @@ class Worker:
         # the manager signals only workers that are ready.
         self.loop.add_signal_handler(HOLD_SIGNAL, self.hold_recycling)
         self.loop.add_signal_handler(RELEASE_SIGNAL, self.release_recycling)
+        if self.options.max_rss:
+            self._watch_memory(self.options.max_rss)
+
+    def _watch_memory(self, limit: int) -> None:
+        """max_rss, checked after requests from now on, unless it cannot work here: said at
+        start, never a silent fallback. A worker already above it with the app just loaded
+        would recycle after every request, and so would each successor: rather than that loop,
+        this worker serves without the limit and says why."""
+        shown = f"max_rss {memory.mib(limit)}"
+        if self.options.websocket:
+            # Its memory follows the WebSockets it holds, not leaks of requests, and a recycle
+            # would close every one of them at once (why it is not recycled by age either); a
+            # WSGI app's (none) exits at once.
+            if self.kind != "wsgi":
+                log.info("%s does not apply to a WebSocket worker: it serves no requests, "
+                         "and recycling it would close all of its WebSockets at once", shown)
+            return
+        try:
+            meter = memory.RssMeter()
+        except OSError as exc:
+            log.error("%s is off: this worker cannot read its resident memory (%s)", shown, exc)
+            return
+        try:
+            rss = meter.read()
+        except (OSError, ValueError) as exc:
+            meter.close()
+            log.error("%s is off: this worker cannot read its resident memory (%s)", shown, exc)
+            return
+        if rss >= limit:
+            meter.close()
+            log.error("%s is off for this worker: it holds %s with the app just loaded, so it "
+                      "would recycle after every request, and so would its successors; give "
+                      "max_rss room above what the app needs (e.g. twice %s)", shown,
+                      memory.mib(rss), memory.mib(rss))
+            return
+        self._meter = meter
+        self.max_rss = limit
+        self.rss_loaded = rss
+        log.debug("%s: %s with the app loaded", shown, memory.mib(rss))
+
+    def memory_over(self) -> bool:
+        """Is the worker's resident memory above max_rss? Read at most every MEMORY_INTERVAL
+        seconds: within the interval the read is put off (a flag, no clock per request) to
+        when it is over (_memory_due). Once found above, it stays so (the worker is on its
+        way out)."""
+        if self._rss_over:
+            return True
+        if not self._rss_due:
+            self._rss_put_off = True
+            return False
+        return self._read_memory()
+
+    def _read_memory(self) -> bool:
+        """Read the resident memory now; the next read is due MEMORY_INTERVAL later. A read
+        that fails turns the check off, said once."""
+        meter = self._meter
+        if meter is None:
+            return False
+        self._rss_due = self._rss_put_off = False
+        self.loop.call_later(MEMORY_INTERVAL, self._memory_due)
+        try:
+            rss = meter.read()
+        except (OSError, ValueError) as exc:
+            log.error("max_rss is off from now on: this worker cannot read its resident "
+                      "memory (%s)", exc)
+            self.max_rss = 0
+            self._meter = None
+            return False
+        if rss > self.max_rss:
+            self._rss_over = rss
+            return True
+        return False
+
+    def _memory_due(self) -> None:
+        """The interval after a read is over: the next request's end reads again, or, for a
+        request that ended meanwhile, a read now if the worker is idle (one in flight is
+        measured when it ends)."""
+        self._rss_due = True
+        if (self._rss_put_off and self.max_rss and self.accepting and not self.gate.busy
+                and self._read_memory()):
+            self._recycle_on_memory()
+
+    def _recycle_on_memory(self) -> None:
+        if self._recycle_due is not None or self._handoff is not None:
+            return  # already on its way out, or held: said once
+        rss, limit = self._rss_over, self.max_rss
+        detail = (f"RSS {memory.mib(rss)} is above max_rss {memory.mib(limit)} after "
+                  f"{self.served} requests ({memory.mib(self.rss_loaded)} with the app loaded)")
+        self.recycle(reason_text("memory", detail),
+                     {"RSS": str(rss), "MAX_RSS": str(limit)})
 
     async def _start_host(self) -> AppHost:
         spec = self.options.app
@@ -213,7 +321,8 @@ class Worker:
             return False  # it keeps serving until its successor is in place
         policy = self.policy
         return (bool(policy.requests and self.served + 1 >= policy.requests)
-                or bool(policy.reloads and self.reloads >= policy.reloads))
+                or bool(policy.reloads and self.reloads >= policy.reloads)
+                or bool(self.max_rss and self.memory_over()))
 
     def request_finished(self) -> None:
         self.served += 1
@@ -222,30 +331,35 @@ class Worker:
         if not self.accepting:
             self.drained.set()
         elif policy.requests and self.served >= policy.requests:
-            self.recycle(f"recycling after {self.served} requests")
+            self.recycle(reason_text("requests", self.served))
         elif policy.reloads and self.reloads >= policy.reloads:
-            self.recycle(f"recycling after {self.reloads} module reloads")
+            self.recycle(reason_text("reloads", self.reloads))
+        elif self.max_rss and self.memory_over():
+            self._recycle_on_memory()
 
-    def recycle(self, reason: str) -> None:
+    def recycle(self, reason: str, fields: dict[str, str] | None = None) -> None:
         """A limit is reached: stop now, or with a hand-off, ask for a successor first; while
-        recycling is held, wait for the release."""
+        recycling is held, wait for the release. `reason` begins with recycle.reason_text
+        (the manager counts recycles by it); `fields`: journal fields of its log line."""
         if self.recycling_held:
             if self._recycle_due is None:
                 self._recycle_due = reason
                 log.warning("%s: held, since the app on disk cannot load; this worker keeps "
-                            "serving until the next good deploy", reason)
+                            "serving until the next good deploy", reason, extra=fields)
             return
         if self._released is not None:
             return  # released with a limit passed: recycle() comes at its own moment
         handoff = self.options.recycle_handoff
         if not handoff:
-            self.begin_stop(ExitCode.RECYCLE, reason)
+            self.begin_stop(ExitCode.RECYCLE, reason, fields)
             return
         if self._handoff is not None:
             return
         log.info("%s: asking for a successor (serving meanwhile, at most %.0f s)", reason,
-                 handoff)
-        sd.notify("RIP_RECYCLE=1", f"STATUS={reason}; waiting for a successor")
+                 handoff, extra=fields)
+        # STATUS= first: the supervisor reads why (recycle.reason_of) when RIP_RECYCLE=1 comes.
+        self.leaving = f"{reason}; waiting for a successor"
+        sd.notify(f"STATUS={self.leaving}", "RIP_RECYCLE=1")
         self._recycle_due = reason
         self._handoff = self.loop.call_later(handoff, self.begin_stop, ExitCode.RECYCLE,
                                              f"{reason}; no successor came")
@@ -262,6 +376,7 @@ class Worker:
             if timer is not None:
                 timer.cancel()
         self._handoff = self._released = None
+        self.leaving = ""  # it no longer waits for a successor
         if pending is not None and self._recycle_due is not None:
             log.warning("%s: held, since the app on disk cannot load; this worker keeps "
                         "serving until the next good deploy", self._recycle_due)
@@ -316,9 +431,10 @@ class Worker:
 
     # -- stopping ------------------------------------------------------------------------------
     def _age_limit(self) -> None:
-        self.recycle(f"recycling after {self.policy.seconds} s")
+        self.recycle(reason_text("age", self.policy.seconds))
 
-    def begin_stop(self, code: ExitCode, reason: str) -> None:
+    def begin_stop(self, code: ExitCode, reason: str,
+                   fields: dict[str, str] | None = None) -> None:
         """Stop taking requests; the one in flight (if any) finishes first."""
         if not self.accepting:
             return
@@ -331,8 +447,9 @@ class Worker:
         # be refused, while one left in the socket's backlog goes to our successor.
         for server in self.servers:
             server.close()
-        log.info("%s; stopping", reason)
-        sd.notify("STOPPING=1", f"STATUS={reason}; stopping")
+        log.info("%s; stopping", reason, extra=fields)
+        self.leaving = f"{reason}; stopping"
+        sd.notify("STOPPING=1", f"STATUS={self.leaving}")
         for conn in list(self.connections):
             conn.close_if_idle()
         self.stopping.set()
@@ -340,6 +457,8 @@ class Worker:
             self.drained.set()
 
     def status_line(self) -> str:
+        if self.leaving:
+            return self.leaving
         if self.websockets is not None:
             return (f"{self.options.name} ({self.kind}): {self.websockets.open} WebSockets "
                     f"open, {self.websockets.opened} since start")

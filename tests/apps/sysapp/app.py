@@ -7,6 +7,7 @@
 /env?name=V   → the environment variable V ("-" if unset)
 /write?path=P → writes P: "written", or the error
 /user         → the worker's user id
+/grow?kb=N    → keeps N KiB (1024 unless said) for the worker's life (a leak); the pid
 """
 
 import asyncio
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 VERSION = (Path(__file__).parent / "VERSION").read_bytes().strip()
+KEPT = []
 
 
 async def app(scope, receive, send):
@@ -31,7 +33,10 @@ async def app(scope, receive, send):
         await asyncio.sleep(int(query.get("ms", "100")) / 1000)
     elif path == "/hang":
         time.sleep(float(query.get("s", "10")))
+    elif path == "/grow":
+        KEPT.append(b"\1" * (int(query.get("kb", "1024")) << 10))  # written: resident
     body = {"/version": VERSION, "/pid": str(os.getpid()).encode(),
+            "/grow": str(os.getpid()).encode(),
             "/user": str(os.getuid()).encode()}.get(path, b"ok")
     if path == "/env":
         body = os.environ.get(query["name"], "-").encode()
