@@ -86,6 +86,7 @@ class Manager(Replacing, HostsAndTLS, Draining):
         self._counting: set[asyncio.Task[Any]] = set()
         self._ids_used: set[str] = set()
         self._leaving: set[str] = set()  # worker ids being drained out of the pool
+        self._joining: set[str] = set()  # worker ids whose join the balancer has not answered
         self.restart_watch: FileWatcher | None = None
         self.state = plan.state_directory
         self.hosts = hosts.Registry(plan.hosts)
@@ -190,6 +191,21 @@ class Manager(Replacing, HostsAndTLS, Draining):
             body.update(kind="websocket", capacity=self.plan.settings.websocket_connections)
         await self.control("join", body)
 
+    def start_join(self, slot: WorkerSlot) -> None:
+        """join() as a task, for a handler (no handler waits on the balancer): its end comes
+        back as a "joined" event. Once at a time per worker."""
+        child = slot.child
+        if child is None or child.id in self._joining:
+            return
+        self._joining.add(child.id)
+
+        async def joining() -> None:
+            try:
+                await self.join(slot)
+            finally:
+                self.post("joined", child, 0)
+        self._spawn(joining())
+
     # -- event handlers --------------------------------------------------------------------
     async def handle_ready(self, child: Handle | None, _: int) -> None:
         """A child sent READY=1: a worker joins the balancer's pool. One that started after
@@ -205,9 +221,15 @@ class Manager(Replacing, HostsAndTLS, Draining):
             slot = self._slot_of(child)
             if slot is not None:
                 slot.crashes = 0
-                await self.join(slot)
+                self.start_join(slot)  # READY=1 waits for it (handle_joined)
         if child.role == "balancer":
             self._balancer_backoff = 0
+        self._announce_ready()
+
+    async def handle_joined(self, child: Handle | None, _: int) -> None:
+        """The balancer answered a worker's join (start_join): the app may now be ready."""
+        assert child is not None
+        self._joining.discard(child.id)
         self._announce_ready()
 
     def _announce_ready(self) -> None:
@@ -247,7 +269,7 @@ class Manager(Replacing, HostsAndTLS, Draining):
             return
         slot = self._slot_of(child)
         if slot is not None:
-            await self.worker_gone(slot, child, code)
+            self.worker_gone(slot, child, code)
 
     async def handle_balancer_back(self, _: Handle | None, __: int) -> None:
         """Restart the balancer (after its back-off) and join the ready workers to it."""
@@ -256,12 +278,12 @@ class Manager(Replacing, HostsAndTLS, Draining):
         self.start_balancer()
         self._spawn(self._rejoin_all())
 
-    async def worker_gone(self, slot: WorkerSlot, child: Handle, code: int) -> None:
+    def worker_gone(self, slot: WorkerSlot, child: Handle, code: int) -> None:
         """What follows a worker's exit (not asked for): a restart on its socket, after a
         back-off for a crash; or, when the app on disk cannot load, a vacant position
         (vacate). Exit 4 on a cold start stops the app: nothing has served, nothing would."""
         if code == ExitCode.NO_WEBSOCKETS and slot.websocket:
-            await self.no_websockets()
+            self.no_websockets()
             return
         if code == ExitCode.APP_LOAD_ERROR:
             why = self.load_failed(child)
@@ -271,12 +293,11 @@ class Manager(Replacing, HostsAndTLS, Draining):
                 self.exit_code = ExitCode.APP_LOAD_ERROR
                 self.begin_stop()
                 return
-            await self.vacate(slot, f"worker {child.id} cannot load the app (exit 4): {why}")
+            self.vacate(slot, f"worker {child.id} cannot load the app (exit 4): {why}")
             return
         if self.load_error is not None:
-            await self.vacate(slot, f"worker {child.id} {exit_text(code)}, and the app on disk "
-                              f"fails to load: {self.load_error}; it is not restarted on its "
-                              "socket")
+            self.vacate(slot, f"worker {child.id} {exit_text(code)}, and the app on disk "
+                        f"fails to load: {self.load_error}; it is not restarted on its socket")
             return
         if code == ExitCode.RECYCLE:
             log.info("%s %s recycled (%s); starting its successor", slot.role, child.id,
@@ -355,16 +376,16 @@ class Manager(Replacing, HostsAndTLS, Draining):
                 continue
             running.add(child.id)
             ready = child.ready.done() and not child.ready.cancelled()
-            if ready and not child.retired and child.id not in in_pool:
+            if ready and not child.retired and child.id not in in_pool | self._joining:
                 log.warning("%s %s is ready but not in the balancer's pool: joining it "
                             "again", slot.role, child.id)
                 self._count("pool_rejoins")
-                await self.join(slot)
+                self.start_join(slot)
         for worker_id in in_pool - running - self._leaving:
             log.warning("the balancer's pool holds worker %s, which does not run: taking it "
                         "out", worker_id)
             self._count("pool_strays")
-            await self.control("leave", {"id": worker_id})
+            self._spawn(self.control("leave", {"id": worker_id}))
 
     def count_requests(self, stats: dict[str, Any]) -> None:
         """The balancer's count of requests answered, as the tick saw it (in order): a
@@ -423,8 +444,8 @@ class Manager(Replacing, HostsAndTLS, Draining):
         if self.stopping or slot not in self.slots or slot.child is None:
             return
         if self.load_error is not None:
-            await self.vacate(slot, f"worker {slot.child.id} is not restarted on its socket: "
-                              f"the app on disk fails to load: {self.load_error}")
+            self.vacate(slot, f"worker {slot.child.id} is not restarted on its socket: the app "
+                        f"on disk fails to load: {self.load_error}")
             return
         self.start_worker(slot)
 
@@ -524,7 +545,7 @@ class Manager(Replacing, HostsAndTLS, Draining):
     def _everyone_ready(self) -> bool:
         """The balancer and every worker are ready (vacant positions aside, at least one)."""
         workers = [s.child for s in self.slots if s.child is not None]
-        return bool(workers) and all(
+        return bool(workers) and not self._joining and all(
             c is not None and c.ready.done() and not c.ready.cancelled()
             for c in [self.balancer, *workers])
 
@@ -543,7 +564,7 @@ class Manager(Replacing, HostsAndTLS, Draining):
             await self.tell_balancer_draining()
         for slot in self.slots:
             if slot.child is not None and slot.child.ready.done():
-                await self.join(slot)
+                self.start_join(slot)
 
     async def drain_and_leave(self, worker_id: str) -> None:
         """No new requests for the worker; its request in flight may take graceful_timeout

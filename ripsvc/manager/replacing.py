@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ripsvc import logs, sd
 from ripsvc.exitcodes import APP_LOAD_STATUS, ExitCode
 from ripsvc.manager.balancer_client import BalancerClient, BalancerUnreachable
 from ripsvc.manager.slots import WorkerSlot
-from ripsvc.manager.supervisor import Handle, ServePlan, Supervisor
+from ripsvc.manager.supervisor import EXIT_UNKNOWN, Handle, ServePlan, Supervisor
 from ripsvc.recycle import HOLD_SIGNAL, RELEASE_SIGNAL, reason_of
 
 log = logs.get("manager")
@@ -56,12 +57,13 @@ class Replacing:
         def websocket_slots(self) -> list[WorkerSlot]: ...
         async def join(self, slot: WorkerSlot) -> None: ...
         def _announce_ready(self) -> None: ...
-        async def worker_gone(self, slot: WorkerSlot, child: Handle, code: int) -> None: ...
+        def worker_gone(self, slot: WorkerSlot, child: Handle, code: int) -> None: ...
         async def control(self, command: str, body: dict[str, object],
                           timeout: float | None = None) -> dict[str, Any] | None: ...
         async def drain_and_leave(self, worker_id: str) -> None: ...
         async def reload_certificate(self) -> str | None: ...
         def _count(self, event: str) -> None: ...
+        def _spawn(self, coro: Any) -> None: ...
         def _children(self) -> list[Handle]: ...
         def _slot_of(self, child: Handle) -> WorkerSlot | None: ...
         def ready_workers(self, slots: list[WorkerSlot] | None = None) -> int: ...
@@ -124,7 +126,7 @@ class Replacing:
             if old is not None:
                 old.retired = False
                 if old.exited.done() and not self.stopping:  # it left meanwhile
-                    await self.worker_gone(slot, old, old.exited.result())
+                    self.worker_gone(slot, old, old.exited.result())
             return f"{why}; the old workers keep serving"
         if slot in self.slots:
             self.slots[self.slots.index(slot)] = fresh
@@ -151,7 +153,7 @@ class Replacing:
         self.supervisor.release_socket(fresh.path)
         code = await child.exited
         if code == ExitCode.NO_WEBSOCKETS and slot.websocket:
-            await self.no_websockets()
+            self.no_websockets()
             return None, "the app has no WebSockets"
         if code == ExitCode.APP_LOAD_ERROR:
             return None, f"worker {child.id} cannot load the app: {self.load_failed(child)}"
@@ -233,7 +235,7 @@ class Replacing:
             self._held.add(worker.id)
             worker.send(HOLD_SIGNAL)
 
-    async def vacate(self, slot: WorkerSlot, what: str) -> None:
+    def vacate(self, slot: WorkerSlot, what: str) -> None:
         """The worker of `slot` is gone and the app on disk cannot load: rather than a restart
         on its socket (whose backlog would hold requests for a worker that never comes), it
         leaves the pool and its socket is closed; a successor on a fresh socket is tried
@@ -242,12 +244,17 @@ class Replacing:
         slot.child = None
         self._held.discard(old_id)
         self._count("worker_restarts")
-        # Not in the pool if it never was ready (then there is nothing to do), and a balancer
-        # that does not answer is reconciled by the next look at its pool.
-        with contextlib.suppress(BalancerUnreachable):
-            await self.client.call("leave", {"id": old_id})
-        self.supervisor.release_socket(slot.path)
+        self._spawn(self._leave_and_close(old_id, slot.path))
         self._retry_later(slot, what)
+
+    async def _leave_and_close(self, worker_id: str, path: Path) -> None:
+        """A gone worker out of the pool, then its socket closed: in that order, so that the
+        balancer never connects to a backlog nobody will accept. Not in the pool if it never
+        was ready (nothing to do), and a balancer that does not answer is reconciled by the
+        next look at its pool."""
+        with contextlib.suppress(BalancerUnreachable):
+            await self.client.call("leave", {"id": worker_id})
+        self.supervisor.release_socket(path)
 
     def _retry_later(self, slot: WorkerSlot, what: str) -> None:
         slot.failed_attempts += 1
@@ -292,7 +299,7 @@ class Replacing:
             sd.notify(f"STATUS={self.status_line()}")
 
     # -- WebSocket workers -------------------------------------------------------------------------
-    async def no_websockets(self) -> None:
+    def no_websockets(self) -> None:
         """A WebSocket worker found that the app has no WebSockets (a WSGI app: it exited
         NO_WEBSOCKETS): the WebSocket positions go for this run, and a WebSocket upgrade
         reaches the app as a plain request, as under gunicorn (balancer/client.py). Workers
@@ -311,11 +318,18 @@ class Replacing:
             child = slot.child
             if child is not None and not child.exited.done():
                 child.retired = True
-                if child.ready.done() and not child.ready.cancelled():
-                    await self.drain_and_leave(child.id)
-                child.terminate()
-            self.supervisor.release_socket(slot.path)
+            self._spawn(self._retire(slot))
         self._announce_ready()
+
+    async def _retire(self, slot: WorkerSlot) -> None:
+        """A position given up (no_websockets): its worker drained (its WebSockets closed
+        with 1001 after graceful_timeout) and stopped, then its socket closed."""
+        child = slot.child
+        if child is not None and not child.exited.done():
+            if child.ready.done() and not child.ready.cancelled():
+                await self.drain_and_leave(child.id)
+            child.terminate()
+        self.supervisor.release_socket(slot.path)
 
     # -- scaling -------------------------------------------------------------------------------
     async def scale(self, workers: int) -> None:
@@ -342,6 +356,8 @@ class Replacing:
 
 def exit_text(code: int) -> str:
     """"exited with 3", or "was killed by SIGKILL" (a negative code: the signal)."""
+    if code == EXIT_UNKNOWN:
+        return "exited (its exit status was lost: systemd had started it again)"
     if code < 0:
         with contextlib.suppress(ValueError):
             return f"was killed by {signal.Signals(-code).name}"

@@ -21,6 +21,11 @@ from ripsvc import paths
 from ripsvc.settings import Settings
 from ripsvc.sockets import Bind
 
+# A child's exit whose status could not be learned: systemd reported the unit gone, and by the
+# time its ExecMainStatus was read it had started the unit again (a connection on its socket),
+# which resets the status. Outside 0..255 and not a signal, so never taken for a real code.
+EXIT_UNKNOWN = 256
+
 
 @dataclass(frozen=True)
 class ServePlan:

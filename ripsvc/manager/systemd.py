@@ -38,7 +38,7 @@ from dbus_fast import BusType, Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from ripsvc import launch, logs, paths, units
-from ripsvc.manager.supervisor import Handle, Post, ServePlan
+from ripsvc.manager.supervisor import EXIT_UNKNOWN, Handle, Post, ServePlan
 from ripsvc.sockets import Bind
 
 log = logs.get("manager")
@@ -49,6 +49,7 @@ MANAGER, UNIT, SERVICE, SOCKET = (f"{SD}.Manager", f"{SD}.Unit", f"{SD}.Service"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 JOB_TIMEOUT = 180.0
 CLD_EXITED = 1  # ExecMainCode: exited normally; otherwise killed by the signal in ExecMainStatus
+EXIT_STATUS_WAIT = 0.5  # seconds to wait for a gone unit's ExecMainStatus to be sent
 
 
 class SystemdError(RuntimeError):
@@ -160,7 +161,8 @@ class UnitHandle(Handle):
         self.unit = unit
         self.restarting = False  # systemd was restarting it when we were asked to start it
         self.path = ""
-        self._main_exit: tuple[int, int] | None = None  # ExecMainCode/Status, as last sent
+        self._main_exit: tuple[int, int] | None = None  # ExecMainCode/Status of its exit
+        self._exit_seen = asyncio.Event()  # _main_exit was sent
 
     async def start(self) -> None:
         sd = self.backend.sd
@@ -198,9 +200,11 @@ class UnitHandle(Handle):
             # StatusText is kept when it is emptied: a worker's last words say why it exited.
             self.status = str(changed.get("StatusText") or self.status)
             self.pid = int(changed.get("MainPID", self.pid))
-            if "ExecMainCode" in changed and "ExecMainStatus" in changed:
+            if "ExecMainCode" in changed and "ExecMainStatus" in changed and \
+                    int(changed["ExecMainCode"]) != 0:  # 0: no exit (yet, or reset by a start)
                 self._main_exit = (int(changed["ExecMainCode"]),
                                    int(changed["ExecMainStatus"]))
+                self._exit_seen.set()
             return
         state = changed.get("ActiveState")
         gone = state in ("inactive", "failed")
@@ -217,24 +221,32 @@ class UnitHandle(Handle):
             self.backend.spawn(self._exit(code))
 
     def _exit_code(self) -> int | None:
-        """The main process's exit as last sent (None if not known): its code, or minus the
-        signal that killed it."""
-        if self._main_exit is None or self._main_exit[0] == 0:
+        """The main process's exit as sent (None if not yet): its code, or minus the signal
+        that killed it."""
+        if self._main_exit is None:
             return None
         how, status = self._main_exit
         return status if how == CLD_EXITED else -status
 
     async def _exit(self, code: int | None = None) -> None:
+        """The unit is gone (or its start job failed): its exit is posted with the main
+        process's status, which systemd may send a little after the unit's state (waited
+        for briefly) or not at all when it starts the unit again at once (a connection on its
+        socket resets the status): then it is asked, and EXIT_UNKNOWN if lost."""
         if self.exited.done():
             return
+        if code is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_seen.wait(), EXIT_STATUS_WAIT)
+            code = self._exit_code()
         if code is None:
             sd = self.backend.sd
             try:
                 how = int(await sd.get(self.path, SERVICE, "ExecMainCode"))
                 status = int(await sd.get(self.path, SERVICE, "ExecMainStatus"))
-                code = status if how == CLD_EXITED else -status
+                code = EXIT_UNKNOWN if how == 0 else status if how == CLD_EXITED else -status
             except SystemdError:
-                code = 1
+                code = EXIT_UNKNOWN
         if self.exited.done():
             return
         if self.backend.sd.watchers.get(self.path) == self._changed:
