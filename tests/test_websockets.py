@@ -1,11 +1,13 @@
 """WebSockets through the balancer to WebSocket workers (issue 21): echo and broadcast with
-FastAPI and aiohttp apps, over HTTP and HTTPS, many at once while every HTTP worker keeps
+FastAPI and aiohttp apps, over HTTP and HTTPS, 200 at once while every HTTP worker keeps
 serving; what the WebSocket worker sees of its client; refusals, malformed upgrades, the message
 size limit, idle pings, and the counts in /status and the metrics."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -46,20 +48,47 @@ def test_echo_refusal_and_what_the_app_sees(start_stack):
     healed(stack.port, 1)
 
 
+def https_get(port: int, path: str) -> tuple[int, str, str]:
+    """GET over HTTPS (the test's self-signed certificate): status, body, X-Request-Id."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        return reply.status, reply.read().decode(), reply.getheader("x-request-id") or ""
+    finally:
+        conn.close()
+
+
+def plain_get(port: int, path: str) -> tuple[int, str, str]:
+    reply = fetch(port, path)
+    return reply.status, reply.text, reply.headers.get("x-request-id", "")
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 @pytest.mark.parametrize(("app", "name"), [(FASTAPI, "fastapi"), (AIOHTTP, "aiohttp")])
-def test_two_hundred_websockets_while_every_http_worker_serves(start_stack, app, name):
+def test_two_hundred_websockets_while_every_http_worker_serves(start_stack, short_tmp, app,
+                                                               name, tls):
     """200 WebSockets at once, echo and broadcast, on one WebSocket worker, while HTTP
-    requests go on being answered by both HTTP workers."""
-    stack = start_stack(workers=2, websockets=1, app=app)
-    sockets = [WebSocket(stack.port, "/ws/echo") for _ in range(200)]
+    requests go on being answered by both HTTP workers; over HTTP (the client's socket handed
+    to the WebSocket worker) and HTTPS (relayed by the balancer, which holds the TLS)."""
+    args: tuple[str, ...] = ()
+    if tls:
+        cert, key, _ = write_certificate(short_tmp, "ws")
+        args = ("--tls-port", "{port}", "--cert", str(cert), "--key", str(key))
+    stack = start_stack(workers=2, websockets=1, app=app, args=args)
+    get = https_get if tls else plain_get
+    sockets = [WebSocket(stack.port, "/ws/echo", tls=tls) for _ in range(200)]
     served: set[str] = set()
     stop = threading.Event()
 
     def http_load() -> None:
         while not stop.is_set():
-            reply = fetch(stack.port, "/hi")
-            assert reply.status == 200 and name in reply.text
-            served.add(reply.headers.get("x-request-id", ""))
+            status, text, request_id = get(stack.port, "/hi")
+            assert status == 200 and name in text
+            served.add(request_id)
 
     load = threading.Thread(target=http_load, daemon=True)
     load.start()
@@ -68,26 +97,39 @@ def test_two_hundred_websockets_while_every_http_worker_serves(start_stack, app,
             ws.send(f"message {n}")
         for n, ws in enumerate(sockets):
             assert ws.receive() == f"message {n}"
-        listeners = [WebSocket(stack.port, "/ws/broadcast") for _ in range(3)]
+        listeners = [WebSocket(stack.port, "/ws/broadcast", tls=tls) for _ in range(3)]
         time.sleep(0.2)
         listeners[0].send("to everyone")
         for listener in listeners:
             assert listener.receive() == "to everyone"
-        status = json.loads(fetch(stack.port, "/status").body)
+        status = json.loads(get(stack.port, "/status")[1])
         assert status["websockets"] == {"open": 203, "workers": 1}
     finally:
         stop.set()
         load.join(10)
-    assert len(served) > 10
-    _, stats = control(stack.control, "stats")  # plain HTTP: the sockets were handed over
-    assert stats["data"]["counters"]["websockets_handed_over"] >= 200
+    assert not load.is_alive() and len(served) > 10
+    _, stats = control(stack.control, "stats")
+    counters = stats["data"]["counters"]
+    assert counters["websockets"] >= 203
+    if tls:  # TLS is the balancer's: relayed, never handed over
+        assert counters.get("websockets_handed_over", 0) == 0
+    else:
+        assert counters["websockets_handed_over"] >= 200
     _, pool = control(stack.control, "pool")
     assert all(w["served"] > 0 for w in pool["data"] if w.get("kind") != "websocket")
     for ws in sockets + listeners:
         ws.close()
-    time.sleep(0.3)
-    assert json.loads(fetch(stack.port, "/status").body)["websockets"]["open"] == 0
-    healed(stack.port, 2, path="/hi")
+    deadline = time.monotonic() + 5
+    while json.loads(get(stack.port, "/status")[1])["websockets"]["open"] != 0:
+        assert time.monotonic() < deadline, "WebSockets still counted open after their close"
+        time.sleep(0.05)
+    if tls:  # healed(), over HTTPS
+        status = json.loads(get(stack.port, "/status")[1])
+        assert status["workers"]["ready"] == status["workers"]["total"] == 2, status
+        assert status["queue"]["depth"] == 0, status
+        assert get(stack.port, "/hi")[0] == 200
+    else:
+        healed(stack.port, 2, path="/hi")
 
 
 def test_websockets_over_https(start_stack, short_tmp):
