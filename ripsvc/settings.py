@@ -584,7 +584,7 @@ def from_file(path: Path, values: dict[str, Any], problems: list[str]) -> None:
 
 def from_env(env: Mapping[str, str], values: dict[str, Any], problems: list[str]) -> None:
     for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX) or key == "RIP_FORBID_SKIPS":
+        if not key.startswith(ENV_PREFIX):
             continue
         name = key[len(ENV_PREFIX):].lower()
         if name not in FIELDS:

@@ -13,6 +13,11 @@ from tests.support.procs import TEST_APPS, BalancerProcess, WorkerProcess
 ROOT = Path(__file__).resolve().parent.parent
 COMPILED_STAMP = ROOT / "ripsvc" / ".compiled"
 
+# RIP_* is the settings' namespace: every rip-server the tests start would refuse this switch's
+# old name ("unknown setting"), should an environment still set it.
+if "RIP_FORBID_SKIPS" in os.environ:
+    os.environ.setdefault("RIPSVC_FORBID_SKIPS", os.environ.pop("RIP_FORBID_SKIPS"))
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The suite tests the hot path as it ships: compiled by mypyc (`make compile` builds it
@@ -238,12 +243,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """With RIP_FORBID_SKIPS=1 (CI), a skipped or xfailed test fails the run."""
-    if not os.environ.get("RIP_FORBID_SKIPS"):
+    """With RIPSVC_FORBID_SKIPS=1 (CI), a skipped or xfailed test fails the run."""
+    if not os.environ.get("RIPSVC_FORBID_SKIPS"):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     stats = reporter.stats if reporter is not None else {}
     skipped = len(stats.get("skipped", [])) + len(stats.get("xfailed", []))
     if skipped:
-        print(f"\nRIP_FORBID_SKIPS: {skipped} test(s) skipped or xfailed: failing the run")
+        print(f"\nRIPSVC_FORBID_SKIPS: {skipped} test(s) skipped or xfailed: failing the run")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -3,7 +3,7 @@
 One box (tests/support/sysbox.py) is booted for the module: systemd as PID 1 of private
 namespaces with only journald and D-Bus, the project's unit templates and generator installed
 from the working tree with this interpreter. Requires root (CI runs as root); skipped otherwise,
-which RIP_FORBID_SKIPS=1 (.ci/run) turns into a failure.
+which RIPSVC_FORBID_SKIPS=1 (.ci/run) turns into a failure.
 """
 
 from __future__ import annotations
