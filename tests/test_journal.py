@@ -74,9 +74,15 @@ def test_ripctl_logs_shows_every_process_of_the_app(short_tmp):
     port = free_port()
     name = "jlogs"
 
-    def listening() -> bool:
+    def every_worker_joined() -> bool:
+        """The HTTP worker and the WebSocket worker in the balancer's pool: the manager says
+        "ready" once it has their joins (a port that accepts is not yet ready)."""
         with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return False
+        status = jsonlib.loads(fetch(port, "/status").body)
+        return bool(status["workers"]["ready"] == 1
+                    and status.get("websockets", {}).get("workers") == 1)
 
     def use() -> None:
         for _ in range(3):
@@ -88,7 +94,7 @@ def test_ripctl_logs_shows_every_process_of_the_app(short_tmp):
         short_tmp,
         [sys.executable, "-c", "from ripsvc.cli import serve_main; serve_main()",
          str(EXAMPLES / "hello"), "w:1", f"tcp:127.0.0.1:{port}", "--name", name],
-        ready=listening, action=use)
+        ready=every_worker_joined, action=use)
     out = (short_tmp / "after.out").read_text()
     assert (short_tmp / "after.rc").read_text() == "0", out
     lines = out.splitlines()
