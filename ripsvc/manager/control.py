@@ -127,12 +127,15 @@ def make_app(manager: Manager) -> web.Application:
                             "uptime": round(now - child.started, 1), "status": child.status,
                             **({"open": seen.get("open", 0)} if slot.websocket else {})})
         health = manager.health()
-        # (the balancer's own "degraded" may still be the manager's last word, told again
-        # within a second: only an empty rotation counts here)
-        if health == "healthy" and not stats.get("serving", True):
+        # The balancer's own "status" also holds the manager's last word on the app's health,
+        # told again within a second of a change: what the balancer itself says is whether a
+        # worker is in rotation.
+        serving = bool(stats.get("serving", True))
+        if health == "healthy" and not serving:
             health = "degraded: no worker in rotation"
         return {"app": manager.plan.name, "version": manager.version, "workers": workers,
-                "queue": stats["queue"], "balancer": stats["status"], "health": health,
+                "queue": stats["queue"], "balancer": "healthy" if serving else "degraded",
+                "health": health,
                 "load_error": manager.load_error,
                 "kernel": kernel, "ports": stats.get("ports", []),
                 "requests": sum(w["requests"] for w in workers if w["kind"] == "http"),
