@@ -42,6 +42,11 @@ class Body:
             self._memory = bytearray()
         else:
             self._memory += chunk
+            return
+        # Flushed now, so that a full disk is an error of this append, answered 507, and never
+        # of a later close() or read (the buffer holds at most a few small chunks: chunks
+        # larger than it are written through anyway).
+        file.flush()
 
     @property
     def in_memory(self) -> bool:
@@ -59,7 +64,6 @@ class Body:
         file = self._file
         if file is None:
             return bytes(self._memory[offset:offset + size])
-        file.flush()
         return os.pread(file.fileno(), size, offset)
 
     def stream(self) -> IO[bytes]:
@@ -79,9 +83,13 @@ class Body:
             yield chunk
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        file = self._file
+        if file is not None:
             self._file = None
+            try:
+                file.close()
+            except OSError:
+                pass  # a full disk: what the failed append left buffered goes with the body
 
 
 class Spool:

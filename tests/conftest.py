@@ -101,20 +101,23 @@ class Stack:
 @pytest.fixture
 def start_stack(short_tmp: Path) -> Iterator[Callable[..., Stack]]:
     """start_stack(workers=2, app=probe, worker_args=(), args=(), stdout=None,
-    balancer_env=None, websockets=0) → a running Stack (`stdout`: a file for the balancer's
-    stdout instead of its log; `balancer_env`: more environment for the balancer;
-    `websockets`: WebSocket workers, stack.websocket_workers)."""
+    balancer_env=None, worker_env=None, websockets=0) → a running Stack (`stdout`: a file for
+    the balancer's stdout instead of its log; `balancer_env`, `worker_env`: more environment
+    for the balancer, for each worker; `websockets`: WebSocket workers,
+    stack.websocket_workers)."""
     procs: list[BalancerProcess | WorkerProcess] = []
 
     def start(workers: int = 2, app: str = str(TEST_APPS / "probe.py"),
               worker_args: tuple[str, ...] = ("--recycle", "r:0,0s,0r"),
               args: tuple[str, ...] = (), stdout: str | None = None,
-              balancer_env: dict[str, str] | None = None, websockets: int = 0) -> Stack:
+              balancer_env: dict[str, str] | None = None,
+              worker_env: dict[str, str] | None = None, websockets: int = 0) -> Stack:
         started = []
         stack = len([p for p in procs if isinstance(p, BalancerProcess)])  # several per test
         prefix = f"s{stack}" if stack else ""
         for n in range(workers):
-            worker = WorkerProcess(short_tmp, app, worker_args, name=f"{prefix}w{n + 1}")
+            worker = WorkerProcess(short_tmp, app, worker_args, worker_env,
+                                   name=f"{prefix}w{n + 1}")
             procs.append(worker)
             started.append(worker)
         websocket_workers = []

@@ -266,6 +266,21 @@ def test_a_full_disk_during_an_upload_is_507_and_one_log_line(start_stack, tiny_
     healed(stack.port, 1)
 
 
+def test_a_full_disk_in_the_worker_is_507_and_a_log_line(start_stack, tiny_tmp):
+    """The worker spools a large body too: with its temporary directory full the client gets
+    507 (not a 400 for a "malformed request"), the worker says why, and it stays in the pool."""
+    stack = start_stack(workers=1, worker_env={"TMPDIR": str(tiny_tmp)})
+    body = b"x" * (3 << 20)
+    for _ in range(2):
+        replies = pipeline(stack.port, b"POST /echo HTTP/1.1\r\nHost: localhost\r\n"
+                           b"Content-Length: %d\r\n\r\n" % len(body) + body, ["POST"])
+        assert [r.status for r in replies] == [507]
+    output = stack.workers[0].output()
+    assert f"cannot spool a request body to {tiny_tmp}: No space left on device" in output
+    assert "Traceback" not in output
+    healed(stack.port, 1)
+
+
 def test_running_out_of_descriptors_is_logged_and_counted(start_stack):
     """Item 10: with descriptors exhausted, new clients were reset with no word of it."""
     stack = start_stack(workers=1)

@@ -15,6 +15,7 @@ import asyncio
 import os
 import select
 import socket
+import tempfile
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, cast
@@ -75,6 +76,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body = Body()
         self._skip_body = False
+        self._no_space = False  # the body did not fit on disk: answered 507 once read
         self._client: tuple[str, int] | None = None
         self._server: tuple[str, int] | None = None
         self._scheme = "http"
@@ -144,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body = Body()
         self._skip_body = False
+        self._no_space = False
         self._probe = False
 
     def on_url(self, url: bytes) -> None:
@@ -183,11 +186,22 @@ class HttpConnection(asyncio.Protocol):
     def on_body(self, chunk: bytes) -> None:
         if self._skip_body:
             return
-        self._body.append(chunk)
+        try:
+            self._body.append(chunk)
+        except OSError as exc:  # a full disk: the app never sees a partial body
+            log.error("cannot spool a request body to %s: %s", tempfile.gettempdir(),
+                      exc.strerror or exc)
+            self._body.close()
+            # Answered once the body is read: the balancer expects no answer before that.
+            self._skip_body = self._no_space = True
+            return
         if self._body.size > self.max_body:
             self._queue_error(413)
 
     def on_message_complete(self) -> None:
+        if self._no_space:
+            self._queue_error(507)
+            return
         if self._skip_body:
             return
         if self._probe:
