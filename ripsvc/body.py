@@ -7,6 +7,7 @@ response bytes the balancer could not write to a slow client yet.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -86,10 +87,8 @@ class Body:
         file = self._file
         if file is not None:
             self._file = None
-            try:
-                file.close()
-            except OSError:
-                pass  # a full disk: what the failed append left buffered goes with the body
+            with contextlib.suppress(OSError):  # a full disk: what a failed append left
+                file.close()  # buffered goes with the body
 
 
 class Spool:
