@@ -6,7 +6,8 @@ A and B are git revisions, or `.` for the working tree (B's default). A revision
 with `git archive` into a temporary directory and its hot path compiled there as `make compile`
 compiles the tree (setup.py build_ext --inplace); the working tree is brought up to date with
 `make -s compile`. Both stacks run at once, each the `rip` configuration of bench/stacks.py
-(the balancer and two workers of examples/hello) with its own tree's code, and wrk loads them
+(the balancer and two workers of examples/hello; with --https `rip-https`, the WSGI
+examples/hello_wsgi) with its own tree's code, and wrk loads them
 in turn, A then B, then B then A, so that the VM's drift falls on both alike. It prints each
 pair, then for each side the median requests/s and the CPU per request of the balancer and of
 the workers (from /proc/PID/stat), and B/A.

@@ -58,7 +58,12 @@ def start_backends(stack: Stack, commands: dict[str, tuple[Path, list[str]]]) ->
         wait_ready(proc, over_unix(path), "/ping")
 
 
-def start_rip_workers(stack: Stack, app: str = "examples/hello") -> list[Path]:
+#: The apps on both sides of a comparison: ASGI against uvicorn, WSGI against gunicorn.
+ASGI_APP = "examples/hello"
+WSGI_APP = "examples/hello_wsgi"
+
+
+def start_rip_workers(stack: Stack, app: str = ASGI_APP) -> list[Path]:
     sockets = [stack.dir / f"w{n}.sock" for n in (1, 2)]
     start_backends(stack, {
         f"w{n}": (path, [
@@ -94,7 +99,7 @@ def start_balancer(stack: Stack, workers: list[Path], *, access_log: bool,
 def start_uvicorns(stack: Stack) -> None:
     start_backends(stack, {
         f"u{n}": (stack.dir / f"u{n}.sock", [
-            ".venv/bin/uvicorn", "--app-dir", "examples/hello", "app:app",
+            ".venv/bin/uvicorn", "--app-dir", ASGI_APP, "app:app",
             "--uds", str(stack.dir / f"u{n}.sock"), "--log-level", "warning",
             "--no-access-log", "--loop", "uvloop", "--http", "httptools",
         ])
@@ -106,7 +111,7 @@ def start_gunicorn(stack: Stack) -> None:
     path = stack.dir / "gunicorn.sock"
     start_backends(stack, {
         "gunicorn": (path, [
-            ".venv/bin/gunicorn", "--chdir", "examples/hello_wsgi", "-w", "2", "-k", "sync",
+            ".venv/bin/gunicorn", "--chdir", WSGI_APP, "-w", "2", "-k", "sync",
             "-b", f"unix:{path}", "--log-level", "warning", "app:app",
         ]),
     })
@@ -162,8 +167,7 @@ def rip(stack: Stack) -> Proc:
 
 
 def rip_wsgi(stack: Stack) -> Proc:
-    return start_balancer(stack, start_rip_workers(stack, "examples/hello_wsgi"),
-                          access_log=True)
+    return start_balancer(stack, start_rip_workers(stack, WSGI_APP), access_log=True)
 
 
 def rip_nolog(stack: Stack) -> Proc:
@@ -188,20 +192,22 @@ def haproxy_uvicorn(stack: Stack) -> Proc:
     return start_haproxy(stack, "u")
 
 
-# In rip's place, HAProxy gets the priority rip's balancer runs at: the same chances.
+# In rip's place, HAProxy gets the priority rip's balancer runs at: the same chances. It and
+# bench/floor.py front rip's workers serving the WSGI app: they bound what rip could make of
+# them against nginx -> gunicorn (rip-wsgi, rip-https).
 def haproxy_rip(stack: Stack) -> Proc:
-    start_rip_workers(stack)
+    start_rip_workers(stack, WSGI_APP)
     return start_haproxy(stack, "w", nice=NICE)
 
 
 def haproxy_https_rip(stack: Stack) -> Proc:
-    start_rip_workers(stack)
+    start_rip_workers(stack, WSGI_APP)
     return start_haproxy(stack, "w", tls=True, nice=NICE)
 
 
 def start_floor(stack: Stack, tls: bool = False) -> Proc:
-    """bench/floor.py in front of rip's two workers, at rip's balancer priority."""
-    workers = start_rip_workers(stack)
+    """bench/floor.py in front of rip's two WSGI workers, at rip's balancer priority."""
+    workers = start_rip_workers(stack, WSGI_APP)
     stack.port = free_port()
     command = [str(VENV_BIN / "python"), str(ROOT / "bench" / "floor.py"), str(stack.port),
                *map(str, workers), "--nice", str(NICE)]
@@ -229,7 +235,7 @@ def nginx_static(stack: Stack) -> Proc:
 
 
 def rip_https(stack: Stack) -> Proc:
-    return start_balancer(stack, start_rip_workers(stack), access_log=True, tls=True)
+    return start_balancer(stack, start_rip_workers(stack, WSGI_APP), access_log=True, tls=True)
 
 
 def nginx_https_gunicorn(stack: Stack) -> Proc:
@@ -256,18 +262,18 @@ CONFIGS = (
            "/server", rip_server),
     Config("nginx-static", 'nginx alone (access log to a file): return 200 "ok\\n"', "/ping",
            nginx_static),
-    Config("rip-https", "rip, the balancer serving HTTPS (TLS 1.3, self-signed P-256), "
+    Config("rip-https", "rip-wsgi, the balancer serving HTTPS (TLS 1.3, self-signed P-256), "
            "keep-alive clients", "/ping", rip_https, scheme="https"),
     Config("nginx-https-gunicorn", "nginx serving HTTPS (the same certificate) -> 2 gunicorn "
            "sync workers, keep-alive clients", "/ping", nginx_https_gunicorn, scheme="https"),
-    Config("haproxy-rip", "HAProxy as in haproxy-uvicorn -> the 2 rip workers of rip: what a "
-           f"balancer in C makes of the same workers (at rip's balancer priority, nice {NICE})",
-           "/ping", haproxy_rip),
+    Config("haproxy-rip", "HAProxy as in haproxy-uvicorn -> the 2 rip workers of rip-wsgi: "
+           "what a balancer in C makes of the same workers (at rip's balancer priority, nice "
+           f"{NICE})", "/ping", haproxy_rip),
     Config("haproxy-https-rip", "haproxy-rip serving HTTPS (the same certificate, keep-alive "
            "clients)", "/ping", haproxy_https_rip, scheme="https"),
-    Config("floor-rip", "bench/floor.py -> the 2 rip workers: a balancer in Python that only "
-           "frames requests and responses (no HTTP parsing, headers, log or timeouts), at nice "
-           f"{NICE}", "/ping", floor_rip),
+    Config("floor-rip", "bench/floor.py -> the 2 rip workers of rip-wsgi: a balancer in Python "
+           "that only frames requests and responses (no HTTP parsing, headers, log or "
+           f"timeouts), at nice {NICE}", "/ping", floor_rip),
     Config("floor-https-rip", "floor-rip serving HTTPS (the same certificate, keep-alive "
            "clients)", "/ping", floor_https_rip, scheme="https"),
     Config("rip-https-close", "rip-https with Connection: close (a handshake per request)",

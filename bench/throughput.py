@@ -84,9 +84,12 @@ TARGETS = (
 INFO_RATIOS = (("rip-nolog", "rip"),  # without / with the access log
                ("rip", "rip-nice0"),  # the balancer above / at the workers' priority
                ("rip-wsgi", "rip"),  # the WSGI path against the ASGI path, same response
-               # HAProxy in front of rip's workers: how far a balancer in C gets with them
+               # HAProxy in front of rip's WSGI workers: how far a balancer in C gets with
+               # them, and rip's balancer against it
                ("haproxy-rip", "nginx-gunicorn"),
                ("haproxy-https-rip", "nginx-https-gunicorn"),
+               ("rip-wsgi", "haproxy-rip"),
+               ("rip-https", "haproxy-https-rip"),
                # a balancer in Python that does no HTTP work, in front of rip's workers
                ("floor-rip", "nginx-gunicorn"),
                ("floor-https-rip", "nginx-https-gunicorn"),
