@@ -100,7 +100,8 @@ def rip_server_running(directory: Path, tools: dict[str, str],
 
 
 def wait_workers_ready(proc: Proc, name: str) -> dict[str, Any]:
-    """Poll `ripctl status NAME -j` until it shows every worker ready; its status then."""
+    """Poll `ripctl status NAME -j` until it shows every worker ready, RIP_SERVER_WORKERS of
+    them serving HTTP; its status then."""
     deadline = time.monotonic() + READY_TIMEOUT
     last = "no answer"
     while time.monotonic() < deadline:
@@ -114,10 +115,12 @@ def wait_workers_ready(proc: Proc, name: str) -> dict[str, Any]:
             try:
                 status: dict[str, Any] = json.loads(said)
                 states = [worker["state"] for worker in status["workers"]]
+                http = [worker for worker in status["workers"] if worker["kind"] == "http"]
             except (ValueError, KeyError, TypeError) as error:
                 last = f"unreadable status ({error!r}): {said[:200]}"
             else:
-                if states == ["ready"] * RIP_SERVER_WORKERS:
+                # The app's WebSocket worker (an ASGI app gets one) is ready with the others.
+                if len(http) == RIP_SERVER_WORKERS and all(s == "ready" for s in states):
                     return status
                 last = f"worker states {states}"
         else:
