@@ -32,12 +32,6 @@ def worker_pids(server: Server) -> list[int]:
             if "ripsvc.worker" in cmdline(pid) and "--websocket" not in cmdline(pid)]
 
 
-def status(server: Server) -> dict:
-    done = ripctl("status", server.name, "-j")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -70,7 +64,7 @@ def test_a_broken_deploy_with_recycles_and_kills_keeps_serving_degraded(short_tm
             os.kill(old[0], signal.SIGKILL)
             server.wait_output("was killed by SIGKILL, and the app on disk fails to load")
             time.sleep(2.5)  # a first attempt fails (after 1 s), the next comes 2 s later
-            degraded = status(server)
+            degraded = server.status()
             os.kill(old[1], signal.SIGKILL)
             time.sleep(1)
         finally:
@@ -115,7 +109,7 @@ def test_a_broken_deploy_with_recycles_and_kills_keeps_serving_degraded(short_tm
         done = ripctl("reload", server.name, "--wait")
         assert done.returncode == 0, done.stderr
         server.wait_healthy(3)
-        assert status(server)["health"] == "healthy"
+        assert server.status()["health"] == "healthy"
         deadline = time.monotonic() + 5
         while "health" in json.loads(fetch(server.port, "/status").body):
             assert time.monotonic() < deadline, "/status still says degraded"

@@ -44,7 +44,7 @@ def test_drain_undrain_and_status(tmp_path):
         assert fetch(server.port, "/pid").status == 200
         status = ripctl("status", server.name)
         assert status.returncode == 0 and "draining" in status.stdout.split("\n")[0], status
-        data = json.loads(ripctl("status", server.name, "--json").stdout)
+        data = server.status()
         assert data["drain"]["draining"] is True and data["drain"]["stops_in"] is None
         wait_for(lambda: any(s.startswith("draining; ") for s in notify.fields("STATUS")), 5,
                  "STATUS=draining; …")

@@ -342,7 +342,7 @@ def test_metrics_count_reloads_and_worker_restarts(short_tmp):
     try:
         server.wait_healthy(1)
         assert ripctl("reload", server.name, "--wait").returncode == 0
-        workers = json.loads(ripctl("status", server.name, "-j").stdout)["workers"]
+        workers = server.status()["workers"]
         os.kill(workers[0]["pid"], signal.SIGKILL)
         server.wait_output("restarting in")
         server.wait_healthy(1)

@@ -159,7 +159,7 @@ def test_ripctl_status_scale_stop_and_errors(short_tmp):
         assert "version 2, 2 workers, 1 WebSocket worker (0 open), 4 requests since start " \
             "(0 by these workers)" in \
             status.stdout, status.stdout
-        data = json.loads(ripctl("status", server.name, "-j").stdout)
+        data = server.status()
         assert [(w["kind"], w["state"]) for w in data["workers"]] == [
             ("http", "ready"), ("http", "ready"), ("websocket", "ready")]
         assert data["health"] == "healthy" and data["requests_total"] == 4
@@ -168,7 +168,7 @@ def test_ripctl_status_scale_stop_and_errors(short_tmp):
         server.wait_healthy(3)
         assert ripctl("scale", server.name, "1").returncode == 0
         server.wait_healthy(1)
-        assert len(json.loads(ripctl("status", server.name, "-j").stdout)["workers"]) == 2
+        assert len(server.status()["workers"]) == 2
         assert "  id wsN: a WebSocket worker" in ripctl("status", server.name).stdout
         bad = ripctl("scale", server.name, "0")
         assert bad.returncode == 1 and "(bad-request)" in bad.stderr
@@ -302,7 +302,7 @@ def test_touching_the_restart_file_rolls_the_workers(short_tmp):
         (app / "tmp" / "restart.txt").touch()
         server.wait_output_count("rolling restart done", 1)
         assert fetch(server.port, "/").body == b"v2"
-        assert json.loads(ripctl("status", server.name, "-j").stdout)["version"] == 2
+        assert server.status()["version"] == 2
         assert server.output().count("touched: rolling restart") == 1  # one touch, one restart
     finally:
         server.close()
@@ -412,7 +412,7 @@ def test_rolling_restarts_and_recycling_hand_offs_together(short_tmp):
         assert "asks to be recycled" in server.output()
         assert "Traceback" not in server.output()
         server.wait_healthy(2)
-        status = json.loads(ripctl("status", server.name, "-j").stdout)
+        status = server.status()
         assert [w["kind"] for w in status["workers"]] == ["http", "http", "websocket"]
         assert status["version"] == 4
     finally:

@@ -44,14 +44,8 @@ def versioned_echo(root: Path) -> Path:
     return app
 
 
-def status(server: Server) -> dict:
-    done = ripctl("status", server.name, "--json")
-    assert done.returncode == 0, done.stderr + server.output()
-    return json.loads(done.stdout)
-
-
 def websocket_workers(server: Server) -> list[dict]:
-    return [w for w in status(server)["workers"] if w["id"].startswith("ws")]
+    return [w for w in server.status()["workers"] if w["id"].startswith("ws")]
 
 
 def wait_websocket_worker(server: Server, timeout: float = 20) -> dict:
@@ -121,7 +115,7 @@ def test_a_crashed_websocket_worker_is_restarted(short_tmp):
         ws.send("back")
         assert ws.receive() == "v1:back"
         ws.close()
-        assert status(server)["health"] == "healthy"
+        assert server.status()["health"] == "healthy"
     finally:
         server.close()
 
@@ -143,7 +137,7 @@ def test_an_app_without_websockets_runs_no_websocket_worker(short_tmp):
         while len(server.children()) != 3:  # the balancer and two HTTP workers
             assert time.monotonic() < deadline, server.output()
             time.sleep(0.05)
-        seen = status(server)
+        seen = server.status()
         assert seen["health"] == "healthy" and [w["id"] for w in seen["workers"]] == ["1", "2"]
         reply = fetch(server.port, "/", headers={"Upgrade": "websocket",
                                                  "Connection": "Upgrade",
@@ -153,7 +147,7 @@ def test_an_app_without_websockets_runs_no_websocket_worker(short_tmp):
         assert reply.status == 200 and reply.text == "upgrade: -"
         done = ripctl("reload", server.name, "--wait")
         assert done.returncode == 0, done.stderr + server.output()
-        assert [w["id"] for w in status(server)["workers"]] == ["1.4", "2.5"]
+        assert [w["id"] for w in server.status()["workers"]] == ["1.4", "2.5"]
         assert server.output().count("no WebSocket workers") == 1, server.output()
     finally:
         server.close()

@@ -59,6 +59,12 @@ class Server:
             assert time.monotonic() < deadline, f"{text!r} not seen {count}x:\n{self.output()}"
             time.sleep(0.05)
 
+    def status(self) -> dict:
+        """What `ripctl status NAME --json` says of this app."""
+        done = ripctl("status", self.name, "--json")
+        assert done.returncode == 0, done.stderr + self.output()
+        return dict(json.loads(done.stdout))
+
     def children(self) -> list[int]:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
                              capture_output=True, text=True).stdout
