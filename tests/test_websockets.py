@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import threading
 import time
@@ -165,6 +166,36 @@ def test_malformed_upgrades_are_refused_by_the_balancer(start_stack, headers, st
     assert [r.status for r in replies] == [status]
     if status == 426:
         assert replies[0].header("sec-websocket-version") == "13"
+    healed(stack.port, 1)
+
+
+def test_an_upgrade_pipelined_behind_a_large_response_gets_it_whole_first(start_stack):
+    """The client's socket was handed to the WebSocket worker while the transport still held
+    the end of the response before it, which the hand-over dropped: the 101 arrived inside
+    the first response's body. Now such an upgrade is relayed by the balancer."""
+    stack = start_stack(workers=1, websockets=1)
+    size = 4_000_000
+    with socket.create_connection(("127.0.0.1", stack.port)) as sock:
+        sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % size
+                     + b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        time.sleep(1)  # the balancer has the whole response, the client has taken little
+        sock.settimeout(3)
+        data = bytearray()
+        deadline = time.monotonic() + 20
+        while b"\r\n\r\n" not in data[data.find(b"\r\n\r\n") + 4 + size:]:
+            assert time.monotonic() < deadline, bytes(data[-200:])
+            chunk = sock.recv(65536)
+            assert chunk, bytes(data[-200:])
+            data += chunk
+        head_end = data.find(b"\r\n\r\n") + 4
+        assert data[:head_end].startswith(b"HTTP/1.1 200")
+        assert data[head_end:head_end + size] == b"b" * size
+        assert data[head_end + size:].startswith(b"HTTP/1.1 101 ")
+        frame = b"\x81\x85" + b"\x00" * 4 + b"hello"  # a masked text frame, mask 0
+        sock.sendall(frame)
+        assert sock.recv(100) == b"\x81\x05hello"  # echoed through the relay
     healed(stack.port, 1)
 
 

@@ -937,8 +937,12 @@ class Client:
     @property
     def can_hand_over(self) -> bool:
         """Can this connection's socket be handed to a WebSocket worker (handoff.py)? On plain
-        HTTP, when nothing of the client's came after its upgrade request."""
-        return self.scheme == b"http" and not self._early
+        HTTP, when nothing of the client's came after its upgrade request and everything of
+        the responses before it is out (the hand-over drops what the transport still holds:
+        a pipelined upgrade behind a large response would cut that response short); else
+        the balancer relays the WebSocket, as over HTTPS."""
+        return (self.scheme == b"http" and not self._early
+                and not self.transport.get_write_buffer_size())
 
     def handed_over(self, exchange: Exchange) -> None:
         """The socket is the WebSocket worker's now: logged as such, and let go of here."""
