@@ -264,6 +264,19 @@ def test_slow_body_gets_408(start_stack):
     assert time.monotonic() - start < 2
 
 
+@pytest.mark.parametrize("upgrade", ["foo", "websocket"])
+def test_slow_body_of_an_upgrade_request_gets_408(start_stack, upgrade):
+    """The body of a request asking for an upgrade is read by its length after the parser
+    stops: it had no clock, and a client that never sent it held its connection for good."""
+    stack = start_stack(workers=1, args=("--body-timeout", "0.5"))
+    start = time.monotonic()
+    reply = raw_tcp(stack.port, b"POST /echo HTTP/1.1\r\nHost: localhost\r\n"
+                    b"Connection: Upgrade\r\nUpgrade: %s\r\n"
+                    b"Content-Length: 10\r\n\r\nabc" % upgrade.encode())
+    assert reply.startswith(b"HTTP/1.1 408 "), reply
+    assert time.monotonic() - start < 2
+
+
 def test_sigterm_finishes_requests_in_flight_then_exits(start_stack, short_tmp):
     import signal
     import threading

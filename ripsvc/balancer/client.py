@@ -510,6 +510,7 @@ class Client:
             self.state = ENDED
             if self._upgrade_body and method != "CONNECT":
                 self._upgraded = exchange  # queued once its body is in (_upgrade_received)
+                self.since = self.clock()  # body_timeout runs between two reads of it
                 return
         elif not exchange.keep_alive:
             self.state = ENDED
@@ -552,6 +553,7 @@ class Client:
             return
         piece = data[:self._upgrade_body]
         self._upgrade_body -= len(piece)
+        self.since = self.clock()
         try:
             exchange.body.append(piece)
         except OSError as exc:
@@ -1034,7 +1036,9 @@ class Client:
             if now - self.since > options.header_timeout:
                 self._refuse(BadRequest(408, "request head not received in time"))
                 self._advance()
-        elif state == BODY and self.reading:
+        elif (state == BODY and self.reading) or (state == ENDED and self._upgrade_body
+                                                  and self._upgraded is not None):
+            # (ENDED: the body of a request that asked for an upgrade, read by its length.)
             if now - self.since > options.body_timeout:
                 self._refuse(BadRequest(408, "request body not received in time"))
                 self._advance()
