@@ -115,8 +115,8 @@ def ok(method: bytes, body: bytes = b"hello") -> bytes:
         len(body), b"" if method == b"HEAD" else body)
 
 
-ANSWERS = ["ok", "ok", "ok", "chunked", "stream-start", "break", "busy", "garbage", "extra",
-           "close", "long", "unbuffered", "short-close"]
+ANSWERS = ["ok", "ok", "ok", "chunked", "stream-start", "break", "busy", "garbage", "interim",
+           "extra", "close", "long", "unbuffered", "short-close"]
 
 
 class BalancerMachine(RuleBasedStateMachine):
@@ -211,7 +211,7 @@ class BalancerMachine(RuleBasedStateMachine):
             return
         if method == b"TUNNEL":  # an open WebSocket: frames, or its end
             worker.answered -= 1
-            if answer in ("close", "break", "garbage"):
+            if answer in ("close", "break", "garbage", "interim"):
                 self.rig.workers[self.owner(worker)].close(worker.transport)
                 worker.answered += 1
             else:
@@ -238,6 +238,8 @@ class BalancerMachine(RuleBasedStateMachine):
                  b"content-length: 0\r\n\r\n")
         elif answer == "garbage":
             send(b"NOT HTTP AT ALL\r\n\r\n")
+        elif answer == "interim":  # no answer: its client must not take what follows for one
+            send(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n" + ok(method))
         elif answer == "extra":
             send(ok(method) + ok(method))
         elif answer == "close":

@@ -102,6 +102,10 @@ def test_messages_may_be_any_mapping(start_worker):
 @pytest.mark.parametrize(("path", "error"), [
     ("/str-body", "TypeError: http.response.body's body must be bytes-like, not str"),
     ("/str-header", "TypeError: a header value must be bytes-like, not str"),
+    # An interim status would leave the client taking the next response for this one's.
+    ("/status-100", "ValueError: the app's response status 100 is not a final status"),
+    ("/status-103", "ValueError: the app's response status 103 is not a final status"),
+    ("/status-600", "ValueError: the app's response status 600 is not a final status"),
 ])
 def test_what_the_spec_does_not_allow_is_a_500_that_says_why(start_worker, path, error):
     worker = start_worker(SHAPES)

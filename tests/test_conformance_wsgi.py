@@ -109,6 +109,8 @@ def test_what_an_app_may_answer(start_worker, path):
     ("/str-piece", "TypeError: a WSGI body's piece must be bytes-like, not str"),
     ("/bytes-header", "TypeError: a WSGI header's name and value must be str, not (b'X-A', b'1')"),
     ("/bytes-status", "TypeError: WSGI status must be a str, not bytes"),
+    ("/status-101", "ValueError: the app's response status 101 is not a final status"),
+    ("/status-600", "ValueError: the app's response status 600 is not a final status"),
 ])
 def test_what_pep_3333_does_not_allow_is_a_500_that_says_why(start_worker, path, error):
     worker = start_worker(f"{SHAPES}:bodies")

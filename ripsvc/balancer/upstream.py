@@ -268,6 +268,8 @@ class Upstream:
             return
         exchange = self.exchange
         assert exchange is not None
+        if not 200 <= status <= 599:  # a worker never sends an interim response: not an answer
+            raise httptools.HttpParserError(f"status {status} is not a final status")
         if passable(head, status):
             self.balancer.response_head(self, exchange, status, head, None)
             return

@@ -359,6 +359,11 @@ class HttpConnection(asyncio.Protocol):
         """
         if self.response_started:
             raise RuntimeError("response already started")
+        if not 200 <= status <= 599:
+            # A 1xx is not an answer (the client would take the next response for this
+            # request's), and nothing above 599 is HTTP: a 500 instead, as for any bad response.
+            raise ValueError(f"the app's response status {status} is not a final status "
+                             "(200 to 599)")
         has_length = False
         kept = []
         for name, value in headers:
@@ -373,7 +378,7 @@ class HttpConnection(asyncio.Protocol):
                 continue  # framing is ours to decide
             kept.append((name, value))
         lines = field_lines(kept)  # ValueError (→ 500) before anything is sent
-        bodiless_status = status in (204, 304) or 100 <= status < 200
+        bodiless_status = status == 204 or status == 304
         no_body = self._head_only or bodiless_status
         if no_body:
             self._remaining = -1

@@ -59,6 +59,9 @@ async def app(scope, receive, send):
     elif path == "/start-only-promise":
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", b"5")]})
+    elif path.startswith("/status-"):  # a status that is no final answer: 100, 103, 600
+        await send({"type": "http.response.start", "status": int(path[8:]), "headers": []})
+        await send({"type": "http.response.body", "body": b"text"})
     elif path == "/str-body":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": "text"})

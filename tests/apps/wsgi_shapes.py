@@ -97,6 +97,9 @@ def bodies(environ, start_response):
     if path == "/bytes-header":
         start_response("200 OK", [(b"X-A", b"1")])
         return [b"bytes\n"]
+    if path.startswith("/status-"):  # a status that is no final answer: 100, 103, 600
+        start_response(f"{path[8:]} Whatever", [])
+        return [b"text"]
     if path == "/bytes-status":
         start_response(b"200 OK", [])
         return [b"bytes\n"]

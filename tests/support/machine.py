@@ -69,6 +69,10 @@ class Transport:
         return {"peername": self.peer, "sockname": ("127.0.0.1", 8080)
                 if isinstance(self.peer, tuple) else None}.get(name, default)
 
+    def get_write_buffer_size(self) -> int:
+        """What the peer has not read yet stands for what a real transport still holds."""
+        return self.unread
+
     def write(self, data: bytes) -> None:
         assert not self.eof_written, "a write after write_eof"
         if self.closed:
