@@ -281,6 +281,23 @@ def test_a_full_disk_in_the_worker_is_507_and_a_log_line(start_stack, tiny_tmp):
     healed(stack.port, 1)
 
 
+@pytest.mark.parametrize(("attr", "path"), [("wsgi", "/"), ("asgi", "/"), ("aiohttp_app", "/"),
+                                           ("aiohttp_app", "/stream")])
+def test_an_apps_own_rip_headers_never_reach_the_balancer(start_stack, attr, path):
+    """An app's 503 with Rip-Worker-Busy made the balancer take it for the worker's "busy":
+    the POST ran again on the other worker, and both left rotation until probed."""
+    stack = start_stack(workers=2, app=f"{TEST_APPS / 'rip_headers.py'}:{attr}")
+    replies = pipeline(stack.port, b"POST %s HTTP/1.1\r\nHost: localhost\r\n"
+                       b"Content-Length: 2\r\n\r\nhi" % path.encode(), ["POST"])
+    assert [r.status for r in replies] == [503]
+    assert replies[0].body == b"503 the app itself is overloaded\n"
+    assert replies[0].header("rip-worker-busy") is None
+    output = "".join(worker.output() for worker in stack.workers)
+    assert "the app's response header rip-worker-busy was left out" in output
+    _, pool = control(stack.control, "pool")
+    assert [w["state"] for w in pool["data"]] == ["ready", "ready"], pool
+
+
 def test_running_out_of_descriptors_is_logged_and_counted(start_stack):
     """Item 10: with descriptors exhausted, new clients were reset with no word of it."""
     stack = start_stack(workers=1)

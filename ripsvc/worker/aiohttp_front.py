@@ -14,10 +14,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ripsvc import logs
+from ripsvc.worker.http import dropped_app_header
 from ripsvc.worker.request import parse_client
 
 if TYPE_CHECKING:
     from ripsvc.worker.core import Worker
+
+log = logs.get("worker.aiohttp")
 
 
 class AiohttpHost:
@@ -25,6 +29,11 @@ class AiohttpHost:
 
     def __init__(self, app: web.Application) -> None:
         self.app = app
+        if app.frozen:  # set up already by the app's own code: its signals are final
+            log.warning("the aiohttp app is frozen: Rip-* headers of the responses it "
+                        "prepares itself (streams) cannot be left out")
+        else:
+            app.on_response_prepare.append(_before_prepare)
         self.runner = web.AppRunner(app, handle_signals=False, access_log=None)
 
     async def startup(self) -> None:
@@ -39,6 +48,21 @@ class AiohttpHost:
 
 
 BUSY = {"Rip-Worker-Busy": "1"}
+
+
+def without_rip_headers(response: web.StreamResponse) -> None:
+    """Rip-* response headers are the worker's words to the balancer (Rip-Worker-Busy would
+    have it send the request to another worker again): never the app's (as in http.py)."""
+    for name in [name for name in response.headers if name.lower().startswith("rip-")]:
+        dropped_app_header(name.lower().encode("latin-1"))
+        del response.headers[name]
+
+
+async def _before_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """A response the app prepares itself (a stream); aiohttp prepares the others with the
+    request as it came, which has no route and so calls no app's signals: dispatch() sees to
+    those."""
+    without_rip_headers(response)
 
 
 def from_balancer(request: web.BaseRequest) -> web.BaseRequest:
@@ -92,8 +116,10 @@ def make_server(worker: Worker) -> web.Server:
             host = worker.host
             assert isinstance(host, AiohttpHost)
             response: web.StreamResponse = await host.handle(request)
-            if worker.last_request() and not response.prepared:
-                response.force_close()  # Connection: close, as the worker is about to go
+            if not response.prepared:
+                without_rip_headers(response)
+                if worker.last_request():
+                    response.force_close()  # Connection: close, as the worker is about to go
             return response
         finally:
             worker.request_finished()

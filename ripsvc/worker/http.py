@@ -33,6 +33,16 @@ if TYPE_CHECKING:
 
 log = logs.get("worker.http")
 
+_DROPPED: set[bytes] = set()
+
+
+def dropped_app_header(name: bytes) -> None:
+    """Say once per name that the app's Rip-* response header was left out."""
+    if name not in _DROPPED:
+        _DROPPED.add(name)
+        log.warning("the app's response header %s was left out: Rip-* headers are the "
+                    "worker's to the balancer", name.decode("latin-1"))
+
 #: Request line plus header fields; beyond it the request is refused with 431.
 MAX_HEADER_BYTES = 64 * 1024
 #: How long a refused request's remaining input is drained before the connection closes.
@@ -376,6 +386,11 @@ class HttpConnection(asyncio.Protocol):
                 self._remaining = int(length)
             elif lname == b"transfer-encoding" or lname == b"connection":
                 continue  # framing is ours to decide
+            elif lname.startswith(b"rip-"):
+                # The worker's words to the balancer (Rip-Worker-Busy would have the balancer
+                # send the request to another worker again): never the app's to say.
+                dropped_app_header(lname)
+                continue
             kept.append((name, value))
         lines = field_lines(kept)  # ValueError (→ 500) before anything is sent
         bodiless_status = status == 204 or status == 304
