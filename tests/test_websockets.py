@@ -9,8 +9,10 @@ import http.client
 import json
 import socket
 import ssl
+import struct
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -206,6 +208,47 @@ def test_a_message_over_the_limit_closes_with_1009(start_stack):
     ws.send("x" * 2000)
     assert ws.receive() is None and ws.closed == 1009
     ws.close()
+
+
+def peak_rss_kb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+
+
+def test_a_compressed_message_is_refused_before_it_is_inflated_past_the_limit(start_stack):
+    """permessage-deflate: 64 MB of zeros compressed into a frame of ≈ 64 KB was inflated
+    whole before the size limit was looked at (1.5 GB and 8.7 s for 1 GB in a hostile
+    client's run), holding the WebSocket worker's loop and every WebSocket on it."""
+    stack = start_stack(workers=1, websockets=1, worker_args=("--websocket-max-message", "1k"))
+    worker = stack.websocket_workers[0]
+    before = peak_rss_kb(worker.pid)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(1 << 20)
+    bomb = b"".join([deflate.compress(zeros) for _ in range(64)])
+    bomb = (bomb + deflate.flush(zlib.Z_SYNC_FLUSH))[:-4]  # as permessage-deflate sends it
+    length = (b"\xfe" + struct.pack("!H", len(bomb)) if len(bomb) < 1 << 16
+              else b"\xff" + struct.pack("!Q", len(bomb)))  # masked, as clients send
+    frame = b"\xc2" + length + b"\x00" * 4 + bomb  # FIN, RSV1 (compressed), binary
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101 ") and b"permessage-deflate" in head.lower(), head
+        start = time.monotonic()
+        sock.sendall(frame)
+        answer = head.split(b"\r\n\r\n", 1)[1]
+        while len(answer) < 4:
+            chunk = sock.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        assert answer[:1] == b"\x88" and answer[2:4] == struct.pack("!H", 1009), answer
+        assert time.monotonic() - start < 2
+    assert peak_rss_kb(worker.pid) - before < 32 * 1024
+    healed(stack.port, 1)
 
 
 def test_an_idle_websocket_is_pinged_and_one_that_does_not_answer_is_closed(start_stack):

@@ -39,6 +39,7 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from ripsvc import logs
@@ -48,6 +49,39 @@ if TYPE_CHECKING:
     from ripsvc.worker.core import WebSocketLimits, Worker
 
 log = logs.get("worker.websocket")
+
+#: Compressed bytes inflated at a time: deflate expands at most ≈ 1,000 times, so one step
+#: makes at most ≈ 4 MB before the message's size is checked again.
+INFLATE_STEP = 4096
+
+
+class BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate that stops inflating a message once it is over the size limit
+    (1009): wsproto's inflates each frame whole first, so a small frame of zeros (a
+    "deflate bomb") grew into gigabytes and held the worker's loop for seconds before the
+    limit was ever looked at."""
+
+    def __init__(self, max_message: int) -> None:
+        super().__init__()
+        self.max_message = max_message
+        self.inflated = 0  # of the message being received
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
+        pieces = []
+        for start in range(0, len(data), INFLATE_STEP):
+            piece = super().frame_inbound_payload_data(proto, data[start:start + INFLATE_STEP])
+            if isinstance(piece, CloseReason):
+                return piece
+            self.inflated += len(piece)
+            if self.inflated > self.max_message:
+                return CloseReason.MESSAGE_TOO_BIG
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
+        if fin:
+            self.inflated = 0
+        return super().frame_inbound_complete(proto, fin)
 
 ASGI_INFO = {"version": "3.0", "spec_version": "2.3"}
 Message = dict[str, Any]
@@ -365,7 +399,7 @@ class WebSocketConnection(asyncio.Protocol):
             offered = self._offered_deflate()
             self._write(self.ws.send(AcceptConnection(
                 subprotocol=message.get("subprotocol"), extra_headers=headers,
-                extensions=[PerMessageDeflate()] if offered else [])))
+                extensions=[BoundedDeflate(self.hub.limits.max_message)] if offered else [])))
         elif kind == "websocket.send":
             if not self.accepted:
                 raise RuntimeError("websocket.send before websocket.accept")
