@@ -30,6 +30,7 @@ import os
 import re
 import tempfile
 from collections import deque
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
@@ -68,6 +69,9 @@ OWN_REQUEST_HEADERS = frozenset({b"x-request-id", b"x-forwarded-for", b"x-forwar
                                  b"x-request-start"})
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-accel-buffering"}
 LINGER_SECONDS = 2.0
+#: What a client reads when the balancer answers for a worker it could not get an answer from.
+ERROR_BODIES: Final = {status: b"%d %s\n" % (status, HTTPStatus(status).phrase.encode())
+                       for status in (502, 503, 504)}
 #: Complete requests a client may have waiting on one connection before reading pauses.
 PIPELINE_DEPTH = 8
 #: A response spooled beyond this holds its worker until the client catches up (nginx's
@@ -746,11 +750,13 @@ class Client:
         self._finish(exchange)
 
     def answer_error(self, exchange: Exchange, status: int, why: str) -> None:
-        """The balancer could not get a response for `exchange` (502, 503, 504)."""
+        """The balancer could not get a response for `exchange` (502, 503, 504): `why` goes
+        to the log and the access log, the client gets the status's name only (a parser's
+        words about the worker's response are nothing a client should read)."""
         log.info("%s %s: %d (%s)", exchange.method, exchange.target.decode("latin-1"),
                  status, why)
         exchange.note = why
-        self._answer(exchange, status, b"%d %s\n" % (status, why.encode()))
+        self._answer(exchange, status, ERROR_BODIES[status])
 
     # -- responses (called by the balancer) --------------------------------------------------
     def response_head(self, exchange: Exchange, status: int, head: bytes,
