@@ -67,6 +67,16 @@ def test_expect_100_continue_is_answered_before_the_body(start_stack):
     assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"hello")
 
 
+def test_expect_100_continue_from_an_http_10_client_is_ignored(start_stack):
+    """RFC 9110: a 100 (Continue) is never sent to an HTTP/1.0 client, which would take it
+    for its answer."""
+    stack = start_stack(workers=1)
+    reply = raw_tcp(stack.port, b"POST /echo HTTP/1.0\r\nHost: localhost\r\n"
+                    b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n", pause=0.3,
+                    rest=b"hello")
+    assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"hello"), reply
+
+
 def test_slowloris_gets_408_and_idle_keep_alive_is_closed(start_stack):
     stack = start_stack(workers=1, args=("--header-timeout", "0.5", "--keepalive-timeout", "0.5"))
     start = time.monotonic()

@@ -453,7 +453,9 @@ class Client:
                 raise BadRequest(400, "a chunked body with a protocol upgrade")
             self._upgrade = True
             self._upgrade_body = length
-        if expect and not self.exchanges and not self._upgrade:
+        # (RFC 9110 §10.1.1: an HTTP/1.0 client's Expect is ignored; it awaits no 100.)
+        if (expect and not self.exchanges and not self._upgrade
+                and self.parser.get_http_version() != "1.0"):
             self.transport.write(CONTINUE)
 
     def on_body(self, chunk: bytes) -> None:
