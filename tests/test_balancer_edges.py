@@ -77,6 +77,16 @@ def test_expect_100_continue_from_an_http_10_client_is_ignored(start_stack):
     assert reply.startswith(b"HTTP/1.1 200 OK") and reply.endswith(b"hello"), reply
 
 
+def test_headers_named_by_connection_are_hop_by_hop_but_host_stays(start_stack):
+    stack = start_stack(workers=1)
+    reply = request(tcp(stack.port), "GET", "/headers",
+                    headers={"Connection": "keep-alive, x-hop, host", "X-Hop": "1",
+                             "X-Kept": "2"})
+    seen = json.loads(reply.body)
+    assert "x-hop" not in seen and seen["x-kept"] == "2"
+    assert seen.get("host") == f"127.0.0.1:{stack.port}", seen
+
+
 def test_slowloris_gets_408_and_idle_keep_alive_is_closed(start_stack):
     stack = start_stack(workers=1, args=("--header-timeout", "0.5", "--keepalive-timeout", "0.5"))
     start = time.monotonic()

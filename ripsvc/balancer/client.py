@@ -582,8 +582,9 @@ class Client:
         drop: frozenset[bytes] | set[bytes] = HOP_BY_HOP
         forwarded: dict[bytes, bytes] = {}
         for name, value in self._headers:
-            if name == b"connection":  # headers it names are hop-by-hop too
-                drop = HOP_BY_HOP | {t.strip().lower() for t in value.split(b",")}
+            if name == b"connection":  # headers it names are hop-by-hop too (but Host is
+                # the request's own: without it the app would not know which site is asked)
+                drop = HOP_BY_HOP | ({t.strip().lower() for t in value.split(b",")} - {b"host"})
         for name, value in self._headers:
             if name in drop or name in OWN_REQUEST_HEADERS or name.startswith(b"rip-"):
                 if self.trusted and name in OWN_REQUEST_HEADERS:
