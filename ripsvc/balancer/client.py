@@ -775,7 +775,7 @@ class Client:
                 return
             # To be compressed, perhaps: its Content-Length would change.
             fields = header_fields(head.split(b"\r\n")[1:-1]) or []
-        head_only = exchange.head_only or status in (204, 304) or status < 200
+        head_only = exchange.head_only or status in (204, 304)  # (never 1xx: upstream.py)
         exchange.head_only = head_only
         compression = self.compression
         if exchange.accept and not head_only and compression is not None:
