@@ -51,9 +51,15 @@ def status_line(code: int) -> bytes:
     return line
 
 
+def status_body(code: int) -> bytes:
+    """The plain-text body of a response of our own that says no more than its status: what
+    a client reads of an error that is ours to answer, never its cause."""
+    return b"%d %s\n" % (code, http.HTTPStatus(code).phrase.encode())
+
+
 def simple_response(code: int, *, close: bool, extra: bytes = b"", body: bytes = b"") -> bytes:
     if not body and code >= 400:
-        body = b"%d %s\n" % (code, http.HTTPStatus(code).phrase.encode())
+        body = status_body(code)
     return b"".join((
         status_line(code),
         extra,

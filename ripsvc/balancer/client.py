@@ -30,7 +30,6 @@ import os
 import re
 import tempfile
 from collections import deque
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
 
 import httptools
@@ -43,7 +42,7 @@ from ripsvc.balancer.static import Mount, Reply, StaticFiles, socket_of
 from ripsvc.balancer.tunnel import CLOSED as TUNNEL_CLOSED
 from ripsvc.balancer.upstream import header_fields
 from ripsvc.body import Body, Spool
-from ripsvc.http11 import NO_CALLBACKS, simple_response, status_line
+from ripsvc.http11 import NO_CALLBACKS, simple_response, status_body, status_line
 
 if TYPE_CHECKING:
     from ripsvc.balancer.core import Balancer
@@ -70,8 +69,7 @@ OWN_REQUEST_HEADERS = frozenset({b"x-request-id", b"x-forwarded-for", b"x-forwar
 RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-accel-buffering"}
 LINGER_SECONDS = 2.0
 #: What a client reads when the balancer answers for a worker it could not get an answer from.
-ERROR_BODIES: Final = {status: b"%d %s\n" % (status, HTTPStatus(status).phrase.encode())
-                       for status in (502, 503, 504)}
+ERROR_BODIES: Final = {status: status_body(status) for status in (502, 503, 504)}
 #: Complete requests a client may have waiting on one connection before reading pauses.
 PIPELINE_DEPTH = 8
 #: A response spooled beyond this holds its worker until the client catches up (nginx's

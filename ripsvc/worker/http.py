@@ -33,6 +33,15 @@ if TYPE_CHECKING:
 
 log = logs.get("worker.http")
 
+#: Request line plus header fields; beyond it the request is refused with 431.
+MAX_HEADER_BYTES = 64 * 1024
+#: How long a refused request's remaining input is drained before the connection closes.
+LINGER_SECONDS = 2.0
+#: A response written while the app holds the loop (`blocking`) gives up on a peer that took
+#: nothing for this long. A safety net: the balancer spools what its client is slow to take,
+#: and ends an unspooled response whose client stopped reading after send_timeout.
+BLOCKING_WRITE_TIMEOUT = 600
+
 _DROPPED: set[bytes] = set()
 
 
@@ -43,14 +52,6 @@ def dropped_app_header(name: bytes) -> None:
         log.warning("the app's response header %s was left out: Rip-* headers are the "
                     "worker's to the balancer", name.decode("latin-1"))
 
-#: Request line plus header fields; beyond it the request is refused with 431.
-MAX_HEADER_BYTES = 64 * 1024
-#: How long a refused request's remaining input is drained before the connection closes.
-LINGER_SECONDS = 2.0
-#: A response written while the app holds the loop (`blocking`) gives up on a peer that took
-#: nothing for this long. A safety net: the balancer spools what its client is slow to take,
-#: and ends an unspooled response whose client stopped reading after send_timeout.
-BLOCKING_WRITE_TIMEOUT = 600
 
 class HttpConnection(asyncio.Protocol):
     """One client connection (usually the balancer's keep-alive connection)."""
